@@ -1,0 +1,61 @@
+//! Configuration flags shared by every binary. Each flag can also be set through an `AIRQ_*` environment variable,
+//! which is how the operator configures the pods it runs.
+
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Pretty,
+}
+
+/// Logging flags.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter in `tracing` syntax, e.g. `info` or `info,airq_gateway=debug`.
+    #[arg(long = "log-level", env = "AIRQ_LOG_LEVEL", default_value = "info")]
+    pub level: String,
+    /// Log line format.
+    #[arg(long = "log-format", env = "AIRQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub format: LogFormat,
+}
+
+/// Flags of every long-running service: where it listens, and its logs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the HTTP server binds to (API, `/healthz`, `/readyz` and `/metrics`).
+    #[arg(long, env = "AIRQ_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The database a service stores its data in.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `postgres://user:password@host:port/db` in a cluster, or `sqlite://path/to/airq.db` on one machine.
+    #[arg(long = "database-url", env = "AIRQ_DATABASE_URL", hide_env_values = true)]
+    pub url: String,
+    /// Maximum number of pooled connections.
+    #[arg(
+        long = "database-max-connections",
+        env = "AIRQ_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10
+    )]
+    pub max_connections: u32,
+    /// Seconds to keep trying to reach the database at start-up (it may still be starting) before giving up.
+    #[arg(
+        long = "database-connect-timeout",
+        env = "AIRQ_DATABASE_CONNECT_TIMEOUT",
+        default_value_t = 10
+    )]
+    pub connect_timeout_secs: u64,
+    /// Apply pending schema migrations at start-up (safe with several replicas: migrations take a lock).
+    #[arg(long = "database-migrate", env = "AIRQ_DATABASE_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+}

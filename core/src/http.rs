@@ -1,0 +1,193 @@
+//! The HTTP serving set-up every service shares: the operational endpoints (`/healthz`, `/readyz`, `/metrics`), the
+//! cross-cutting layers (request id, trace span, request metrics) and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::future::BoxFuture;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::telemetry::Telemetry;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// One named readiness condition, e.g. "database": `Ok` when the service can do its work.
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Builds a readiness check from an async closure.
+pub fn readiness_check<F, Fut>(check: F) -> ReadinessCheck
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(check()))
+}
+
+#[derive(Clone)]
+struct OpsState {
+    telemetry: Telemetry,
+    checks: Arc<Vec<(&'static str, ReadinessCheck)>>,
+}
+
+/// `/healthz` (the process is alive), `/readyz` (every check passes; 503 with the failing ones otherwise) and
+/// `/metrics` (Prometheus text format).
+pub fn ops_router(telemetry: Telemetry, checks: Vec<(&'static str, ReadinessCheck)>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(OpsState {
+            telemetry,
+            checks: Arc::new(checks),
+        })
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let mut failures = serde_json::Map::new();
+    for (name, check) in state.checks.iter() {
+        // A check that hangs must not hang the probe.
+        let outcome = tokio::time::timeout(Duration::from_secs(2), check())
+            .await
+            .unwrap_or_else(|_| Err("no answer within 2s".to_owned()));
+        if let Err(reason) = outcome {
+            failures.insert((*name).to_owned(), reason.into());
+        }
+    }
+    if failures.is_empty() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "failing": failures })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<OpsState>) -> Response {
+    state.telemetry.prometheus.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.telemetry.prometheus.render(),
+    )
+        .into_response()
+}
+
+#[derive(Clone)]
+struct RequestMetricNames {
+    requests: Arc<str>,
+    duration: Arc<str>,
+}
+
+/// Wraps `app` in the layers every service has: an `X-Request-Id` on each request and response (kept when the
+/// caller sent one), a trace span per request carrying that id, and request count and latency metrics per route.
+pub fn with_common_layers(app: Router, telemetry: &Telemetry) -> Router {
+    let names = RequestMetricNames {
+        requests: telemetry.metric_name("http_requests_total").into(),
+        duration: telemetry.metric_name("http_request_duration_seconds").into(),
+    };
+    app.layer(middleware::from_fn_with_state(names, record_request_metrics))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let request_id = request
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn record_request_metrics(State(names): State<RequestMetricNames>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // The route template, not the raw path, so that label values stay few.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!(names.requests.to_string(), &labels).increment(1);
+    metrics::histogram!(names.duration.to_string(), &labels).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets requests in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Completes on Ctrl-C or SIGTERM (what Kubernetes sends before stopping a pod).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// What can stop a service from serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server stopped: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Serves a service's `api` router together with the operational endpoints on `listen`, with the common layers,
+/// until Ctrl-C or SIGTERM.
+pub async fn run_service(
+    telemetry: Telemetry,
+    listen: std::net::SocketAddr,
+    api: Router,
+    checks: Vec<(&'static str, ReadinessCheck)>,
+) -> Result<(), ServeError> {
+    let app = with_common_layers(api.merge(ops_router(telemetry.clone(), checks)), &telemetry);
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: listen, source })?;
+    let local = listener.local_addr().map_err(ServeError::Serve)?;
+    tracing::info!(service = telemetry.service, %local, "listening");
+    serve(listener, app, shutdown_signal()).await.map_err(ServeError::Serve)
+}

@@ -1,0 +1,26 @@
+//! The only entrance: routes requests to the services, with API keys, users, groups, rate limits, logs and metrics.
+
+pub mod config;
+
+use airq_core::db::Database;
+use axum::Router;
+
+pub use config::Config;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Database,
+}
+
+/// The service's API routes; the operational endpoints and common layers are added by [`run`].
+pub fn router(state: AppState) -> Router {
+    Router::new().with_state(state)
+}
+
+/// Connects to the database, then serves until Ctrl-C or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    airq_core::service::run_with_database("gateway", &config.serve, &config.database, |db| router(AppState { db }))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! The airq test environment: a real PostgreSQL server and a real Kubernetes control plane, started once per test
+//! run and shared by every test, each test getting its own database or namespace.
+//!
+//! Under `airq-testenv run -- cargo test …` (the README's test command) the runner starts the servers while the
+//! tests compile and publishes them in `$AIRQ_TESTENV_DIR`; every test process of the run uses those. A test process
+//! started without the runner (`cargo test -p airq-gateway`) starts its own servers on first use, and the kernel stops
+//! them when it exits.
+
+pub mod error;
+pub mod kubernetes;
+pub mod postgres;
+pub mod process;
+pub mod service;
+pub mod tools;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::PostParams;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+
+pub use error::{Error, Result};
+
+use crate::error::io;
+
+/// Set by the runner: the folder where it publishes the servers of this run.
+pub const ENV_DIR: &str = "AIRQ_TESTENV_DIR";
+/// Set by the runner: its process id, so that tests stop waiting if it dies.
+pub const ENV_PID: &str = "AIRQ_TESTENV_PID";
+
+/// How long a test waits for the runner to publish a server (a cold build of the control plane takes minutes).
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(45 * 60);
+
+/// Where the shared PostgreSQL server listens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PostgresInfo {
+    pub port: u16,
+    /// The superuser's URL, to database `postgres`.
+    pub admin_url: String,
+}
+
+impl PostgresInfo {
+    /// The URL of database `name` on this server.
+    pub fn url_for(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+/// Where the shared Kubernetes control plane is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KubernetesInfo {
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+}
+
+/// Where the helm binary is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelmInfo {
+    pub binary: PathBuf,
+}
+
+/// A server or tool the runner publishes, by the name of its file in `$AIRQ_TESTENV_DIR`.
+pub trait Published: Serialize + DeserializeOwned {
+    const NAME: &'static str;
+}
+impl Published for PostgresInfo {
+    const NAME: &'static str = "postgres";
+}
+impl Published for KubernetesInfo {
+    const NAME: &'static str = "kubernetes";
+}
+impl Published for HelmInfo {
+    const NAME: &'static str = "helm";
+}
+
+/// Servers started by this process, kept alive until it exits.
+static OWN_SERVERS: Mutex<Vec<OwnServer>> = Mutex::new(Vec::new());
+
+#[allow(dead_code)] // Held only to keep the servers alive.
+enum OwnServer {
+    Postgres(postgres::PostgresServer),
+    Kubernetes(kubernetes::ControlPlane),
+}
+
+fn keep(server: OwnServer) {
+    OWN_SERVERS.lock().unwrap_or_else(|p| p.into_inner()).push(server);
+}
+
+/// The shared PostgreSQL server.
+pub async fn postgres() -> Result<PostgresInfo> {
+    static OWN: OnceCell<Result<PostgresInfo, String>> = OnceCell::const_new();
+    if let Some(dir) = runner_dir() {
+        return wait_published(&dir).await;
+    }
+    OWN.get_or_init(|| async {
+        let dir = own_run_dir().map_err(|e| e.to_string())?.join("postgres");
+        let started = tokio::task::spawn_blocking(move || postgres::PostgresServer::start(&dir))
+            .await
+            .map_err(|e| format!("starting PostgreSQL panicked: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let info = PostgresInfo {
+            port: started.port,
+            admin_url: started.admin_url(),
+        };
+        keep(OwnServer::Postgres(started));
+        Ok(info)
+    })
+    .await
+    .clone()
+    .map_err(Error::Setup)
+}
+
+/// The shared Kubernetes control plane.
+pub async fn kubernetes() -> Result<KubernetesInfo> {
+    static OWN: OnceCell<Result<KubernetesInfo, String>> = OnceCell::const_new();
+    if let Some(dir) = runner_dir() {
+        return wait_published(&dir).await;
+    }
+    OWN.get_or_init(|| async {
+        let dir = own_run_dir().map_err(|e| e.to_string())?.join("kubernetes");
+        let plane = kubernetes::ControlPlane::start(&dir).await.map_err(|e| e.to_string())?;
+        let info = KubernetesInfo {
+            kubeconfig: plane.kubeconfig.clone(),
+            server: plane.server.clone(),
+        };
+        keep(OwnServer::Kubernetes(plane));
+        Ok(info)
+    })
+    .await
+    .clone()
+    .map_err(Error::Setup)
+}
+
+/// The helm binary built from `tests/tools/helm`.
+pub async fn helm() -> Result<PathBuf> {
+    if let Some(dir) = runner_dir() {
+        return Ok(wait_published::<HelmInfo>(&dir).await?.binary);
+    }
+    tokio::task::spawn_blocking(tools::helm_binary)
+        .await
+        .map_err(|e| Error::Setup(format!("building helm panicked: {e}")))?
+}
+
+/// A fresh, empty database of its own for one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+/// Creates a fresh database on the shared server and connects to it.
+pub async fn database() -> Result<TestDatabase> {
+    let server = postgres().await?;
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&server.admin_url).await?;
+    admin.execute(format!(r#"create database "{name}""#).as_str()).await?;
+    admin.close().await?;
+    let url = server.url_for(&name);
+    let pool = PgPoolOptions::new().max_connections(5).connect(&url).await?;
+    Ok(TestDatabase { name, url, pool })
+}
+
+/// A client of the shared control plane with cluster-admin rights. Each test makes its own: a client lives on the
+/// runtime of the test that made it.
+pub async fn kube_client() -> Result<kube::Client> {
+    kubernetes::client_from(&kubernetes().await?.kubeconfig).await
+}
+
+/// Creates a namespace of its own for one test and returns its name.
+pub async fn namespace(client: &kube::Client) -> Result<String> {
+    let name = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": { "airq.dev/test": "true" } }
+    }))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    Ok(name)
+}
+
+/// Polls `probe` until it returns `Ok`, or fails after `timeout` quoting the last reason `probe` gave for not yet.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        let last = match probe().await {
+            Ok(value) => return Ok(value),
+            Err(reason) => reason,
+        };
+        if started.elapsed() > timeout {
+            return Err(Error::Timeout {
+                what: what.to_owned(),
+                seconds: timeout.as_secs(),
+                last: Some(last),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn runner_dir() -> Option<PathBuf> {
+    std::env::var_os(ENV_DIR).map(PathBuf::from)
+}
+
+/// Waits until the runner has published `T` (or the reason it could not).
+async fn wait_published<T: Published>(dir: &Path) -> Result<T> {
+    let ready = dir.join(format!("{}.json", T::NAME));
+    let failed = dir.join(format!("{}.error", T::NAME));
+    let runner = std::env::var(ENV_PID).ok().and_then(|pid| pid.parse::<i32>().ok());
+    let started = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            return Ok(serde_json::from_str(&text)?);
+        }
+        if let Ok(reason) = std::fs::read_to_string(&failed) {
+            return Err(Error::Setup(format!(
+                "the test runner could not start {}: {reason}",
+                T::NAME
+            )));
+        }
+        if let Some(pid) = runner
+            && !process_alive(pid)
+        {
+            return Err(Error::Setup(format!(
+                "the test runner (pid {pid}) exited before publishing {} in {}",
+                T::NAME,
+                dir.display()
+            )));
+        }
+        if started.elapsed() > PUBLISH_TIMEOUT {
+            return Err(Error::Timeout {
+                what: format!("the test runner to publish {} in {}", T::NAME, dir.display()),
+                seconds: PUBLISH_TIMEOUT.as_secs(),
+                last: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Publishes `value` (or, on error, its reason) for the tests of this run.
+pub fn publish<T: Published>(dir: &Path, value: &Result<T>) -> Result<()> {
+    let (file, text) = match value {
+        Ok(value) => (format!("{}.json", T::NAME), serde_json::to_string_pretty(value)?),
+        Err(err) => (format!("{}.error", T::NAME), err.to_string()),
+    };
+    // Written whole, then renamed: readers never see half a file.
+    let staging = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&staging, text).map_err(io(format!("cannot write {}", staging.display())))?;
+    std::fs::rename(&staging, dir.join(&file)).map_err(io(format!("cannot publish {file} in {}", dir.display())))
+}
+
+fn process_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// The folder under which runs keep their servers' files: `$TMPDIR/airq-testenv`.
+fn runs_root() -> PathBuf {
+    std::env::temp_dir().join("airq-testenv")
+}
+
+/// A new folder for this process's servers, after removing the folders of runs whose process is gone.
+pub fn create_run_dir() -> Result<PathBuf> {
+    let root = runs_root();
+    std::fs::create_dir_all(&root).map_err(io(format!("cannot create {}", root.display())))?;
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let stale = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<i32>().ok())
+                .is_some_and(|pid| !process_alive(pid));
+            if stale {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(std::process::id().to_string());
+    std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    // PostgreSQL may run as another user when tests run as root: it must be able to reach its folder.
+    use std::os::unix::fs::PermissionsExt;
+    for path in [&root, &dir] {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
+    }
+    Ok(dir)
+}
+
+fn own_run_dir() -> Result<PathBuf> {
+    static DIR: std::sync::OnceLock<std::result::Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| create_run_dir().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(Error::Setup)
+}
