@@ -1,0 +1,57 @@
+//! The gateway's route table: what the operator writes into the `airq-gateway-routes` ConfigMap (key
+//! [`ROUTES_KEY`]) and the gateway reads. Adding a service needs a route here and nothing in any other service.
+
+use serde::{Deserialize, Serialize};
+
+use crate::common::Access;
+
+/// The ConfigMap holding the route table.
+pub const ROUTES_CONFIG_MAP: &str = "airq-gateway-routes";
+/// The ConfigMap key holding the table, as YAML.
+pub const ROUTES_KEY: &str = "routes.yaml";
+
+/// Every route of the gateway, most specific first.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+}
+
+/// One route: requests whose path starts with `path_prefix` (and whose host matches, when set) go to `upstream`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Stable id, used in logs and metric labels (e.g. `adhoc/reports`).
+    pub id: String,
+    /// Path prefix, starting with `/`.
+    pub path_prefix: String,
+    /// Host the route is limited to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Base URL of the upstream service, e.g. `http://adhoc-reports.airq.svc:80`.
+    pub upstream: String,
+    /// Remove `path_prefix` before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Upstream timeout in seconds.
+    pub timeout_seconds: u32,
+    /// Retries of idempotent requests on connection failures.
+    #[serde(default)]
+    pub retries: u32,
+    /// Who may call the route.
+    pub access: Access,
+}
+
+impl RouteTable {
+    /// Sorts the routes so that the longest (most specific) prefix comes first, host-bound routes before the others,
+    /// then by id: the table's text does not depend on the order its routes were gathered in.
+    pub fn sort(&mut self) {
+        self.routes.sort_by(|a, b| {
+            b.path_prefix
+                .len()
+                .cmp(&a.path_prefix.len())
+                .then_with(|| b.host.is_some().cmp(&a.host.is_some()))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+    }
+}

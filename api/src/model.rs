@@ -1,0 +1,440 @@
+//! `PredictiveModel`: what to forecast and how. Becomes a training Job (again when the training-relevant spec or
+//! `spec.retrainRequest` changes), then a serving Deployment and Service for the trained version, and optionally a
+//! CronJob that retrains on a schedule.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{ConditionedStatus, DatabaseRef, PodOptions};
+
+/// A forecasting model for one pollutant.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "airq.dev",
+    version = "v1alpha1",
+    kind = "PredictiveModel",
+    namespaced,
+    status = "PredictiveModelStatus",
+    shortname = "pm",
+    shortname = "model",
+    category = "airq",
+    doc = "A model that forecasts one pollutant at the stations, with calibrated intervals: trained by a Job, served by a Deployment, retrained when its spec or retrainRequest changes.",
+    printcolumn(name = "Pollutant", type_ = "string", json_path = ".spec.target.pollutant"),
+    printcolumn(name = "Algorithm", type_ = "string", json_path = ".status.algorithm"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.modelVersion"),
+    printcolumn(name = "MAE", type_ = "number", json_path = ".status.metrics.mae"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 40").message("the name must be at most 40 characters (it prefixes the names of the model's Jobs, Deployment and Service)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictiveModelSpec {
+    /// What is forecast.
+    pub target: Target,
+    /// How many hours ahead the model forecasts.
+    #[serde(default = "default_horizon")]
+    #[schemars(range(min = 1, max = 168))]
+    pub horizon_hours: u32,
+    /// Confidence levels of the intervals served with each forecast, each strictly between 0 and 1.
+    #[serde(default = "default_confidence_levels")]
+    #[x_kube(validation = Rule::new("self.all(c, c > 0.0 && c < 1.0)").message("each confidence level must be strictly between 0 and 1"))]
+    #[schemars(length(min = 1, max = 10))]
+    pub confidence_levels: Vec<f64>,
+    /// The algorithm and its parameters: exactly one of the fields.
+    pub algorithm: Algorithm,
+    /// The inputs the algorithm sees.
+    #[serde(default)]
+    pub features: Features,
+    /// The data it learns from, when it retrains, and the machines it trains on.
+    #[serde(default)]
+    pub training: Training,
+    /// How the trained model is served.
+    #[serde(default)]
+    pub serving: Serving,
+    /// Change this value (any string, e.g. a timestamp) to retrain with the same spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrain_request: Option<String>,
+    /// The Secret holding the database URL.
+    #[serde(default)]
+    pub database: DatabaseRef,
+    /// The predictive image; the operator's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+fn default_horizon() -> u32 {
+    24
+}
+
+fn default_confidence_levels() -> Vec<f64> {
+    vec![0.8, 0.9]
+}
+
+/// The pollutant forecast, and where.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// Pollutant code: `pm25`, `pm10`, `no2`, `o3`, `so2` or `co`.
+    #[schemars(regex(pattern = r"^(pm25|pm10|no2|o3|so2|co)$"))]
+    pub pollutant: String,
+    /// Stations the model is trained on and serves; every station when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stations: Vec<String>,
+}
+
+/// The algorithm and its parameters: exactly one field is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.knn), has(self.linear), has(self.neuralNetwork), has(self.persistence), has(self.seasonalNaive), has(self.climatology)].filter(x, x).size() == 1").message("set exactly one algorithm: knn, linear, neuralNetwork, persistence, seasonalNaive or climatology"))]
+pub struct Algorithm {
+    /// k-nearest neighbours over the feature vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn: Option<Knn>,
+    /// A ridge-regularised linear model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear: Option<Linear>,
+    /// A small feed-forward neural network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neural_network: Option<NeuralNetwork>,
+    /// Baseline: the last observed value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Baseline>,
+    /// Baseline: the value one season earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seasonal_naive: Option<SeasonalNaive>,
+    /// Baseline: the mean for the station, month and hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub climatology: Option<Baseline>,
+}
+
+impl Algorithm {
+    /// The name of the algorithm that is set, as shown by `kubectl get`.
+    pub fn name(&self) -> &'static str {
+        let set = [
+            (self.knn.is_some(), "knn"),
+            (self.linear.is_some(), "linear"),
+            (self.neural_network.is_some(), "neuralNetwork"),
+            (self.persistence.is_some(), "persistence"),
+            (self.seasonal_naive.is_some(), "seasonalNaive"),
+            (self.climatology.is_some(), "climatology"),
+        ];
+        match set.iter().filter(|(on, _)| *on).collect::<Vec<_>>().as_slice() {
+            [(_, name)] => name,
+            _ => "invalid",
+        }
+    }
+}
+
+/// k-nearest neighbours.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Knn {
+    /// Neighbours averaged.
+    #[serde(default = "default_k")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub k: u32,
+    /// How distance between feature vectors is measured.
+    #[serde(default)]
+    pub distance: Distance,
+    /// How neighbours are weighted.
+    #[serde(default)]
+    pub weights: Weights,
+    /// How features are scaled before distances are taken.
+    #[serde(default)]
+    pub scaling: Scaling,
+}
+
+fn default_k() -> u32 {
+    10
+}
+
+/// Distance between feature vectors.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Distance {
+    #[default]
+    Euclidean,
+    Manhattan,
+    Cosine,
+}
+
+/// Weight of each neighbour.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Weights {
+    /// Every neighbour counts the same.
+    Uniform,
+    /// Nearer neighbours count more (inverse distance).
+    #[default]
+    Distance,
+}
+
+/// Feature scaling.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Scaling {
+    /// Zero mean, unit variance.
+    #[default]
+    Standard,
+    /// Into [0, 1].
+    MinMax,
+    /// Raw values.
+    None,
+}
+
+/// A ridge-regularised linear model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Linear {
+    /// L2 penalty.
+    #[serde(default = "default_l2")]
+    #[schemars(range(min = 0.0))]
+    pub l2: f64,
+}
+
+fn default_l2() -> f64 {
+    1.0
+}
+
+/// A feed-forward neural network.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NeuralNetwork {
+    /// Sizes of the hidden layers.
+    #[serde(default = "default_hidden_sizes")]
+    #[schemars(length(min = 1, max = 8))]
+    pub hidden_sizes: Vec<u32>,
+    /// Passes over the training data at most.
+    #[serde(default = "default_epochs")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub epochs: u32,
+    /// Optimiser step size.
+    #[serde(default = "default_learning_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub learning_rate: f64,
+    /// Stop after this many epochs without improvement on the validation data.
+    #[serde(default = "default_patience")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub early_stopping_patience: u32,
+}
+
+fn default_hidden_sizes() -> Vec<u32> {
+    vec![32, 16]
+}
+
+fn default_epochs() -> u32 {
+    100
+}
+
+fn default_learning_rate() -> f64 {
+    0.001
+}
+
+fn default_patience() -> u32 {
+    10
+}
+
+/// A baseline without parameters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct Baseline {}
+
+/// The seasonal-naive baseline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeasonalNaive {
+    /// Length of the season in hours (24: same hour yesterday; 168: same hour last week).
+    #[serde(default = "default_season")]
+    #[schemars(range(min = 1, max = 8784))]
+    pub season_hours: u32,
+}
+
+fn default_season() -> u32 {
+    24
+}
+
+/// The inputs of the model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Features {
+    /// Lags of the target, in hours.
+    #[serde(default = "default_lags")]
+    pub lags: Vec<u32>,
+    /// Hour of day, day of week and month.
+    #[serde(default = "yes")]
+    pub calendar: bool,
+    /// Weather covariates where the data has them (temperature, pressure, dew point, rain, wind).
+    #[serde(default = "yes")]
+    pub weather: bool,
+    /// Model the logarithm of the concentration.
+    #[serde(default = "yes")]
+    pub log_transform: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Self {
+            lags: default_lags(),
+            calendar: true,
+            weather: true,
+            log_transform: true,
+        }
+    }
+}
+
+fn default_lags() -> Vec<u32> {
+    vec![1, 2, 3, 24, 168]
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What the model learns from and where it trains.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.from) || !has(self.to) || self.from < self.to").message("training.from must be before training.to"))]
+pub struct Training {
+    /// First day of the training data (`YYYY-MM-DD`); the oldest data when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"), length(max = 10))]
+    pub from: Option<String>,
+    /// Day after the last one of the training data (`YYYY-MM-DD`); the newest data when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"), length(max = 10))]
+    pub to: Option<String>,
+    /// Share of the newest data held out to calibrate the intervals and stop training early.
+    #[serde(default = "default_calibration")]
+    #[schemars(range(min = 0.05, max = 0.5))]
+    pub calibration_fraction: f64,
+    /// Retrain on this cron schedule (`minute hour day-of-month month day-of-week`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Resources and node placement of the training pods.
+    #[serde(default, flatten)]
+    pub pod: PodOptions,
+}
+
+impl Default for Training {
+    fn default() -> Self {
+        Self {
+            from: None,
+            to: None,
+            calibration_fraction: default_calibration(),
+            schedule: None,
+            pod: PodOptions::default(),
+        }
+    }
+}
+
+fn default_calibration() -> f64 {
+    0.2
+}
+
+/// How the trained model is served.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Serving {
+    /// Serving pods.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// Resources of each serving pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for Serving {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            resources: None,
+        }
+    }
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Where the model is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ModelPhase {
+    /// Waiting to train (e.g. for its database Secret).
+    Pending,
+    /// A training Job runs.
+    Training,
+    /// A trained version is served.
+    Serving,
+    /// The last training failed.
+    Failed,
+}
+
+/// What the operator last saw of the model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictiveModelStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Trained` (the current spec has a trained version), `Serving` (that version is served by ready pods) and
+    /// `Ready` (both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ModelPhase>,
+    /// The algorithm of the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// The fingerprint of the training-relevant spec the served version was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_revision: Option<String>,
+    /// The `metadata.generation` the served version was trained for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_generation: Option<i64>,
+    /// The model version served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    /// When the served version finished training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trained_time: Option<Time>,
+    /// The training Job whose report the status holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_job: Option<String>,
+    /// The training Job running now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_job: Option<String>,
+    /// Evaluation of the served version on its test period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<ModelMetrics>,
+    /// Where the model answers inside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Evaluation metrics of a model version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelMetrics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rmse: Option<f64>,
+    /// Share of test values inside the 90 % interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage90: Option<f64>,
+}
+
+impl ConditionedStatus for PredictiveModelStatus {
+    fn observed_generation(&self) -> Option<i64> {
+        self.observed_generation
+    }
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}

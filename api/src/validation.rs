@@ -1,0 +1,212 @@
+//! The checks CEL cannot make, done by whoever reads a resource (the operator, the one-machine mode) with the same
+//! messages: cron expressions, calendar dates, and route prefixes that would shadow the platform's own routes.
+
+use std::fmt;
+
+use croner::parser::{CronParser, Seconds, Year};
+
+use crate::{AdhocServiceSpec, EtlScheduleSpec, PredictiveModelSpec};
+
+/// What is wrong with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's path, e.g. `spec.schedule`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in a spec; empty when it is valid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems(pub Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// `Ok` when nothing was found.
+    pub fn into_result(self) -> Result<(), Problems> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("; "))
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Path prefixes the platform's own routes use; an AdhocService may not take them over.
+pub const RESERVED_PREFIXES: &[&str] = &[
+    "/api/predictive/",
+    "/api/etl/",
+    "/api/front/",
+    "/api/admin/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+/// Checks a cron expression the way a Kubernetes CronJob reads it: five fields (minute, hour, day of month, month,
+/// day of week) or a macro such as `@hourly`.
+pub fn check_cron(expression: &str) -> Result<(), String> {
+    let trimmed = expression.trim();
+    if trimmed.starts_with("TZ=") || trimmed.starts_with("CRON_TZ=") {
+        return Err("put the time zone in spec.timeZone, not in the schedule".to_owned());
+    }
+    if !trimmed.starts_with('@') && trimmed.split_whitespace().count() != 5 {
+        return Err(format!(
+            "{expression:?} is not a valid cron expression: expected 5 fields (minute hour day-of-month month day-of-week), found {}",
+            trimmed.split_whitespace().count()
+        ));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(trimmed)
+        .map(drop)
+        .map_err(|e| format!("{expression:?} is not a valid cron expression: {e}"))
+}
+
+fn check_date(problems: &mut Problems, field: &str, value: &str) {
+    if value.parse::<jiff::civil::Date>().is_err() {
+        problems.add(field, format!("{value:?} is not a calendar date (YYYY-MM-DD)"));
+    }
+}
+
+/// Checks an EtlSchedule's spec.
+pub fn etl_schedule(spec: &EtlScheduleSpec) -> Result<(), Problems> {
+    let mut problems = Problems::default();
+    if let Some(schedule) = &spec.schedule
+        && let Err(message) = check_cron(schedule)
+    {
+        problems.add("spec.schedule", message);
+    }
+    if let Some(backfill) = &spec.backfill {
+        check_date(&mut problems, "spec.backfill.from", &backfill.from);
+        check_date(&mut problems, "spec.backfill.to", &backfill.to);
+    }
+    if spec.source.kind() == "invalid" {
+        problems.add("spec.source", "set exactly one of csv, openaq or openMeteo");
+    }
+    for (field, url) in [
+        (
+            "spec.source.openaq.baseUrl",
+            spec.source.openaq.as_ref().and_then(|s| s.base_url.as_deref()),
+        ),
+        (
+            "spec.source.openMeteo.baseUrl",
+            spec.source.open_meteo.as_ref().and_then(|s| s.base_url.as_deref()),
+        ),
+    ] {
+        if let Some(url) = url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems.add(field, format!("{url:?} is not an http(s) URL"));
+        }
+    }
+    problems.into_result()
+}
+
+/// Checks a PredictiveModel's spec.
+pub fn predictive_model(spec: &PredictiveModelSpec) -> Result<(), Problems> {
+    let mut problems = Problems::default();
+    if spec.algorithm.name() == "invalid" {
+        problems.add(
+            "spec.algorithm",
+            "set exactly one algorithm: knn, linear, neuralNetwork, persistence, seasonalNaive or climatology",
+        );
+    }
+    if let Some(schedule) = &spec.training.schedule
+        && let Err(message) = check_cron(schedule)
+    {
+        problems.add("spec.training.schedule", message);
+    }
+    for (field, date) in [
+        ("spec.training.from", &spec.training.from),
+        ("spec.training.to", &spec.training.to),
+    ] {
+        if let Some(date) = date {
+            check_date(&mut problems, field, date);
+        }
+    }
+    if spec.features.lags.iter().any(|&lag| lag == 0 || lag > 8784) {
+        problems.add("spec.features.lags", "each lag must be between 1 and 8784 hours");
+    }
+    if spec.target.stations.iter().any(|s| s.trim().is_empty()) {
+        problems.add("spec.target.stations", "station names may not be empty");
+    }
+    problems.into_result()
+}
+
+/// Checks an AdhocService's spec.
+pub fn adhoc_service(spec: &AdhocServiceSpec) -> Result<(), Problems> {
+    let mut problems = Problems::default();
+    let prefix = spec.route.path_prefix.as_str();
+    if prefix == "/" {
+        problems.add(
+            "spec.route.pathPrefix",
+            "\"/\" is the dashboard's; choose a prefix such as /adhoc/<name>/",
+        );
+    }
+    if let Some(reserved) = RESERVED_PREFIXES
+        .iter()
+        .find(|reserved| prefix.starts_with(*reserved) || reserved.starts_with(prefix))
+    {
+        problems.add(
+            "spec.route.pathPrefix",
+            format!("{prefix:?} overlaps {reserved:?}, which the platform's own routes use"),
+        );
+    }
+    if !spec.access.public && spec.access.groups.is_empty() {
+        problems.add("spec.access", "set either public: true or a non-empty list of groups");
+    }
+    if spec.access.public && !spec.access.groups.is_empty() {
+        problems.add("spec.access", "set either public: true or a list of groups, not both");
+    }
+    problems.into_result()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_expressions_are_read_like_a_cron_job() {
+        for good in [
+            "15 * * * *",
+            "*/5 0-6 * * 1-5",
+            "0 3 1 * *",
+            "@hourly",
+            "@daily",
+            "0 0 * JAN,JUL SUN",
+        ] {
+            assert_eq!(check_cron(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "61 * * * *",
+            "* * * *",
+            "0 0 * * * *",
+            "every hour",
+            "0 25 * * *",
+            "TZ=UTC 0 * * * *",
+        ] {
+            assert!(check_cron(bad).is_err(), "{bad} was accepted");
+        }
+        let message = check_cron("61 * * * *").err().unwrap_or_default();
+        assert!(message.contains("\"61 * * * *\""), "{message}");
+    }
+}

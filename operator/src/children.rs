@@ -1,0 +1,341 @@
+//! The objects a resource owns: their common metadata (labels, owner reference), and applying the desired set —
+//! server-side apply under one field manager, skipped when the object already carries the hash of what would be
+//! applied, and deletion of owned objects no longer wanted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// The field manager of every write the operator makes.
+pub const MANAGER: &str = "airq-operator";
+/// The annotation holding the hash of what the operator last applied to an object.
+pub const HASH_ANNOTATION: &str = "airq.dev/applied-hash";
+/// The label every managed object carries; the operator's watches select on it.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "airq-operator");
+/// The label naming the kind of the owning resource.
+pub const OWNER_KIND_LABEL: &str = "airq.dev/owner-kind";
+
+/// The resource that owns the children being built.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub kind: &'static str,
+    pub api_version: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+}
+
+impl Owner {
+    /// The owner as seen from an airq resource.
+    pub fn of<K: Resource<DynamicType = ()>>(resource: &K) -> Result<Self> {
+        Ok(Self {
+            kind: crate::status::kind_label::<K>(),
+            api_version: K::api_version(&()).into_owned(),
+            name: resource.meta().name.clone().ok_or(Error::MissingMetadata("name"))?,
+            namespace: resource
+                .meta()
+                .namespace
+                .clone()
+                .ok_or(Error::MissingMetadata("namespace"))?,
+            uid: resource.meta().uid.clone().ok_or(Error::MissingMetadata("uid"))?,
+        })
+    }
+
+    /// The labels of a child: the standard `app.kubernetes.io` ones, and the owner's kind.
+    pub fn labels(&self, component: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), component.to_owned()),
+            ("app.kubernetes.io/instance".to_owned(), self.name.clone()),
+            ("app.kubernetes.io/part-of".to_owned(), "airq".to_owned()),
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            (OWNER_KIND_LABEL.to_owned(), self.kind.to_owned()),
+        ])
+    }
+
+    /// Metadata of a child named `name`: namespace, labels and the controlling owner reference (so deleting the
+    /// owner deletes it).
+    pub fn meta(&self, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![OwnerReference {
+                api_version: self.api_version.clone(),
+                kind: self.kind.to_owned(),
+                name: self.name.clone(),
+                uid: self.uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// A child object of one of the kinds the operator creates.
+// A handful are built per reconcile and applied at once; boxing them would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Child {
+    ConfigMap(ConfigMap),
+    Deployment(Deployment),
+    Service(Service),
+    Ingress(Ingress),
+    CronJob(CronJob),
+    Job(Job),
+}
+
+/// The kinds of children, in the order they are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChildKind {
+    ConfigMap,
+    Service,
+    Deployment,
+    Ingress,
+    CronJob,
+    Job,
+}
+
+impl ChildKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConfigMap => "ConfigMap",
+            Self::Service => "Service",
+            Self::Deployment => "Deployment",
+            Self::Ingress => "Ingress",
+            Self::CronJob => "CronJob",
+            Self::Job => "Job",
+        }
+    }
+}
+
+impl Child {
+    pub fn kind(&self) -> ChildKind {
+        match self {
+            Self::ConfigMap(_) => ChildKind::ConfigMap,
+            Self::Deployment(_) => ChildKind::Deployment,
+            Self::Service(_) => ChildKind::Service,
+            Self::Ingress(_) => ChildKind::Ingress,
+            Self::CronJob(_) => ChildKind::CronJob,
+            Self::Job(_) => ChildKind::Job,
+        }
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Self::ConfigMap(o) => &o.metadata,
+            Self::Deployment(o) => &o.metadata,
+            Self::Service(o) => &o.metadata,
+            Self::Ingress(o) => &o.metadata,
+            Self::CronJob(o) => &o.metadata,
+            Self::Job(o) => &o.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// The object as JSON with `apiVersion` and `kind`, and the hash of that JSON in [`HASH_ANNOTATION`].
+    pub fn to_apply(&self) -> Result<(serde_json::Value, String)> {
+        let mut value = match self {
+            Self::ConfigMap(o) => typed_json(o)?,
+            Self::Deployment(o) => typed_json(o)?,
+            Self::Service(o) => typed_json(o)?,
+            Self::Ingress(o) => typed_json(o)?,
+            Self::CronJob(o) => typed_json(o)?,
+            Self::Job(o) => typed_json(o)?,
+        };
+        let bytes = serde_json::to_vec(&value).map_err(|e| Error::Serialize(self.kind().as_str(), e))?;
+        let digest = Sha256::digest(&bytes);
+        let hash: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+        if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            let annotations = metadata
+                .entry("annotations")
+                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+            if let Some(annotations) = annotations.as_object_mut() {
+                annotations.insert(HASH_ANNOTATION.to_owned(), hash.clone().into());
+            }
+        }
+        Ok((value, hash))
+    }
+}
+
+fn typed_json<K: Resource<DynamicType = ()> + Serialize>(object: &K) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(object).map_err(|e| Error::Serialize("object", e))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".to_owned(), K::api_version(&()).into());
+        map.insert("kind".to_owned(), K::kind(&()).into());
+    }
+    Ok(value)
+}
+
+/// What a reconcile wants to exist, and owned objects it wants kept as they are (e.g. finished Jobs kept as history).
+#[derive(Debug, Default)]
+pub struct Desired {
+    pub children: Vec<Child>,
+    pub keep: BTreeSet<(ChildKind, String)>,
+}
+
+/// What applying the desired children changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub applied: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.applied.is_empty() && self.deleted.is_empty()
+    }
+
+    /// One line for an Event.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.applied.is_empty() {
+            parts.push(format!("applied {}", self.applied.join(", ")));
+        }
+        if !self.deleted.is_empty() {
+            parts.push(format!("deleted {}", self.deleted.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// The applied-hash annotation of the object `name` in `store`; `None` when there is no such object.
+fn existing_hash<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Option<String>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .get(&ObjectRef::new(name).within(namespace))
+        .map(|object| object.annotations().get(HASH_ANNOTATION).cloned())
+}
+
+/// Names of the objects in `store` that `owner` controls.
+fn owned_names<K>(store: &Store<K>, owner: &Owner) -> Vec<String>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state()
+        .iter()
+        .filter(|object| {
+            object.namespace().as_deref() == Some(owner.namespace.as_str())
+                && object
+                    .owner_references()
+                    .iter()
+                    .any(|r| r.uid == owner.uid && r.controller == Some(true))
+        })
+        .map(|object| object.name_any())
+        .collect()
+}
+
+/// Applies `desired` for `owner` and deletes the objects `owner` controls that are neither desired nor kept. An
+/// object whose applied-hash already matches is not written.
+pub async fn apply(ctx: &Context, owner: &Owner, desired: Desired) -> Result<Changes> {
+    let mut changes = Changes::default();
+    let mut wanted: BTreeSet<(ChildKind, String)> = desired.keep.clone();
+    let mut children = desired.children;
+    children.sort_by_key(Child::kind);
+    for child in &children {
+        let kind = child.kind();
+        let name = child.name().to_owned();
+        wanted.insert((kind, name.clone()));
+        let (value, hash) = child.to_apply()?;
+        let existing = match kind {
+            ChildKind::ConfigMap => existing_hash(&ctx.stores.config_maps, &owner.namespace, &name),
+            ChildKind::Service => existing_hash(&ctx.stores.services, &owner.namespace, &name),
+            ChildKind::Deployment => existing_hash(&ctx.stores.deployments, &owner.namespace, &name),
+            ChildKind::Ingress => existing_hash(&ctx.stores.ingresses, &owner.namespace, &name),
+            ChildKind::CronJob => existing_hash(&ctx.stores.cron_jobs, &owner.namespace, &name),
+            ChildKind::Job => existing_hash(&ctx.stores.jobs, &owner.namespace, &name),
+        };
+        // Jobs cannot change once created: an existing one is kept whatever its content.
+        if existing == Some(Some(hash)) || (kind == ChildKind::Job && existing.is_some()) {
+            continue;
+        }
+        let params = PatchParams::apply(MANAGER).force();
+        let patch = Patch::Apply(&value);
+        let result = match kind {
+            ChildKind::ConfigMap => api::<ConfigMap>(ctx, owner)
+                .patch(&name, &params, &patch)
+                .await
+                .map(drop),
+            ChildKind::Service => api::<Service>(ctx, owner).patch(&name, &params, &patch).await.map(drop),
+            ChildKind::Deployment => api::<Deployment>(ctx, owner)
+                .patch(&name, &params, &patch)
+                .await
+                .map(drop),
+            ChildKind::Ingress => api::<Ingress>(ctx, owner).patch(&name, &params, &patch).await.map(drop),
+            ChildKind::CronJob => api::<CronJob>(ctx, owner).patch(&name, &params, &patch).await.map(drop),
+            ChildKind::Job => api::<Job>(ctx, owner).patch(&name, &params, &patch).await.map(drop),
+        };
+        result.map_err(|source| Error::Apply {
+            kind: kind.as_str(),
+            name: name.clone(),
+            source,
+        })?;
+        ctx.stats.wrote(owner.kind, "apply");
+        changes.applied.push(format!("{} {name}", kind.as_str()));
+    }
+
+    let owned = [
+        (ChildKind::ConfigMap, owned_names(&ctx.stores.config_maps, owner)),
+        (ChildKind::Service, owned_names(&ctx.stores.services, owner)),
+        (ChildKind::Deployment, owned_names(&ctx.stores.deployments, owner)),
+        (ChildKind::Ingress, owned_names(&ctx.stores.ingresses, owner)),
+        (ChildKind::CronJob, owned_names(&ctx.stores.cron_jobs, owner)),
+        (ChildKind::Job, owned_names(&ctx.stores.jobs, owner)),
+    ];
+    for (kind, names) in owned {
+        for name in names {
+            if wanted.contains(&(kind, name.clone())) {
+                continue;
+            }
+            let params = DeleteParams::background();
+            let result = match kind {
+                ChildKind::ConfigMap => api::<ConfigMap>(ctx, owner).delete(&name, &params).await.map(drop),
+                ChildKind::Service => api::<Service>(ctx, owner).delete(&name, &params).await.map(drop),
+                ChildKind::Deployment => api::<Deployment>(ctx, owner).delete(&name, &params).await.map(drop),
+                ChildKind::Ingress => api::<Ingress>(ctx, owner).delete(&name, &params).await.map(drop),
+                ChildKind::CronJob => api::<CronJob>(ctx, owner).delete(&name, &params).await.map(drop),
+                ChildKind::Job => api::<Job>(ctx, owner).delete(&name, &params).await.map(drop),
+            };
+            match result {
+                Ok(()) => {}
+                // Already gone: the cache had not caught up.
+                Err(kube::Error::Api(status)) if status.code == 404 => continue,
+                Err(source) => {
+                    return Err(Error::Delete {
+                        kind: kind.as_str(),
+                        name,
+                        source,
+                    });
+                }
+            }
+            ctx.stats.wrote(owner.kind, "delete");
+            changes.deleted.push(format!("{} {name}", kind.as_str()));
+        }
+    }
+    Ok(changes)
+}
+
+fn api<K>(ctx: &Context, owner: &Owner) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    Api::namespaced(ctx.client.clone(), &owner.namespace)
+}

@@ -1,0 +1,403 @@
+//! AdhocService → Deployment + Service + Ingress route (to the gateway) + an entry in the gateway's route table
+//! (written by the Platform reconciler, which gathers every AdhocService of its namespace).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use airq_api::adhoc::{AdhocService, AdhocServiceStatus};
+use airq_api::platform::{PLATFORM_NAME, Platform};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
+    ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::children::{self, Child, Desired, Owner};
+use crate::context::Context;
+use crate::error::Result;
+use crate::status::{condition, event, update};
+use crate::workload::{container_security, pod_template};
+
+/// The name of an AdhocService's Deployment, Service and Ingress.
+pub fn child_name(adhoc: &str) -> String {
+    format!("adhoc-{adhoc}")
+}
+
+/// The Service of the gateway, which every Ingress route points at.
+pub const GATEWAY_SERVICE: &str = "airq-gateway";
+
+fn selector(owner: &Owner) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "adhoc".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), owner.name.clone()),
+    ])
+}
+
+/// The objects an AdhocService wants: pure, from the resource and its namespace's Platform.
+pub fn build(adhoc: &AdhocService, owner: &Owner, platform: Option<&Platform>) -> Desired {
+    let name = child_name(&owner.name);
+    let labels = owner.labels("adhoc");
+    let spec = &adhoc.spec;
+    let tcp_probe = Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("http".to_owned()),
+            host: None,
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "service".to_owned(),
+        image: Some(spec.image.clone()),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env: if spec.env.is_empty() {
+            None
+        } else {
+            Some(spec.env.clone())
+        },
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: spec.port,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        resources: spec.resources.clone(),
+        readiness_probe: Some(tcp_probe.clone()),
+        liveness_probe: Some(tcp_probe),
+        // Another team's image may write where it likes; it must still run as a non-root user.
+        security_context: Some(container_security(false)),
+        ..Container::default()
+    };
+    let deployment = Deployment {
+        metadata: owner.meta(&name, labels.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(owner)),
+                match_expressions: None,
+            },
+            template: pod_template(
+                labels.clone(),
+                vec![container],
+                &Default::default(),
+                None,
+                vec![],
+                false,
+            ),
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    };
+    let service = Service {
+        metadata: owner.meta(&name, labels.clone()),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(owner)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    let mut children = vec![Child::Deployment(deployment), Child::Service(service)];
+    if let Some(platform) = platform.filter(|p| p.spec.ingress.enabled) {
+        let host = spec.route.host.clone().or_else(|| platform.spec.ingress.host.clone());
+        let ingress = Ingress {
+            metadata: owner.meta(&name, labels),
+            spec: Some(IngressSpec {
+                ingress_class_name: platform.spec.ingress.class_name.clone(),
+                rules: Some(vec![IngressRule {
+                    host,
+                    http: Some(HTTPIngressRuleValue {
+                        paths: vec![HTTPIngressPath {
+                            path: Some(spec.route.path_prefix.clone()),
+                            path_type: "Prefix".to_owned(),
+                            backend: IngressBackend {
+                                service: Some(IngressServiceBackend {
+                                    name: GATEWAY_SERVICE.to_owned(),
+                                    port: Some(ServiceBackendPort {
+                                        name: Some("http".to_owned()),
+                                        number: None,
+                                    }),
+                                }),
+                                resource: None,
+                            },
+                        }],
+                    }),
+                }]),
+                ..IngressSpec::default()
+            }),
+            status: None,
+        };
+        children.push(Child::Ingress(ingress));
+    }
+    Desired {
+        children,
+        keep: Default::default(),
+    }
+}
+
+/// Whether `deployment` runs `replicas` ready pods of its current spec.
+pub fn deployment_available(deployment: Option<&Deployment>) -> (bool, i32) {
+    let Some(deployment) = deployment else {
+        return (false, 0);
+    };
+    let wanted = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(status) = &deployment.status else {
+        return (wanted == 0, 0);
+    };
+    let current = status.observed_generation >= deployment.metadata.generation;
+    let available = status.available_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    (current && updated >= wanted && available >= wanted, available)
+}
+
+/// The URL a caller reaches the service at through the gateway.
+fn url(adhoc: &AdhocService, namespace: &str, platform: Option<&Platform>) -> String {
+    let prefix = &adhoc.spec.route.path_prefix;
+    let ingress = platform.map(|p| &p.spec.ingress).filter(|i| i.enabled);
+    match (adhoc.spec.route.host.as_ref(), ingress.and_then(|i| i.host.as_ref())) {
+        (Some(host), _) | (None, Some(host)) => {
+            let scheme = if ingress.is_some_and(|i| i.tls_secret.is_some()) {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}{prefix}")
+        }
+        (None, None) => format!("http://{GATEWAY_SERVICE}.{namespace}.svc{prefix}"),
+    }
+}
+
+/// Reconciles one AdhocService.
+pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Action> {
+    let owner = Owner::of(adhoc.as_ref())?;
+    let generation = adhoc.metadata.generation;
+    let previous = adhoc.status.clone().unwrap_or_default();
+    let previous_reason = airq_api::common::condition(&previous.conditions, "Ready").map(|c| c.reason.clone());
+
+    if let Err(problems) = airq_api::validation::adhoc_service(&adhoc.spec) {
+        let message = problems.to_string();
+        let status = AdhocServiceStatus {
+            observed_generation: generation,
+            conditions: vec![condition(
+                &previous.conditions,
+                "Ready",
+                false,
+                "InvalidSpec",
+                &message,
+                generation,
+            )],
+            available_replicas: previous.available_replicas,
+            url: None,
+        };
+        if previous_reason.as_deref() != Some("InvalidSpec") || previous.observed_generation != generation {
+            event(&ctx, adhoc.as_ref(), true, "InvalidSpec", "Validate", message).await;
+        }
+        update(&ctx, adhoc.as_ref(), adhoc.status.as_ref(), status).await?;
+        // Nothing will change until the object does.
+        return Ok(Action::await_change());
+    }
+
+    let platform = ctx
+        .stores
+        .platforms
+        .get(&ObjectRef::new(PLATFORM_NAME).within(&owner.namespace));
+    let changes = children::apply(&ctx, &owner, build(&adhoc, &owner, platform.as_deref())).await?;
+    if !changes.is_empty() {
+        event(&ctx, adhoc.as_ref(), false, "Applied", "Apply", changes.describe()).await;
+    }
+
+    let deployment = ctx
+        .stores
+        .deployments
+        .get(&ObjectRef::new(&child_name(&owner.name)).within(&owner.namespace));
+    let (available, available_replicas) = deployment_available(deployment.as_deref());
+    let peers = ctx
+        .stores
+        .adhoc_services
+        .state()
+        .into_iter()
+        .filter(|a| a.namespace().as_deref() == Some(owner.namespace.as_str()))
+        .collect::<Vec<_>>();
+    let conflict = crate::routes::conflicts(&peers).get(&owner.name).cloned();
+    let (routed, routed_reason, routed_message) = match (&platform, &conflict) {
+        (None, _) => (
+            false,
+            "NoPlatform",
+            format!(
+                "no Platform named {PLATFORM_NAME} in namespace {}: the gateway that would route to this service is missing",
+                owner.namespace
+            ),
+        ),
+        (Some(_), Some(winner)) => (
+            false,
+            "PathConflict",
+            format!(
+                "AdhocService {winner} already has host and prefix {}",
+                adhoc.spec.route.path_prefix
+            ),
+        ),
+        (Some(_), None) => (
+            true,
+            "Routed",
+            format!("the gateway routes {} here", adhoc.spec.route.path_prefix),
+        ),
+    };
+    let (ready_reason, ready_message) = if !routed {
+        (routed_reason, routed_message.clone())
+    } else if !available {
+        (
+            "Progressing",
+            format!("{available_replicas} of {} pods available", adhoc.spec.replicas),
+        )
+    } else {
+        (
+            "Available",
+            "the service is routed and its pods are available".to_owned(),
+        )
+    };
+    let status = AdhocServiceStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition(
+                &previous.conditions,
+                "Available",
+                available,
+                if available {
+                    "MinimumReplicasAvailable"
+                } else {
+                    "Progressing"
+                },
+                format!("{available_replicas} of {} pods available", adhoc.spec.replicas),
+                generation,
+            ),
+            condition(
+                &previous.conditions,
+                "Routed",
+                routed,
+                routed_reason,
+                routed_message,
+                generation,
+            ),
+            condition(
+                &previous.conditions,
+                "Ready",
+                routed && available,
+                ready_reason,
+                ready_message.clone(),
+                generation,
+            ),
+        ],
+        available_replicas: Some(available_replicas),
+        url: Some(url(&adhoc, &owner.namespace, platform.as_deref())),
+    };
+    if !routed && previous_reason.as_deref() != Some(ready_reason) {
+        event(&ctx, adhoc.as_ref(), true, ready_reason, "Route", ready_message).await;
+    }
+    update(&ctx, adhoc.as_ref(), adhoc.status.as_ref(), status).await?;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adhoc(yaml: &str) -> AdhocService {
+        serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test YAML: {e}"))
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            kind: "AdhocService",
+            api_version: "airq.dev/v1alpha1".to_owned(),
+            name: "reports".to_owned(),
+            namespace: "airq".to_owned(),
+            uid: "uid-1".to_owned(),
+        }
+    }
+
+    const REPORTS: &str = r#"
+apiVersion: airq.dev/v1alpha1
+kind: AdhocService
+metadata: { name: reports, namespace: airq, uid: uid-1 }
+spec:
+  image: registry.example/reports:1.2
+  port: 9000
+  replicas: 3
+  env: [{ name: MODE, value: fast }]
+  route: { pathPrefix: /adhoc/reports/, timeoutSeconds: 10 }
+  access: { groups: [analysts] }
+"#;
+
+    #[test]
+    fn builds_a_deployment_and_a_service_owned_by_the_resource() {
+        let desired = build(&adhoc(REPORTS), &owner(), None);
+        let [Child::Deployment(deployment), Child::Service(service)] = desired.children.as_slice() else {
+            panic!("expected a Deployment and a Service, got {:?}", desired.children);
+        };
+        assert_eq!(deployment.metadata.name.as_deref(), Some("adhoc-reports"));
+        let owner_ref = &deployment.metadata.owner_references.as_deref().unwrap_or_default()[0];
+        assert_eq!((owner_ref.uid.as_str(), owner_ref.controller), ("uid-1", Some(true)));
+        let spec = deployment.spec.as_ref().map(|s| (s.replicas, s.template.spec.as_ref()));
+        let Some((replicas, Some(pod))) = spec else {
+            panic!("no pod spec")
+        };
+        assert_eq!(replicas, Some(3));
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("registry.example/reports:1.2"));
+        assert_eq!(container.ports.as_deref().unwrap_or_default()[0].container_port, 9000);
+        assert_eq!(
+            pod.security_context.as_ref().and_then(|s| s.run_as_non_root),
+            Some(true)
+        );
+        let service_port = &service.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default()[0];
+        assert_eq!(service_port.port, 80);
+        assert_eq!(
+            service
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+                .map(String::as_str),
+            Some("airq-operator")
+        );
+    }
+
+    #[test]
+    fn with_a_platform_an_ingress_routes_the_prefix_to_the_gateway() {
+        let platform: Platform = serde_saphyr::from_str(
+            "apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: { name: airq, namespace: airq }\nspec:\n  ingress: { host: airq.example, className: nginx }\n",
+        )
+        .unwrap_or_else(|e| panic!("bad test YAML: {e}"));
+        let desired = build(&adhoc(REPORTS), &owner(), Some(&platform));
+        let Some(Child::Ingress(ingress)) = desired.children.iter().find(|c| matches!(c, Child::Ingress(_))) else {
+            panic!("no Ingress");
+        };
+        let spec = ingress.spec.as_ref().unwrap_or_else(|| panic!("no spec"));
+        assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+        let rule = &spec.rules.as_deref().unwrap_or_default()[0];
+        assert_eq!(rule.host.as_deref(), Some("airq.example"));
+        let path = &rule.http.as_ref().unwrap_or_else(|| panic!("no http")).paths[0];
+        assert_eq!(path.path.as_deref(), Some("/adhoc/reports/"));
+        assert_eq!(
+            path.backend.service.as_ref().map(|s| s.name.as_str()),
+            Some(GATEWAY_SERVICE)
+        );
+        assert_eq!(
+            url(&adhoc(REPORTS), "airq", Some(&platform)),
+            "http://airq.example/adhoc/reports/"
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! EtlSchedule → a CronJob running `airq-etl load` on the schedule, or a Job for a one-off load or a backfill, plus a
+//! Job for each `runRequest`. The database URL (and the OpenAQ API key) reach the pod from their Secrets.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use airq_api::etl::{EtlSchedule, EtlScheduleSpec, EtlScheduleStatus, LoadRunStatus};
+use airq_api::reports::LoadReport;
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use crate::children::{self, Child, ChildKind, Desired, Owner};
+use crate::context::Context;
+use crate::controllers::jobs::{self, JobState};
+use crate::error::Result;
+use crate::status::{condition, event, update};
+use crate::workload::{database_env, env, job_container, pod_template, secret_env, tmp_volume};
+
+/// The label naming the EtlSchedule a load Job belongs to (also on Jobs its CronJob starts).
+pub const SCHEDULE_LABEL: &str = "airq.dev/etl-schedule";
+
+/// The CronJob of a scheduled EtlSchedule.
+pub fn cron_job_name(name: &str) -> String {
+    format!("etl-{name}")
+}
+
+/// A short, stable fingerprint of `value`.
+pub fn fingerprint(value: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(value.to_string().as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a load does: the part of the spec the ETL command reads.
+fn load_spec(spec: &EtlScheduleSpec) -> serde_json::Value {
+    json!({ "source": spec.source, "mode": spec.mode, "backfill": spec.backfill })
+}
+
+fn job_template(etl: &EtlSchedule, owner: &Owner, image: String) -> (ObjectMeta, JobSpec) {
+    let spec = &etl.spec;
+    let mut labels = owner.labels("airq-etl");
+    labels.insert(SCHEDULE_LABEL.to_owned(), owner.name.clone());
+    let mut environment = vec![
+        env("AIRQ_LOG_FORMAT", "json"),
+        env("AIRQ_LOAD_NAME", format!("{}/{}", owner.namespace, owner.name)),
+        env("AIRQ_LOAD_SPEC", load_spec(spec).to_string()),
+        database_env(&spec.database),
+    ];
+    if let Some(openaq) = &spec.source.openaq {
+        environment.push(secret_env(
+            "AIRQ_OPENAQ_API_KEY",
+            &openaq.api_key_secret.name,
+            &openaq.api_key_secret.key,
+        ));
+    }
+    let container = job_container("load", image, vec!["load".to_owned()], environment, &spec.pod);
+    let template = pod_template(
+        labels.clone(),
+        vec![container],
+        &spec.pod,
+        Some("Never"),
+        vec![tmp_volume()],
+        true,
+    );
+    let meta = ObjectMeta {
+        labels: Some(labels),
+        ..ObjectMeta::default()
+    };
+    let job = JobSpec {
+        backoff_limit: Some(2),
+        template,
+        ..JobSpec::default()
+    };
+    (meta, job)
+}
+
+/// The objects an EtlSchedule wants, given its Jobs: pure.
+pub fn build(etl: &EtlSchedule, owner: &Owner, image: String, own_jobs: &[Arc<Job>]) -> Desired {
+    let spec = &etl.spec;
+    let (template_meta, job_spec) = job_template(etl, owner, image);
+    let mut children = Vec::new();
+    let job = |name: String| {
+        let mut metadata = owner.meta(&name, template_meta.labels.clone().unwrap_or_default());
+        metadata.annotations = None;
+        Child::Job(Job {
+            metadata,
+            spec: Some(job_spec.clone()),
+            status: None,
+        })
+    };
+    match &spec.schedule {
+        Some(schedule) => children.push(Child::CronJob(CronJob {
+            metadata: owner.meta(&cron_job_name(&owner.name), owner.labels("airq-etl")),
+            spec: CronJobSpec {
+                schedule: schedule.clone(),
+                time_zone: spec.time_zone.clone(),
+                suspend: Some(spec.suspend),
+                concurrency_policy: Some(spec.concurrency_policy.as_str().to_owned()),
+                successful_jobs_history_limit: Some(spec.successful_jobs_history_limit),
+                failed_jobs_history_limit: Some(spec.failed_jobs_history_limit),
+                job_template: JobTemplateSpec {
+                    metadata: Some(template_meta.clone()),
+                    spec: Some(job_spec.clone()),
+                },
+                ..CronJobSpec::default()
+            },
+            status: None,
+        })),
+        // Run once: one Job per distinct load (a changed source or range is a new load).
+        None if !spec.suspend => children.push(job(format!("etl-{}-{}", owner.name, fingerprint(&load_spec(spec))))),
+        None => {}
+    }
+    if let Some(request) = &spec.run_request {
+        children.push(job(format!("etl-{}-run-{}", owner.name, fingerprint(&json!(request)))));
+    }
+    let keep: BTreeSet<(ChildKind, String)> = jobs::history(
+        own_jobs,
+        usize::try_from(spec.successful_jobs_history_limit).unwrap_or(0),
+        usize::try_from(spec.failed_jobs_history_limit).unwrap_or(0),
+    )
+    .into_iter()
+    .map(|name| (ChildKind::Job, name))
+    .collect();
+    Desired { children, keep }
+}
+
+/// Reconciles one EtlSchedule.
+pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Action> {
+    let owner = Owner::of(etl.as_ref())?;
+    let generation = etl.metadata.generation;
+    let previous = etl.status.clone().unwrap_or_default();
+    let previous_reason = airq_api::common::condition(&previous.conditions, "Ready").map(|c| c.reason.clone());
+    let source = Some(etl.spec.source.kind().to_owned());
+
+    let mut blocked = airq_api::validation::etl_schedule(&etl.spec)
+        .err()
+        .map(|problems| ("InvalidSpec", problems.to_string()));
+    if blocked.is_none() {
+        let mut secrets = vec![etl.spec.database.secret_name.clone()];
+        if let Some(openaq) = &etl.spec.source.openaq {
+            secrets.push(openaq.api_key_secret.name.clone());
+        }
+        let missing: Vec<String> = secrets
+            .into_iter()
+            .filter(|s| !ctx.stores.secret_exists(&owner.namespace, s))
+            .collect();
+        if !missing.is_empty() {
+            blocked = Some((
+                "SecretNotFound",
+                format!(
+                    "Secret {} not found in namespace {}",
+                    missing.join(", "),
+                    owner.namespace
+                ),
+            ));
+        }
+    }
+    if let Some((reason, message)) = blocked {
+        if previous_reason.as_deref() != Some(reason) || previous.observed_generation != generation {
+            event(&ctx, etl.as_ref(), true, reason, "Validate", message.clone()).await;
+        }
+        let status = EtlScheduleStatus {
+            observed_generation: generation,
+            conditions: vec![condition(
+                &previous.conditions,
+                "Ready",
+                false,
+                reason,
+                message,
+                generation,
+            )],
+            source,
+            ..previous.clone()
+        };
+        update(&ctx, etl.as_ref(), etl.status.as_ref(), status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let all_jobs: Vec<Arc<Job>> = ctx.stores.jobs.state_filter(|job| {
+        job.namespace().as_deref() == Some(owner.namespace.as_str())
+            && job.labels().get(SCHEDULE_LABEL) == Some(&owner.name)
+    });
+    let own_jobs: Vec<Arc<Job>> = all_jobs
+        .iter()
+        .filter(|job| job.owner_references().iter().any(|r| r.uid == owner.uid))
+        .cloned()
+        .collect();
+    let image = etl.spec.image.clone().unwrap_or_else(|| ctx.args.image("etl"));
+    let desired = build(&etl, &owner, image, &own_jobs);
+    let one_off = desired
+        .children
+        .iter()
+        .find(|c| matches!(c, Child::Job(_)) && !c.name().contains("-run-"))
+        .map(|c| c.name().to_owned());
+    let changes = children::apply(&ctx, &owner, desired).await?;
+    if !changes.is_empty() {
+        event(&ctx, etl.as_ref(), false, "Applied", "Apply", changes.describe()).await;
+    }
+
+    // The last finished run, whoever started it (this operator or the CronJob).
+    let mut last_run = previous.last_run.clone();
+    let mut watermark = previous.watermark.clone();
+    if let Some(job) = jobs::last_finished(&all_jobs)
+        && previous.last_run.as_ref().map(|r| r.job.as_str()) != Some(job.name_any().as_str())
+    {
+        let job_name = job.name_any();
+        let start_time = job.status.as_ref().and_then(|s| s.start_time.clone());
+        let run = match jobs::state(&job) {
+            JobState::Succeeded { at } => match jobs::report::<LoadReport>(&ctx, &owner.namespace, &job_name).await? {
+                Ok(report) => {
+                    watermark = report.watermark.clone().or(watermark);
+                    LoadRunStatus {
+                        job: job_name.clone(),
+                        succeeded: true,
+                        start_time,
+                        completion_time: at,
+                        rows_inserted: report.rows_inserted,
+                        rows_updated: report.rows_updated,
+                        rows_rejected: report.rows_rejected,
+                        message: None,
+                    }
+                }
+                Err(problem) => LoadRunStatus {
+                    job: job_name.clone(),
+                    succeeded: true,
+                    start_time,
+                    completion_time: at,
+                    message: Some(problem),
+                    ..LoadRunStatus::default()
+                },
+            },
+            JobState::Failed { at, message } => {
+                let detail = jobs::report::<serde_json::Value>(&ctx, &owner.namespace, &job_name)
+                    .await?
+                    .err()
+                    .unwrap_or_default();
+                LoadRunStatus {
+                    job: job_name.clone(),
+                    succeeded: false,
+                    start_time,
+                    completion_time: at,
+                    message: Some(if detail.is_empty() {
+                        message
+                    } else {
+                        format!("{message}: {detail}")
+                    }),
+                    ..LoadRunStatus::default()
+                }
+            }
+            JobState::Running => LoadRunStatus::default(),
+        };
+        let (warning, reason) = if run.succeeded {
+            (false, "LoadSucceeded")
+        } else {
+            (true, "LoadFailed")
+        };
+        let note = match &run.message {
+            Some(message) => format!("Job {job_name}: {message}"),
+            None => format!(
+                "Job {job_name}: {} rows inserted, {} updated, {} rejected",
+                run.rows_inserted, run.rows_updated, run.rows_rejected
+            ),
+        };
+        event(&ctx, etl.as_ref(), warning, reason, "Load", note).await;
+        last_run = Some(run);
+    }
+
+    let cron_job = ctx
+        .stores
+        .cron_jobs
+        .get(&ObjectRef::new(&cron_job_name(&owner.name)).within(&owner.namespace));
+    let last_schedule_time = cron_job
+        .as_ref()
+        .and_then(|c| c.status.as_ref())
+        .and_then(|s| s.last_schedule_time.clone())
+        .or(previous.last_schedule_time.clone());
+    let one_off_state = one_off
+        .as_ref()
+        .and_then(|name| all_jobs.iter().find(|j| &j.name_any() == name))
+        .map(|job| jobs::state(job));
+    let failed_last = last_run.as_ref().is_some_and(|r| !r.succeeded);
+    let (ready, reason, message) = match (&etl.spec.schedule, one_off_state) {
+        (Some(schedule), _) if failed_last => (
+            false,
+            "LoadFailed",
+            format!(
+                "the last run failed: {}; the schedule {schedule} goes on",
+                last_run.as_ref().and_then(|r| r.message.clone()).unwrap_or_default()
+            ),
+        ),
+        (Some(_), _) if etl.spec.suspend => (true, "Suspended", "the schedule is suspended".to_owned()),
+        (Some(schedule), _) => (true, "Scheduled", format!("loads run on the schedule {schedule}")),
+        (None, _) if etl.spec.suspend => (false, "Suspended", "the one-off load is suspended".to_owned()),
+        (None, Some(JobState::Succeeded { .. })) => (true, "Succeeded", "the load finished".to_owned()),
+        (None, Some(JobState::Failed { message, .. })) => (false, "LoadFailed", message),
+        (None, _) => (false, "Running", "the load runs".to_owned()),
+    };
+    let status = EtlScheduleStatus {
+        observed_generation: generation,
+        conditions: vec![condition(
+            &previous.conditions,
+            "Ready",
+            ready,
+            reason,
+            message,
+            generation,
+        )],
+        source,
+        last_schedule_time,
+        last_run,
+        watermark,
+    };
+    update(&ctx, etl.as_ref(), etl.status.as_ref(), status).await?;
+    Ok(Action::await_change())
+}
+
+/// The EtlSchedule a Job belongs to, from its label.
+pub fn schedule_of_job(job: &Job) -> Option<ObjectRef<EtlSchedule>> {
+    let name = job.labels().get(SCHEDULE_LABEL)?;
+    Some(ObjectRef::new(name).within(&job.namespace()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Owner {
+        Owner {
+            kind: "EtlSchedule",
+            api_version: "airq.dev/v1alpha1".to_owned(),
+            name: "beijing".to_owned(),
+            namespace: "airq".to_owned(),
+            uid: "uid-e".to_owned(),
+        }
+    }
+
+    fn etl(spec: &str) -> EtlSchedule {
+        serde_saphyr::from_str(&format!(
+            "apiVersion: airq.dev/v1alpha1\nkind: EtlSchedule\nmetadata: {{ name: beijing, namespace: airq, uid: uid-e }}\nspec:\n{spec}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_schedule_becomes_a_cron_job_honouring_suspend_concurrency_and_history() {
+        let etl = etl(
+            "  source: { openaq: { locations: [2178], apiKeySecret: { name: openaq, key: key } } }\n  schedule: \"15 * * * *\"\n  suspend: true\n  concurrencyPolicy: Replace\n  successfulJobsHistoryLimit: 5\n",
+        );
+        let desired = build(&etl, &owner(), "img/etl:1".to_owned(), &[]);
+        let [Child::CronJob(cron)] = desired.children.as_slice() else {
+            panic!("{:?}", desired.children)
+        };
+        assert_eq!(cron.metadata.name.as_deref(), Some("etl-beijing"));
+        let spec = &cron.spec;
+        assert_eq!(spec.schedule, "15 * * * *");
+        assert_eq!(spec.suspend, Some(true));
+        assert_eq!(spec.concurrency_policy.as_deref(), Some("Replace"));
+        assert_eq!(spec.successful_jobs_history_limit, Some(5));
+        assert_eq!(spec.failed_jobs_history_limit, Some(1));
+        let template = spec.job_template.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let env = template.containers[0].env.as_ref().unwrap();
+        let secret_of = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+                .map(|s| (s.name.clone(), s.key.clone()))
+        };
+        assert_eq!(
+            secret_of("AIRQ_DATABASE_URL"),
+            Some(("airq-database".to_owned(), "url".to_owned()))
+        );
+        assert_eq!(
+            secret_of("AIRQ_OPENAQ_API_KEY"),
+            Some(("openaq".to_owned(), "key".to_owned()))
+        );
+        assert_eq!(template.restart_policy.as_deref(), Some("Never"));
+        let labels = spec.job_template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels.get(SCHEDULE_LABEL).map(String::as_str), Some("beijing"));
+    }
+
+    #[test]
+    fn a_one_off_load_is_a_job_named_after_what_it_loads() {
+        let first = etl(
+            "  source: { csv: { url: /data/beijing } }\n  mode: backfill\n  backfill: { from: 2013-03-01, to: 2017-03-01 }\n",
+        );
+        let again = build(&first, &owner(), "img".to_owned(), &[]);
+        let desired = build(&first, &owner(), "img".to_owned(), &[]);
+        assert_eq!(desired.children.len(), 1);
+        assert_eq!(desired.children[0].name(), again.children[0].name());
+        assert!(matches!(desired.children[0], Child::Job(_)));
+        let other = etl(
+            "  source: { csv: { url: /data/beijing } }\n  mode: backfill\n  backfill: { from: 2014-03-01, to: 2017-03-01 }\n",
+        );
+        let changed = build(&other, &owner(), "img".to_owned(), &[]);
+        assert_ne!(changed.children[0].name(), desired.children[0].name());
+        let requested = etl("  source: { csv: { url: /data/beijing } }\n  schedule: \"@daily\"\n  runRequest: now\n");
+        let with_run = build(&requested, &owner(), "img".to_owned(), &[]);
+        assert_eq!(with_run.children.len(), 2);
+        assert!(with_run.children[1].name().starts_with("etl-beijing-run-"));
+    }
+}

@@ -1,0 +1,570 @@
+//! PredictiveModel → a training Job for each revision of the training-relevant spec (a `retrainRequest` change is a
+//! new revision), then a serving Deployment + Service for the version the newest successful training produced, and
+//! a CronJob when the model retrains on a schedule. The serving Deployment rolls with no unavailable pod, so the old
+//! version answers until the new one is ready.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use airq_api::model::{ModelMetrics, ModelPhase, PredictiveModel, PredictiveModelSpec, PredictiveModelStatus};
+use airq_api::reports::TrainingReport;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, VolumeMount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use crate::children::{self, Child, ChildKind, Desired, Owner};
+use crate::context::Context;
+use crate::controllers::adhoc::deployment_available;
+use crate::controllers::etl::fingerprint;
+use crate::controllers::jobs::{self, JobState};
+use crate::error::Result;
+use crate::status::{condition, event, update};
+use crate::workload::{HTTP_PORT, database_env, env, job_container, pod_template, service_container, tmp_volume};
+
+/// The label naming the model a training Job belongs to (also on Jobs its CronJob starts).
+pub const MODEL_LABEL: &str = "airq.dev/predictive-model";
+/// The label holding the revision of the spec a training Job trains.
+pub const REVISION_LABEL: &str = "airq.dev/revision";
+/// Finished training Jobs kept as history.
+const TRAINING_HISTORY: usize = 3;
+
+/// The serving Deployment's and Service's name.
+pub fn serving_name(model: &str) -> String {
+    format!("model-{model}")
+}
+
+/// The part of the spec that training depends on (the serving replicas, for instance, are not).
+fn training_spec(spec: &PredictiveModelSpec) -> serde_json::Value {
+    json!({
+        "target": spec.target,
+        "horizonHours": spec.horizon_hours,
+        "confidenceLevels": spec.confidence_levels,
+        "algorithm": spec.algorithm,
+        "features": spec.features,
+        "training": { "from": spec.training.from, "to": spec.training.to, "calibrationFraction": spec.training.calibration_fraction },
+    })
+}
+
+/// The revision of the training-relevant spec and the retrain request: a new one means a new training.
+pub fn revision(spec: &PredictiveModelSpec) -> String {
+    fingerprint(&json!({ "spec": training_spec(spec), "retrainRequest": spec.retrain_request }))
+}
+
+fn training_job_spec(model: &PredictiveModel, owner: &Owner, image: String, revision: &str) -> (ObjectMeta, JobSpec) {
+    let spec = &model.spec;
+    let mut labels = owner.labels("airq-training");
+    labels.insert(MODEL_LABEL.to_owned(), owner.name.clone());
+    labels.insert(REVISION_LABEL.to_owned(), revision.to_owned());
+    let environment = vec![
+        env("AIRQ_LOG_FORMAT", "json"),
+        env("AIRQ_MODEL", format!("{}/{}", owner.namespace, owner.name)),
+        env("AIRQ_MODEL_REVISION", revision),
+        env("AIRQ_MODEL_SPEC", training_spec(spec).to_string()),
+        database_env(&spec.database),
+    ];
+    let container = job_container(
+        "train",
+        image,
+        vec!["train".to_owned()],
+        environment,
+        &spec.training.pod,
+    );
+    let template = pod_template(
+        labels.clone(),
+        vec![container],
+        &spec.training.pod,
+        Some("Never"),
+        vec![tmp_volume()],
+        true,
+    );
+    (
+        ObjectMeta {
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        JobSpec {
+            backoff_limit: Some(1),
+            template,
+            ..JobSpec::default()
+        },
+    )
+}
+
+/// What the model serves: the version and the revision it was trained on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    pub version: String,
+    pub revision: String,
+}
+
+/// The objects a model wants: pure, from the resource, its revision, the version to serve and its own Jobs.
+pub fn build(
+    model: &PredictiveModel,
+    owner: &Owner,
+    image: String,
+    revision: &str,
+    served: Option<&Served>,
+    own_jobs: &[Arc<Job>],
+) -> Desired {
+    let spec = &model.spec;
+    let (job_meta, job_spec) = training_job_spec(model, owner, image.clone(), revision);
+    let mut children = Vec::new();
+    if served.map(|s| s.revision.as_str()) != Some(revision) {
+        let mut metadata = owner.meta(
+            &format!("model-{}-train-{revision}", owner.name),
+            job_meta.labels.clone().unwrap_or_default(),
+        );
+        metadata.annotations = None;
+        children.push(Child::Job(Job {
+            metadata,
+            spec: Some(job_spec.clone()),
+            status: None,
+        }));
+    }
+    if let Some(schedule) = &spec.training.schedule {
+        children.push(Child::CronJob(CronJob {
+            metadata: owner.meta(&format!("model-{}-retrain", owner.name), owner.labels("airq-training")),
+            spec: CronJobSpec {
+                schedule: schedule.clone(),
+                concurrency_policy: Some("Forbid".to_owned()),
+                successful_jobs_history_limit: Some(1),
+                failed_jobs_history_limit: Some(1),
+                job_template: JobTemplateSpec {
+                    metadata: Some(job_meta),
+                    spec: Some(job_spec),
+                },
+                ..CronJobSpec::default()
+            },
+            status: None,
+        }));
+    }
+    if let Some(served) = served {
+        let name = serving_name(&owner.name);
+        let labels = owner.labels("airq-model");
+        let selector = BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), "airq-model".to_owned()),
+            ("app.kubernetes.io/instance".to_owned(), owner.name.clone()),
+        ]);
+        let mut container = service_container(
+            "serve",
+            image,
+            HTTP_PORT,
+            vec![
+                env("AIRQ_LOG_FORMAT", "json"),
+                env("AIRQ_MODEL", format!("{}/{}", owner.namespace, owner.name)),
+                env("AIRQ_MODEL_VERSION", served.version.clone()),
+                database_env(&spec.database),
+            ],
+            spec.serving.resources.clone(),
+            true,
+        );
+        container.args = Some(vec!["serve".to_owned()]);
+        container.volume_mounts = Some(vec![VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        }]);
+        children.push(Child::Deployment(Deployment {
+            metadata: owner.meta(&name, labels.clone()),
+            spec: Some(DeploymentSpec {
+                replicas: Some(spec.serving.replicas),
+                selector: LabelSelector {
+                    match_labels: Some(selector.clone()),
+                    match_expressions: None,
+                },
+                // The old version answers until the new one's pods are ready.
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".to_owned()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_unavailable: Some(IntOrString::Int(0)),
+                        max_surge: Some(IntOrString::Int(1)),
+                    }),
+                }),
+                template: pod_template(
+                    labels.clone(),
+                    vec![container],
+                    &Default::default(),
+                    None,
+                    vec![tmp_volume()],
+                    true,
+                ),
+                ..DeploymentSpec::default()
+            }),
+            status: None,
+        }));
+        children.push(Child::Service(Service {
+            metadata: owner.meta(&name, labels),
+            spec: Some(ServiceSpec {
+                selector: Some(selector),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".to_owned()),
+                    port: 80,
+                    target_port: Some(IntOrString::String("http".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        }));
+    }
+    let keep: BTreeSet<(ChildKind, String)> = jobs::history(own_jobs, TRAINING_HISTORY, TRAINING_HISTORY)
+        .into_iter()
+        .map(|name| (ChildKind::Job, name))
+        .collect();
+    Desired { children, keep }
+}
+
+/// The version a serving Deployment serves, from its pod template.
+fn deployment_version(deployment: &Deployment) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == "AIRQ_MODEL_VERSION")?
+        .value
+        .clone()
+}
+
+/// Reconciles one PredictiveModel.
+pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result<Action> {
+    let owner = Owner::of(model.as_ref())?;
+    let generation = model.metadata.generation;
+    let previous = model.status.clone().unwrap_or_default();
+    let previous_reason = airq_api::common::condition(&previous.conditions, "Ready").map(|c| c.reason.clone());
+    let algorithm = Some(model.spec.algorithm.name().to_owned());
+
+    let mut blocked = airq_api::validation::predictive_model(&model.spec)
+        .err()
+        .map(|problems| ("InvalidSpec", problems.to_string()));
+    if blocked.is_none()
+        && !ctx
+            .stores
+            .secret_exists(&owner.namespace, &model.spec.database.secret_name)
+    {
+        blocked = Some((
+            "SecretNotFound",
+            format!(
+                "Secret {} not found in namespace {}",
+                model.spec.database.secret_name, owner.namespace
+            ),
+        ));
+    }
+    if let Some((reason, message)) = blocked {
+        if previous_reason.as_deref() != Some(reason) || previous.observed_generation != generation {
+            event(&ctx, model.as_ref(), true, reason, "Validate", message.clone()).await;
+        }
+        let status = PredictiveModelStatus {
+            observed_generation: generation,
+            conditions: vec![condition(
+                &previous.conditions,
+                "Ready",
+                false,
+                reason,
+                message,
+                generation,
+            )],
+            phase: Some(previous.phase.unwrap_or(ModelPhase::Pending)),
+            algorithm,
+            ..previous.clone()
+        };
+        update(&ctx, model.as_ref(), model.status.as_ref(), status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let revision = revision(&model.spec);
+    let all_jobs: Vec<Arc<Job>> = ctx.stores.jobs.state_filter(|job| {
+        job.namespace().as_deref() == Some(owner.namespace.as_str())
+            && job.labels().get(MODEL_LABEL) == Some(&owner.name)
+    });
+    let own_jobs: Vec<Arc<Job>> = all_jobs
+        .iter()
+        .filter(|job| job.owner_references().iter().any(|r| r.uid == owner.uid))
+        .cloned()
+        .collect();
+    let revision_of = |job: &Job| job.labels().get(REVISION_LABEL).cloned().unwrap_or_default();
+
+    // The version to serve: from the newest successful training of this revision, else of any revision.
+    let succeeded: Vec<Arc<Job>> = all_jobs
+        .iter()
+        .filter(|job| matches!(jobs::state(job), JobState::Succeeded { .. }))
+        .cloned()
+        .collect();
+    let current: Vec<Arc<Job>> = succeeded
+        .iter()
+        .filter(|j| revision_of(j) == revision)
+        .cloned()
+        .collect();
+    let newest = jobs::last_finished(&current).or_else(|| jobs::last_finished(&succeeded));
+    let mut status = PredictiveModelStatus {
+        observed_generation: generation,
+        algorithm,
+        ..previous.clone()
+    };
+    let mut trained_now = None;
+    if let Some(job) = newest
+        && previous.trained_job.as_deref() != Some(job.name_any().as_str())
+    {
+        let job_name = job.name_any();
+        match jobs::report::<TrainingReport>(&ctx, &owner.namespace, &job_name).await? {
+            Ok(report) => {
+                status.model_version = Some(report.model_version.clone());
+                status.trained_revision = Some(revision_of(&job));
+                status.trained_generation = if revision_of(&job) == revision {
+                    generation
+                } else {
+                    previous.trained_generation
+                };
+                status.last_trained_time = jobs::finished_at(&job);
+                status.metrics = Some(ModelMetrics {
+                    mae: report.mae,
+                    rmse: report.rmse,
+                    coverage90: report.coverage90,
+                });
+                status.url = Some(format!("http://{}.{}.svc", serving_name(&owner.name), owner.namespace));
+                trained_now = Some((job_name.clone(), report));
+            }
+            Err(problem) => {
+                event(&ctx, model.as_ref(), true, "ReportMissing", "Train", problem).await;
+            }
+        }
+        status.trained_job = Some(job_name);
+    }
+    let served = match (&status.model_version, &status.trained_revision) {
+        (Some(version), Some(trained)) => Some(Served {
+            version: version.clone(),
+            revision: trained.clone(),
+        }),
+        _ => None,
+    };
+
+    let image = model.spec.image.clone().unwrap_or_else(|| ctx.args.image("predictive"));
+    let desired = build(&model, &owner, image, &revision, served.as_ref(), &own_jobs);
+    let changes = children::apply(&ctx, &owner, desired).await?;
+    if !changes.is_empty() {
+        event(&ctx, model.as_ref(), false, "Applied", "Apply", changes.describe()).await;
+    }
+    if let Some((job, report)) = &trained_now {
+        event(
+            &ctx,
+            model.as_ref(),
+            false,
+            "Trained",
+            "Train",
+            format!(
+                "Job {job} trained version {} (MAE {:?})",
+                report.model_version, report.mae
+            ),
+        )
+        .await;
+    }
+
+    let training_job = format!("model-{}-train-{revision}", owner.name);
+    let current_state = all_jobs
+        .iter()
+        .filter(|j| revision_of(j) == revision)
+        .max_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .map(|j| (j.name_any(), jobs::state(j)));
+    let trained = served.as_ref().is_some_and(|s| s.revision == revision);
+    let (trained_reason, trained_message, phase_if_not_trained) = match &current_state {
+        _ if trained => (
+            "Trained",
+            format!(
+                "version {} was trained for this spec",
+                status.model_version.clone().unwrap_or_default()
+            ),
+            ModelPhase::Serving,
+        ),
+        Some((name, JobState::Failed { message, .. })) => {
+            if previous_reason.as_deref() != Some("TrainingFailed") {
+                event(
+                    &ctx,
+                    model.as_ref(),
+                    true,
+                    "TrainingFailed",
+                    "Train",
+                    format!("Job {name}: {message}"),
+                )
+                .await;
+            }
+            (
+                "TrainingFailed",
+                format!("Job {name} failed: {message}; change the spec or retrainRequest to try again"),
+                ModelPhase::Failed,
+            )
+        }
+        Some((name, _)) => ("Training", format!("Job {name} trains the model"), ModelPhase::Training),
+        None => (
+            "Training",
+            format!("Job {training_job} is being created"),
+            ModelPhase::Training,
+        ),
+    };
+    status.active_job = match &current_state {
+        Some((name, JobState::Running)) if !trained => Some(name.clone()),
+        _ => None,
+    };
+    let deployment = ctx
+        .stores
+        .deployments
+        .get(&ObjectRef::new(&serving_name(&owner.name)).within(&owner.namespace));
+    let serving_version = deployment.as_deref().and_then(deployment_version);
+    let (available, ready_pods) = deployment_available(deployment.as_deref());
+    let serving = served.is_some() && available && serving_version == status.model_version;
+    let serving_message = match &status.model_version {
+        None => "no version trained yet".to_owned(),
+        Some(version) if serving => format!("version {version} answers on {} pods", ready_pods),
+        Some(version) => format!(
+            "version {version} is rolling out: {ready_pods} of {} pods ready",
+            model.spec.serving.replicas
+        ),
+    };
+    let ready = trained && serving;
+    let (ready_reason, ready_message) = if ready {
+        ("Serving", serving_message.clone())
+    } else if !trained {
+        (trained_reason, trained_message.clone())
+    } else {
+        ("RollingOut", serving_message.clone())
+    };
+    status.phase = Some(if !trained {
+        phase_if_not_trained
+    } else if serving {
+        ModelPhase::Serving
+    } else {
+        ModelPhase::Training
+    });
+    status.conditions = vec![
+        condition(
+            &previous.conditions,
+            "Trained",
+            trained,
+            trained_reason,
+            trained_message,
+            generation,
+        ),
+        condition(
+            &previous.conditions,
+            "Serving",
+            serving,
+            if serving { "Serving" } else { "NotServing" },
+            serving_message,
+            generation,
+        ),
+        condition(
+            &previous.conditions,
+            "Ready",
+            ready,
+            ready_reason,
+            ready_message,
+            generation,
+        ),
+    ];
+    update(&ctx, model.as_ref(), model.status.as_ref(), status).await?;
+    Ok(Action::await_change())
+}
+
+/// The model a training Job belongs to, from its label.
+pub fn model_of_job(job: &Job) -> Option<ObjectRef<PredictiveModel>> {
+    let name = job.labels().get(MODEL_LABEL)?;
+    Some(ObjectRef::new(name).within(&job.namespace()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Owner {
+        Owner {
+            kind: "PredictiveModel",
+            api_version: "airq.dev/v1alpha1".to_owned(),
+            name: "pm25".to_owned(),
+            namespace: "airq".to_owned(),
+            uid: "uid-m".to_owned(),
+        }
+    }
+
+    fn model(extra: &str) -> PredictiveModel {
+        serde_saphyr::from_str(&format!(
+            "apiVersion: airq.dev/v1alpha1\nkind: PredictiveModel\nmetadata: {{ name: pm25, namespace: airq, uid: uid-m }}\nspec:\n  target: {{ pollutant: pm25 }}\n  algorithm: {{ knn: {{ k: 7, distance: manhattan }} }}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_untrained_model_gets_a_training_job_with_its_node_placement() {
+        let model =
+            model("  training:\n    nodeSelector: { airq.dev/pool: big }\n    resources: { limits: { cpu: \"4\" } }\n");
+        let rev = revision(&model.spec);
+        let desired = build(&model, &owner(), "img/p:1".to_owned(), &rev, None, &[]);
+        let [Child::Job(job)] = desired.children.as_slice() else {
+            panic!("{:?}", desired.children)
+        };
+        assert_eq!(job.metadata.name.clone().unwrap(), format!("model-pm25-train-{rev}"));
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.node_selector.as_ref().unwrap()["airq.dev/pool"], "big");
+        let limits = pod.containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["cpu"].0, "4");
+        let spec_env = pod.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "AIRQ_MODEL_SPEC")
+            .unwrap();
+        assert!(spec_env.value.as_deref().unwrap().contains("\"manhattan\""));
+    }
+
+    #[test]
+    fn the_revision_follows_training_inputs_and_the_retrain_request_only() {
+        let base = revision(&model("").spec);
+        assert_eq!(base, revision(&model("  serving: { replicas: 5 }\n").spec));
+        assert_ne!(base, revision(&model("  retrainRequest: \"2026-11-29\"\n").spec));
+        assert_ne!(base, revision(&model("  horizonHours: 48\n").spec));
+    }
+
+    #[test]
+    fn a_trained_model_is_served_and_not_trained_again() {
+        let model = model("  serving: { replicas: 2 }\n  training: { schedule: \"0 3 * * *\" }\n");
+        let rev = revision(&model.spec);
+        let served = Served {
+            version: "v7".to_owned(),
+            revision: rev.clone(),
+        };
+        let desired = build(&model, &owner(), "img/p:1".to_owned(), &rev, Some(&served), &[]);
+        let kinds: Vec<ChildKind> = desired.children.iter().map(Child::kind).collect();
+        assert_eq!(kinds, [ChildKind::CronJob, ChildKind::Deployment, ChildKind::Service]);
+        let Child::Deployment(deployment) = &desired.children[1] else {
+            panic!()
+        };
+        assert_eq!(deployment_version(deployment).as_deref(), Some("v7"));
+        let strategy = deployment.spec.as_ref().unwrap().strategy.as_ref().unwrap();
+        assert_eq!(
+            strategy.rolling_update.as_ref().unwrap().max_unavailable,
+            Some(IntOrString::Int(0))
+        );
+        // A new revision trains while the old version keeps serving.
+        let retrain = revision(&self::model("  retrainRequest: again\n").spec);
+        let desired = build(&model, &owner(), "img/p:1".to_owned(), &retrain, Some(&served), &[]);
+        assert!(
+            desired
+                .children
+                .iter()
+                .any(|c| c.name() == format!("model-pm25-train-{retrain}"))
+        );
+        assert!(desired.children.iter().any(|c| c.kind() == ChildKind::Deployment));
+    }
+}

@@ -1,0 +1,426 @@
+//! Platform → the core services' Deployments and Services (gateway, front, predictive, ETL), the gateway's route
+//! table (a ConfigMap gathering every AdhocService of the namespace), and the Ingress for the dashboard and the API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use airq_api::AdhocService;
+use airq_api::gateway::{ROUTES_CONFIG_MAP, ROUTES_KEY};
+use airq_api::platform::{Component, PLATFORM_NAME, Platform, PlatformStatus};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
+    IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::children::{self, Child, Desired, Owner};
+use crate::context::Context;
+use crate::controllers::adhoc::deployment_available;
+use crate::error::Result;
+use crate::status::{condition, event, update};
+use crate::workload::{HTTP_PORT, database_env, env, pod_template, secret_env, service_container, tmp_volume};
+
+/// The core services, in the order they are built.
+pub const COMPONENTS: [&str; 4] = ["gateway", "front", "predictive", "etl"];
+
+/// Where the gateway reads its route table.
+pub const ROUTES_MOUNT: &str = "/etc/airq/gateway";
+
+fn component<'a>(platform: &'a Platform, name: &str) -> &'a Component {
+    match name {
+        "gateway" => &platform.spec.gateway,
+        "front" => &platform.spec.front,
+        "predictive" => &platform.spec.predictive,
+        _ => &platform.spec.etl,
+    }
+}
+
+fn selector(owner: &Owner, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), format!("airq-{component}")),
+        ("app.kubernetes.io/instance".to_owned(), owner.name.clone()),
+    ])
+}
+
+/// The objects a Platform wants: pure, from the resource and the AdhocServices of its namespace.
+pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocService>]) -> Result<Desired> {
+    let spec = &platform.spec;
+    let mut children = Vec::new();
+
+    let table = crate::routes::table(platform, adhoc_services);
+    let routes_yaml = serde_saphyr::to_string(&table).unwrap_or_default();
+    children.push(Child::ConfigMap(ConfigMap {
+        metadata: owner.meta(ROUTES_CONFIG_MAP, owner.labels("airq-gateway")),
+        data: Some(BTreeMap::from([(ROUTES_KEY.to_owned(), routes_yaml)])),
+        ..ConfigMap::default()
+    }));
+
+    for name in COMPONENTS {
+        let part = component(platform, name);
+        let service_name = format!("airq-{name}");
+        let labels = owner.labels(&service_name);
+        let mut environment = vec![env("AIRQ_LOG_FORMAT", "json"), database_env(&spec.database)];
+        let mut mounts = vec![VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        }];
+        let mut volumes = vec![tmp_volume()];
+        if name == "gateway" {
+            // The route table is a mounted file: the gateway sees changes without a restart.
+            environment.push(env("AIRQ_ROUTES_FILE", format!("{ROUTES_MOUNT}/{ROUTES_KEY}")));
+            if let Some(secret) = &spec.admin_key_secret {
+                environment.push(secret_env("AIRQ_ADMIN_KEY", &secret.name, &secret.key));
+            }
+            mounts.push(VolumeMount {
+                name: "routes".to_owned(),
+                mount_path: ROUTES_MOUNT.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+            volumes.push(Volume {
+                name: "routes".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: ROUTES_CONFIG_MAP.to_owned(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+        let mut container = service_container(
+            name,
+            format!("{}/{service_name}:{}", spec.registry, spec.version),
+            HTTP_PORT,
+            environment,
+            part.resources.clone(),
+            true,
+        );
+        container.image_pull_policy = Some(spec.image_pull_policy.clone());
+        container.volume_mounts = Some(mounts);
+        let mut template = pod_template(
+            labels.clone(),
+            vec![container],
+            &Default::default(),
+            None,
+            volumes,
+            true,
+        );
+        if let Some(metadata) = template.metadata.as_mut() {
+            metadata.annotations = Some(BTreeMap::from([
+                ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                ("prometheus.io/port".to_owned(), HTTP_PORT.to_string()),
+                ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+            ]));
+        }
+        children.push(Child::Deployment(Deployment {
+            metadata: owner.meta(&service_name, labels.clone()),
+            spec: Some(DeploymentSpec {
+                replicas: Some(part.replicas),
+                selector: LabelSelector {
+                    match_labels: Some(selector(owner, name)),
+                    match_expressions: None,
+                },
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".to_owned()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_unavailable: Some(IntOrString::Int(0)),
+                        max_surge: Some(IntOrString::Int(1)),
+                    }),
+                }),
+                template,
+                ..DeploymentSpec::default()
+            }),
+            status: None,
+        }));
+        children.push(Child::Service(Service {
+            metadata: owner.meta(&service_name, labels),
+            spec: Some(ServiceSpec {
+                selector: Some(selector(owner, name)),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".to_owned()),
+                    port: 80,
+                    target_port: Some(IntOrString::String("http".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        }));
+    }
+
+    if spec.ingress.enabled {
+        let ingress = &spec.ingress;
+        children.push(Child::Ingress(Ingress {
+            metadata: owner.meta(PLATFORM_NAME, owner.labels("airq-gateway")),
+            spec: Some(IngressSpec {
+                ingress_class_name: ingress.class_name.clone(),
+                tls: ingress.tls_secret.as_ref().map(|secret| {
+                    vec![IngressTLS {
+                        hosts: ingress.host.clone().map(|h| vec![h]),
+                        secret_name: Some(secret.clone()),
+                    }]
+                }),
+                rules: Some(vec![IngressRule {
+                    host: ingress.host.clone(),
+                    http: Some(HTTPIngressRuleValue {
+                        paths: vec![HTTPIngressPath {
+                            path: Some("/".to_owned()),
+                            path_type: "Prefix".to_owned(),
+                            backend: IngressBackend {
+                                service: Some(IngressServiceBackend {
+                                    name: "airq-gateway".to_owned(),
+                                    port: Some(ServiceBackendPort {
+                                        name: Some("http".to_owned()),
+                                        number: None,
+                                    }),
+                                }),
+                                resource: None,
+                            },
+                        }],
+                    }),
+                }]),
+                ..IngressSpec::default()
+            }),
+            status: None,
+        }));
+    }
+    Ok(Desired {
+        children,
+        keep: Default::default(),
+    })
+}
+
+fn url(platform: &Platform, namespace: &str) -> String {
+    let ingress = &platform.spec.ingress;
+    match (&ingress.host, ingress.enabled) {
+        (Some(host), true) => {
+            let scheme = if ingress.tls_secret.is_some() { "https" } else { "http" };
+            format!("{scheme}://{host}/")
+        }
+        _ => format!("http://airq-gateway.{namespace}.svc/"),
+    }
+}
+
+/// Reconciles the Platform of a namespace.
+pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Action> {
+    let owner = Owner::of(platform.as_ref())?;
+    let generation = platform.metadata.generation;
+    let previous = platform.status.clone().unwrap_or_default();
+    let previous_reason = airq_api::common::condition(&previous.conditions, "Ready").map(|c| c.reason.clone());
+
+    let mut missing = Vec::new();
+    if !ctx
+        .stores
+        .secret_exists(&owner.namespace, &platform.spec.database.secret_name)
+    {
+        missing.push(platform.spec.database.secret_name.clone());
+    }
+    if let Some(secret) = &platform.spec.admin_key_secret
+        && !ctx.stores.secret_exists(&owner.namespace, &secret.name)
+    {
+        missing.push(secret.name.clone());
+    }
+    if owner.name != PLATFORM_NAME || !missing.is_empty() {
+        let (reason, message) = if owner.name != PLATFORM_NAME {
+            ("InvalidName", format!("a Platform must be named {PLATFORM_NAME}"))
+        } else {
+            (
+                "SecretNotFound",
+                format!(
+                    "Secret {} not found in namespace {}",
+                    missing.join(", "),
+                    owner.namespace
+                ),
+            )
+        };
+        if previous_reason.as_deref() != Some(reason) {
+            event(&ctx, platform.as_ref(), true, reason, "Validate", message.clone()).await;
+        }
+        let status = PlatformStatus {
+            observed_generation: generation,
+            conditions: vec![condition(
+                &previous.conditions,
+                "Ready",
+                false,
+                reason,
+                message,
+                generation,
+            )],
+            routes: previous.routes,
+            url: previous.url.clone(),
+        };
+        update(&ctx, platform.as_ref(), platform.status.as_ref(), status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let adhoc_services: Vec<_> = ctx
+        .stores
+        .adhoc_services
+        .state()
+        .into_iter()
+        .filter(|a| a.namespace().as_deref() == Some(owner.namespace.as_str()))
+        .collect();
+    let desired = build(&platform, &owner, &adhoc_services)?;
+    let routes = crate::routes::table(&platform, &adhoc_services).routes.len();
+    let changes = children::apply(&ctx, &owner, desired).await?;
+    if !changes.is_empty() {
+        event(&ctx, platform.as_ref(), false, "Applied", "Apply", changes.describe()).await;
+    }
+
+    let mut waiting = Vec::new();
+    for name in COMPONENTS {
+        let deployment = ctx
+            .stores
+            .deployments
+            .get(&ObjectRef::new(&format!("airq-{name}")).within(&owner.namespace));
+        if !deployment_available(deployment.as_deref()).0 {
+            waiting.push(format!("airq-{name}"));
+        }
+    }
+    let ready = waiting.is_empty();
+    let (reason, message) = if ready {
+        ("Available", "every core service is available".to_owned())
+    } else {
+        ("Progressing", format!("waiting for {}", waiting.join(", ")))
+    };
+    let status = PlatformStatus {
+        observed_generation: generation,
+        conditions: vec![condition(
+            &previous.conditions,
+            "Ready",
+            ready,
+            reason,
+            message,
+            generation,
+        )],
+        routes: Some(i32::try_from(routes).unwrap_or(i32::MAX)),
+        url: Some(url(&platform, &owner.namespace)),
+    };
+    update(&ctx, platform.as_ref(), platform.status.as_ref(), status).await?;
+    Ok(Action::await_change())
+}
+
+/// The Platform a change to an AdhocService concerns: its namespace's.
+pub fn platform_of(adhoc: &AdhocService) -> Option<ObjectRef<Platform>> {
+    adhoc
+        .namespace()
+        .map(|namespace| ObjectRef::new(PLATFORM_NAME).within(&namespace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airq_api::gateway::RouteTable;
+
+    fn owner() -> Owner {
+        Owner {
+            kind: "Platform",
+            api_version: "airq.dev/v1alpha1".to_owned(),
+            name: "airq".to_owned(),
+            namespace: "prod".to_owned(),
+            uid: "uid-p".to_owned(),
+        }
+    }
+
+    fn platform(yaml_spec: &str) -> Platform {
+        serde_saphyr::from_str(&format!(
+            "apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: {{ name: airq, namespace: prod, uid: uid-p }}\nspec:\n{yaml_spec}"
+        ))
+        .unwrap()
+    }
+
+    fn adhoc(name: &str, prefix: &str, created: &str) -> Arc<AdhocService> {
+        Arc::new(
+            serde_saphyr::from_str(&format!(
+                "apiVersion: airq.dev/v1alpha1\nkind: AdhocService\nmetadata: {{ name: {name}, namespace: prod, creationTimestamp: \"{created}\" }}\nspec:\n  image: x/y:1\n  route: {{ pathPrefix: {prefix} }}\n  access: {{ public: true }}\n",
+            ))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn builds_every_core_service_with_the_database_from_its_secret() {
+        let desired = build(
+            &platform("  version: 1.2.3\n  gateway: { replicas: 3 }\n"),
+            &owner(),
+            &[],
+        )
+        .unwrap();
+        let deployments: Vec<&Deployment> = desired
+            .children
+            .iter()
+            .filter_map(|c| if let Child::Deployment(d) = c { Some(d) } else { None })
+            .collect();
+        assert_eq!(deployments.len(), 4);
+        let gateway = deployments
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some("airq-gateway"))
+            .unwrap();
+        let spec = gateway.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let container = &spec.template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container.image.as_deref(), Some("ghcr.io/airq-dev/airq-gateway:1.2.3"));
+        let database = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "AIRQ_DATABASE_URL")
+            .unwrap();
+        assert!(database.value.is_none(), "the URL must come from the Secret");
+        let from = database
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!((from.name.as_str(), from.key.as_str()), ("airq-database", "url"));
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            desired
+                .children
+                .iter()
+                .filter(|c| matches!(c, Child::Service(_)))
+                .count(),
+            4
+        );
+        assert_eq!(
+            desired
+                .children
+                .iter()
+                .filter(|c| matches!(c, Child::Ingress(_)))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_route_table_lists_core_routes_and_adhoc_services_with_the_older_one_winning_a_conflict() {
+        let services = [
+            adhoc("reports", "/adhoc/reports/", "2026-01-01T00:00:00Z"),
+            adhoc("reports-copy", "/adhoc/reports", "2026-02-01T00:00:00Z"),
+            adhoc("maps", "/adhoc/maps/", "2026-03-01T00:00:00Z"),
+        ];
+        let desired = build(&platform("  ingress: { enabled: false }\n"), &owner(), &services).unwrap();
+        let Some(Child::ConfigMap(config)) = desired.children.first() else {
+            panic!("no ConfigMap first")
+        };
+        let text = &config.data.as_ref().unwrap()[ROUTES_KEY];
+        let table: RouteTable = serde_saphyr::from_str(text).unwrap();
+        let ids: Vec<&str> = table.routes.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["predictive", "adhoc/reports", "adhoc/maps", "etl", "front"]);
+        let reports = &table.routes[1];
+        assert_eq!(reports.upstream, "http://adhoc-reports.prod.svc:80");
+        assert!(desired.children.iter().all(|c| !matches!(c, Child::Ingress(_))));
+    }
+}

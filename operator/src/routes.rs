@@ -1,0 +1,121 @@
+//! The gateway's route table for a namespace: the platform's own routes and one per AdhocService. Two
+//! AdhocServices asking for the same host and prefix conflict: the older one keeps the route.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use airq_api::common::Access;
+use airq_api::gateway::{Route, RouteTable};
+use airq_api::{AdhocService, Platform};
+use kube::ResourceExt;
+
+/// Base URL of a Service in the cluster.
+pub fn service_url(service: &str, namespace: &str) -> String {
+    format!("http://{service}.{namespace}.svc:80")
+}
+
+/// The key two routes conflict on.
+fn route_key(adhoc: &AdhocService) -> (Option<String>, String) {
+    let prefix = adhoc.spec.route.path_prefix.trim_end_matches('/').to_owned();
+    (adhoc.spec.route.host.clone(), prefix)
+}
+
+/// For every AdhocService that loses its route to an older one, the winner's name. Services being deleted take
+/// part in nothing.
+pub fn conflicts(adhoc_services: &[Arc<AdhocService>]) -> BTreeMap<String, String> {
+    let mut live: Vec<&Arc<AdhocService>> = adhoc_services
+        .iter()
+        .filter(|a| a.metadata.deletion_timestamp.is_none())
+        .collect();
+    live.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .then_with(|| a.name_any().cmp(&b.name_any()))
+    });
+    let mut owners: BTreeMap<(Option<String>, String), String> = BTreeMap::new();
+    let mut losers = BTreeMap::new();
+    for adhoc in live {
+        let name = adhoc.name_any();
+        match owners.get(&route_key(adhoc)) {
+            Some(winner) => {
+                losers.insert(name, winner.clone());
+            }
+            None => {
+                owners.insert(route_key(adhoc), name);
+            }
+        }
+    }
+    losers
+}
+
+/// The route table of `platform`'s namespace, given the AdhocServices of that namespace.
+pub fn table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> RouteTable {
+    let namespace = platform.namespace().unwrap_or_default();
+    let spec = &platform.spec;
+    let mut routes = vec![
+        Route {
+            id: "front".to_owned(),
+            path_prefix: "/".to_owned(),
+            host: None,
+            upstream: service_url("airq-front", &namespace),
+            strip_prefix: false,
+            timeout_seconds: 30,
+            retries: 1,
+            access: spec.front.access.clone().unwrap_or_else(Access::public),
+        },
+        Route {
+            id: "predictive".to_owned(),
+            path_prefix: "/api/predictive/".to_owned(),
+            host: None,
+            upstream: service_url("airq-predictive", &namespace),
+            strip_prefix: true,
+            timeout_seconds: 60,
+            retries: 1,
+            access: spec
+                .predictive
+                .access
+                .clone()
+                .unwrap_or_else(|| Access::groups(&["developers"])),
+        },
+        Route {
+            id: "etl".to_owned(),
+            path_prefix: "/api/etl/".to_owned(),
+            host: None,
+            upstream: service_url("airq-etl", &namespace),
+            strip_prefix: true,
+            timeout_seconds: 60,
+            retries: 0,
+            access: spec
+                .etl
+                .access
+                .clone()
+                .unwrap_or_else(|| Access::groups(&["operators"])),
+        },
+    ];
+    let losers = conflicts(adhoc_services);
+    for adhoc in adhoc_services {
+        let name = adhoc.name_any();
+        if adhoc.metadata.deletion_timestamp.is_some()
+            || losers.contains_key(&name)
+            || airq_api::validation::adhoc_service(&adhoc.spec).is_err()
+        {
+            continue;
+        }
+        routes.push(Route {
+            id: format!("adhoc/{name}"),
+            path_prefix: adhoc.spec.route.path_prefix.clone(),
+            host: adhoc.spec.route.host.clone(),
+            upstream: service_url(&format!("adhoc-{name}"), &namespace),
+            strip_prefix: adhoc.spec.route.strip_prefix,
+            timeout_seconds: adhoc.spec.route.timeout_seconds,
+            retries: 1,
+            access: adhoc.spec.access.clone(),
+        });
+    }
+    let mut table = RouteTable { routes };
+    table.sort();
+    table
+}
