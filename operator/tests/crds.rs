@@ -8,15 +8,17 @@ use kube::api::{Api, PostParams};
 
 #[test]
 fn committed_yaml_matches_the_rust_types() -> anyhow::Result<()> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for crd in airq_api::crds() {
-        let file = dir.join(airq_operator::crds::file_name(&crd));
-        let committed = std::fs::read_to_string(&file).unwrap_or_default();
-        assert!(
-            committed == airq_operator::crds::to_yaml(&crd)?,
-            "{} is stale: run `cargo run -p airq-operator -- crds --output-dir crds` and commit the result",
-            file.display()
-        );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in ["crds", "helm/airq/crds"] {
+        for crd in airq_api::crds() {
+            let file = root.join(dir).join(airq_operator::crds::file_name(&crd));
+            let committed = std::fs::read_to_string(&file).unwrap_or_default();
+            assert!(
+                committed == airq_operator::crds::to_yaml(&crd)?,
+                "{} is stale: run `cargo run -p airq-operator -- crds --output-dir {dir}` and commit the result",
+                file.display()
+            );
+        }
     }
     Ok(())
 }

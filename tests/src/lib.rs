@@ -305,3 +305,29 @@ fn own_run_dir() -> Result<PathBuf> {
         .clone()
         .map_err(Error::Setup)
 }
+
+/// A client acting as service account `name` of `namespace` (created when missing), with a token the control plane
+/// signed for it: it may do what RBAC grants that account and nothing else.
+pub async fn service_account_client(admin: &kube::Client, namespace: &str, name: &str) -> Result<kube::Client> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    if accounts.get_opt(name).await?.is_none() {
+        let account: ServiceAccount = serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))?;
+        accounts.create(&PostParams::default(), &account).await?;
+    }
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({ "spec": { "audiences": [] } }))?;
+    let token = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .ok_or_else(|| Error::Setup(format!("the TokenRequest for {namespace}/{name} returned no token")))?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubernetes().await?.kubeconfig)?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    Ok(kube::Client::try_from(config)?)
+}

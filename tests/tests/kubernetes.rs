@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use airq_testenv::{eventually, kube_client, kubernetes, namespace, tools};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams};
@@ -249,29 +248,7 @@ async fn cron_job_controller_creates_a_job_on_schedule() -> anyhow::Result<()> {
 async fn rbac_denies_a_service_account_until_a_role_allows_it() -> anyhow::Result<()> {
     let admin = kube_client().await?;
     let ns = namespace(&admin).await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
-    accounts
-        .create(
-            &PostParams::default(),
-            &from_json(json!({ "metadata": { "name": "reader" } }))?,
-        )
-        .await?;
-    // A token signed with the control plane's service-account key.
-    let request: TokenRequest = from_json(json!({ "spec": { "audiences": [] } }))?;
-    let token = accounts
-        .create_token_request("reader", &PostParams::default(), &request)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .ok_or_else(|| anyhow::anyhow!("the TokenRequest has no token"))?;
-
-    let kubeconfig = kube::config::Kubeconfig::read_from(kubernetes().await?.kubeconfig)?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.into()),
-        ..Default::default()
-    };
-    let reader = kube::Client::try_from(config)?;
+    let reader = airq_testenv::service_account_client(&admin, &ns, "reader").await?;
     let config_maps: Api<ConfigMap> = Api::namespaced(reader.clone(), &ns);
     match config_maps.list(&ListParams::default()).await {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),

@@ -78,9 +78,8 @@ pub fn history(jobs: &[Arc<Job>], successful: usize, failed: usize) -> BTreeSet<
     kept_ok.chain(kept_failed).map(|j| j.1.clone()).collect()
 }
 
-/// What the finished Job `job` wrote to its termination log, parsed as `T`; an error message when there is no such
-/// report or it cannot be read.
-pub async fn report<T: DeserializeOwned>(ctx: &Context, namespace: &str, job: &str) -> Result<Result<T, String>> {
+/// What the finished Job `job`'s pod wrote to its termination log (the succeeded pod's, else any pod's).
+pub async fn termination_message(ctx: &Context, namespace: &str, job: &str) -> Result<Option<String>> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let list = pods
         .list(&ListParams::default().labels(&format!("job-name={job}")))
@@ -89,22 +88,32 @@ pub async fn report<T: DeserializeOwned>(ctx: &Context, namespace: &str, job: &s
             job: job.to_owned(),
             source,
         })?;
-    let mut messages = list.items.iter().filter_map(|pod| {
-        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-        statuses
-            .iter()
-            .find_map(|s| s.state.as_ref()?.terminated.as_ref()?.message.clone())
-            .map(|message| (pod.status.as_ref().and_then(|s| s.phase.clone()), message))
-    });
-    // The pod that succeeded holds the report; otherwise the last words of any pod.
-    let all: Vec<(Option<String>, String)> = messages.by_ref().collect();
-    let chosen = all
+    let messages: Vec<(bool, String)> = list
+        .items
         .iter()
-        .find(|(phase, _)| phase.as_deref() == Some("Succeeded"))
-        .or_else(|| all.first());
-    Ok(match chosen {
+        .filter_map(|pod| {
+            let status = pod.status.as_ref()?;
+            let message = status
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find_map(|s| s.state.as_ref()?.terminated.as_ref()?.message.clone())?;
+            Some((status.phase.as_deref() == Some("Succeeded"), message.trim().to_owned()))
+        })
+        .collect();
+    Ok(messages
+        .iter()
+        .find(|(succeeded, _)| *succeeded)
+        .or_else(|| messages.first())
+        .map(|(_, message)| message.clone()))
+}
+
+/// The report the finished Job `job` wrote to its termination log, parsed as `T`; the reason when there is none or
+/// it cannot be read.
+pub async fn report<T: DeserializeOwned>(ctx: &Context, namespace: &str, job: &str) -> Result<Result<T, String>> {
+    Ok(match termination_message(ctx, namespace, job).await? {
         None => Err(format!("Job {job} left no termination message")),
-        Some((_, message)) => serde_json::from_str(message.trim())
-            .map_err(|e| format!("Job {job} left a report that cannot be read ({e}): {}", message.trim())),
+        Some(message) => serde_json::from_str(&message)
+            .map_err(|e| format!("Job {job} left a report that cannot be read ({e}): {message}")),
     })
 }

@@ -34,6 +34,9 @@ use crate::config::OperatorArgs;
 use crate::context::{Context, Stores};
 use crate::error::{Error, Result};
 
+/// How long the caches may take to fill before the operator gives up starting.
+const CACHE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
@@ -88,7 +91,11 @@ impl Operator {
                 .default_backoff()
                 .modify(|object: &mut PartialObjectMeta<Secret>| object.managed_fields_mut().clear())
                 .reflect(writer)
-                .for_each(|_| async {});
+                .for_each(|event| async move {
+                    if let Err(err) = event {
+                        tracing::warn!(kind = "Secret", error = %err, "watch error; retrying");
+                    }
+                });
             tasks.spawn(stream);
             reader
         };
@@ -108,22 +115,38 @@ impl Operator {
         // Every cache must hold the cluster's state before the first reconcile, or a restart would rewrite
         // objects it believes missing.
         let s = &stores;
-        let ready = futures::future::try_join_all([
-            s.platforms.wait_until_ready().boxed(),
-            s.adhoc_services.wait_until_ready().boxed(),
-            s.etl_schedules.wait_until_ready().boxed(),
-            s.models.wait_until_ready().boxed(),
-            s.deployments.wait_until_ready().boxed(),
-            s.services.wait_until_ready().boxed(),
-            s.ingresses.wait_until_ready().boxed(),
-            s.config_maps.wait_until_ready().boxed(),
-            s.cron_jobs.wait_until_ready().boxed(),
-            s.jobs.wait_until_ready().boxed(),
-            s.secrets.wait_until_ready().boxed(),
-        ]);
-        if ready.await.is_err() {
+        let waits = [
+            ("AdhocServices", s.adhoc_services.wait_until_ready().boxed()),
+            ("Platforms", s.platforms.wait_until_ready().boxed()),
+            ("EtlSchedules", s.etl_schedules.wait_until_ready().boxed()),
+            ("PredictiveModels", s.models.wait_until_ready().boxed()),
+            ("Deployments", s.deployments.wait_until_ready().boxed()),
+            ("Services", s.services.wait_until_ready().boxed()),
+            ("Ingresses", s.ingresses.wait_until_ready().boxed()),
+            ("ConfigMaps", s.config_maps.wait_until_ready().boxed()),
+            ("CronJobs", s.cron_jobs.wait_until_ready().boxed()),
+            ("Jobs", s.jobs.wait_until_ready().boxed()),
+            ("Secrets", s.secrets.wait_until_ready().boxed()),
+        ];
+        let mut pending: Vec<&str> = waits.iter().map(|(name, _)| *name).collect();
+        let mut waiting: futures::stream::FuturesUnordered<_> = waits
+            .into_iter()
+            .map(|(name, ready)| ready.map(move |r| (name, r)))
+            .collect();
+        let filled = tokio::time::timeout(CACHE_TIMEOUT, async {
+            while let Some((name, _)) = waiting.next().await {
+                pending.retain(|p| *p != name);
+            }
+        })
+        .await;
+        if filled.is_err() {
             return Err(kube::Error::Service(
-                "a cache's watch ended before it was filled".into(),
+                format!(
+                    "cannot list and watch {} within {}s: check the operator's RBAC and the logs' watch errors",
+                    pending.join(", "),
+                    CACHE_TIMEOUT.as_secs()
+                )
+                .into(),
             ));
         }
 

@@ -390,15 +390,9 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
         ),
         Some((name, JobState::Failed { message, .. })) => {
             if previous_reason.as_deref() != Some("TrainingFailed") {
-                event(
-                    &ctx,
-                    model.as_ref(),
-                    true,
-                    "TrainingFailed",
-                    "Train",
-                    format!("Job {name}: {message}"),
-                )
-                .await;
+                let last_words = jobs::termination_message(&ctx, &owner.namespace, name).await?;
+                let note = format!("Job {name}: {message}: {}", last_words.unwrap_or_default());
+                event(&ctx, model.as_ref(), true, "TrainingFailed", "Train", note).await;
             }
             (
                 "TrainingFailed",

@@ -313,3 +313,46 @@ pub async fn settled_reconciles(operator: &Operator, kind: &str) -> u64 {
         last = now;
     }
 }
+
+/// Plays the kubelet for every attempt of Job `job`, each pod failing with `message`, until the Job controller
+/// gives up (its `backoffLimit`) and marks the Job failed.
+pub async fn fail_job(client: &kube::Client, namespace: &str, job: &str, message: &str) -> anyhow::Result<()> {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("job-name={job}");
+    airq_testenv::eventually(
+        "the Job controller to mark the Job failed",
+        Duration::from_secs(180),
+        || async {
+            let current = jobs.get(job).await.map_err(|e| e.to_string())?;
+            let failed = current
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed" && c.status == "True"));
+            if failed {
+                return Ok(());
+            }
+            let waiting = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .into_iter()
+                .any(|p| {
+                    !matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Failed" | "Succeeded")
+                    )
+                });
+            if waiting {
+                finish_job(client, namespace, job, false, message)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Err("the Job has not failed yet".to_owned())
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! EtlSchedule on the real control plane: a CronJob honouring suspend and history limits, a run requested by hand
+//! whose report (written by the load's pod, played here by the test) reaches the status, a one-off load that fails,
+//! a missing API-key Secret, and deletion.
+
+mod common;
+
+use std::time::Duration;
+
+use airq_api::EtlSchedule;
+use common::{create, finish_job, has_condition, secret, settled_reconciles, setup, wait_for, wait_gone};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+const HOURLY: &str = "apiVersion: airq.dev/v1alpha1\nkind: EtlSchedule\nmetadata: { name: openaq-beijing }\nspec:\n  source:\n    openaq: { locations: [2178], parameters: [pm25, no2], apiKeySecret: { name: openaq, key: api-key } }\n  schedule: \"15 * * * *\"\n  successfulJobsHistoryLimit: 2\n";
+
+async fn job_named(jobs: &Api<Job>, prefix: &str) -> anyhow::Result<Job> {
+    Ok(
+        airq_testenv::eventually(&format!("a Job named {prefix}*"), Duration::from_secs(30), || async {
+            let list = jobs.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|j| j.name_any().starts_with(prefix))
+                .ok_or_else(|| "none yet".to_owned())
+        })
+        .await?,
+    )
+}
+
+#[tokio::test]
+async fn scheduled_load_lifecycle() -> anyhow::Result<()> {
+    let (client, ns, operator) = setup().await?;
+    let schedules: Api<EtlSchedule> = Api::namespaced(client.clone(), &ns);
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    secret(&client, &ns, "airq-database", "url", "postgres://airq:pw@db/airq").await?;
+
+    // The API key's Secret is missing: Ready=False, no CronJob, no loop.
+    let etl: EtlSchedule = create(&client, &ns, HOURLY).await?;
+    let blocked = wait_for(
+        &schedules,
+        "openaq-beijing",
+        "SecretNotFound",
+        30,
+        has_condition("Ready", "False", Some("SecretNotFound")),
+    )
+    .await?;
+    assert!(common::condition_of(&blocked, "Ready").is_some_and(|(_, _, m)| m.contains("openaq")));
+    let before = settled_reconciles(&operator, "EtlSchedule").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(operator.ctx.stats.reconciles("EtlSchedule"), before);
+    assert!(cron_jobs.get_opt("etl-openaq-beijing").await?.is_none());
+
+    // With it: the CronJob, with the key and the database URL from their Secrets.
+    secret(&client, &ns, "openaq", "api-key", "k3y").await?;
+    let cron = wait_for(&cron_jobs, "etl-openaq-beijing", "the CronJob", 30, |_| Ok(())).await?;
+    assert!(common::owned_by(&cron, &etl.uid().unwrap_or_default()));
+    assert_eq!(cron.spec.schedule, "15 * * * *");
+    assert_eq!(cron.spec.successful_jobs_history_limit, Some(2));
+    assert_eq!(cron.spec.concurrency_policy.as_deref(), Some("Forbid"));
+    let text = serde_json::to_string(&cron)?;
+    assert!(
+        !text.contains("k3y") && !text.contains("postgres://"),
+        "a secret value was inlined"
+    );
+    wait_for(
+        &schedules,
+        "openaq-beijing",
+        "Ready=True Scheduled",
+        30,
+        has_condition("Ready", "True", Some("Scheduled")),
+    )
+    .await?;
+
+    // Suspend is honoured.
+    schedules
+        .patch(
+            "openaq-beijing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "suspend": true } })),
+        )
+        .await?;
+    wait_for(&cron_jobs, "etl-openaq-beijing", "the CronJob suspended", 30, |c| {
+        (c.spec.suspend == Some(true))
+            .then_some(())
+            .ok_or("not suspended".to_owned())
+    })
+    .await?;
+    wait_for(
+        &schedules,
+        "openaq-beijing",
+        "Suspended",
+        30,
+        has_condition("Ready", "True", Some("Suspended")),
+    )
+    .await?;
+
+    // A run requested by hand: a Job now; its pod's report reaches the status.
+    schedules
+        .patch(
+            "openaq-beijing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "runRequest": "2026-11-29T10:00:00Z" } })),
+        )
+        .await?;
+    let job = job_named(&jobs, "etl-openaq-beijing-run-").await?;
+    let report = r#"{"rowsInserted":42,"rowsUpdated":3,"rowsRejected":1,"watermark":"2026-11-29T09:00:00Z"}"#;
+    finish_job(&client, &ns, &job.name_any(), true, report).await?;
+    let done = wait_for(
+        &schedules,
+        "openaq-beijing",
+        "the run's report in the status",
+        60,
+        |e| {
+            let run = e.status.as_ref().and_then(|s| s.last_run.clone()).ok_or("no run yet")?;
+            (run.rows_inserted == 42 && run.succeeded)
+                .then_some(())
+                .ok_or(format!("{run:?}"))
+        },
+    )
+    .await?;
+    let status = done.status.unwrap_or_default();
+    let run = status.last_run.unwrap_or_default();
+    assert_eq!((run.rows_updated, run.rows_rejected), (3, 1));
+    assert_eq!(status.watermark.as_deref(), Some("2026-11-29T09:00:00Z"));
+    assert_eq!(run.job, job.name_any());
+
+    // Delete → the CronJob and the Job are garbage-collected.
+    schedules.delete("openaq-beijing", &DeleteParams::background()).await?;
+    wait_gone(&cron_jobs, "etl-openaq-beijing", "the CronJob to be garbage-collected").await?;
+    wait_gone(&jobs, &job.name_any(), "the Job to be garbage-collected").await?;
+    operator.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_off_backfill_that_fails_waits_for_a_change() -> anyhow::Result<()> {
+    let (client, ns, operator) = setup().await?;
+    let schedules: Api<EtlSchedule> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    secret(&client, &ns, "airq-database", "url", "postgres://airq:pw@db/airq").await?;
+    create::<EtlSchedule>(&client, &ns, "apiVersion: airq.dev/v1alpha1\nkind: EtlSchedule\nmetadata: { name: beijing }\nspec:\n  source: { csv: { url: /data/beijing-multisite, format: beijing } }\n  mode: backfill\n  backfill: { from: 2013-03-01, to: 2017-03-01, chunkDays: 90, parallelism: 2 }\n").await?;
+    let job = job_named(&jobs, "etl-beijing-").await?;
+    let env = job
+        .spec
+        .clone()
+        .unwrap_or_default()
+        .template
+        .spec
+        .unwrap_or_default()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    let load = env
+        .iter()
+        .find(|e| e.name == "AIRQ_LOAD_SPEC")
+        .and_then(|e| e.value.clone())
+        .unwrap_or_default();
+    assert!(
+        load.contains("\"chunkDays\":90") && load.contains("beijing-multisite"),
+        "{load}"
+    );
+    wait_for(
+        &schedules,
+        "beijing",
+        "Running",
+        30,
+        has_condition("Ready", "False", Some("Running")),
+    )
+    .await?;
+
+    common::fail_job(
+        &client,
+        &ns,
+        &job.name_any(),
+        "cannot open /data/beijing-multisite: no such file",
+    )
+    .await?;
+    let failed = wait_for(
+        &schedules,
+        "beijing",
+        "LoadFailed",
+        90,
+        has_condition("Ready", "False", Some("LoadFailed")),
+    )
+    .await?;
+    let run = failed.status.and_then(|s| s.last_run).unwrap_or_default();
+    assert!(!run.succeeded);
+    assert!(run.message.unwrap_or_default().contains("no such file"));
+    let before = settled_reconciles(&operator, "EtlSchedule").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        operator.ctx.stats.reconciles("EtlSchedule"),
+        before,
+        "a failed load is retried in a loop"
+    );
+    assert_eq!(
+        jobs.list(&ListParams::default()).await?.items.len(),
+        1,
+        "a failed one-off load was started again"
+    );
+    operator.stop().await;
+    Ok(())
+}
