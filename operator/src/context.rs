@@ -93,6 +93,8 @@ pub struct Context {
     pub stats: Stats,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The last status written per object (without transition times).
+    statuses: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -104,7 +106,25 @@ impl Context {
             args,
             stats: Stats::default(),
             failures: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The status last written for `key`, without transition times.
+    pub fn last_status(&self, key: &str) -> Option<String> {
+        self.statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Remembers the status written for `key`.
+    pub fn remember_status(&self, key: String, status: String) {
+        self.statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, status);
     }
 
     /// The delay before retrying `key` after one more failure: 1 s, doubling, at most 5 minutes.

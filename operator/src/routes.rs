@@ -7,6 +7,7 @@ use std::sync::Arc;
 use airq_api::common::Access;
 use airq_api::gateway::{Route, RouteTable};
 use airq_api::{AdhocService, Platform};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 /// Base URL of a Service in the cluster.
@@ -14,28 +15,45 @@ pub fn service_url(service: &str, namespace: &str) -> String {
     format!("http://{service}.{namespace}.svc:80")
 }
 
-/// The key two routes conflict on.
-fn route_key(adhoc: &AdhocService) -> (Option<String>, String) {
-    let prefix = adhoc.spec.route.path_prefix.trim_end_matches('/').to_owned();
-    (adhoc.spec.route.host.clone(), prefix)
+/// The key two routes conflict on: host and path prefix without its trailing slash. Borrowed, so comparing keys
+/// allocates nothing (the route table is rebuilt from every AdhocService of a namespace).
+pub fn route_key(adhoc: &AdhocService) -> (Option<&str>, &str) {
+    (
+        adhoc.spec.route.host.as_deref(),
+        adhoc.spec.route.path_prefix.trim_end_matches('/'),
+    )
 }
 
-/// For every AdhocService that loses its route to an older one, the winner's name. Services being deleted take
-/// part in nothing.
-pub fn conflicts(adhoc_services: &[Arc<AdhocService>]) -> BTreeMap<String, String> {
-    let mut live: Vec<&Arc<AdhocService>> = adhoc_services
+/// The order in which AdhocServices claim routes: oldest first, then by name.
+fn claim_order(adhoc: &AdhocService) -> (Option<&Time>, &str) {
+    (
+        adhoc.metadata.creation_timestamp.as_ref(),
+        adhoc.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The AdhocService among `peers` that holds the route `adhoc` asks for, when it is not `adhoc` itself. Services
+/// being deleted take part in nothing.
+pub fn conflict_winner<'a>(adhoc: &AdhocService, peers: &'a [Arc<AdhocService>]) -> Option<&'a AdhocService> {
+    let key = route_key(adhoc);
+    let mine = claim_order(adhoc);
+    peers
         .iter()
+        .map(AsRef::as_ref)
+        .filter(|peer| peer.metadata.deletion_timestamp.is_none() && route_key(peer) == key)
+        .filter(|peer| claim_order(peer) < mine)
+        .min_by(|a, b| claim_order(a).cmp(&claim_order(b)))
+}
+
+/// For every AdhocService that loses its route to an older one, the winner's name.
+pub fn conflicts(adhoc_services: &[Arc<AdhocService>]) -> BTreeMap<String, String> {
+    let mut live: Vec<&AdhocService> = adhoc_services
+        .iter()
+        .map(AsRef::as_ref)
         .filter(|a| a.metadata.deletion_timestamp.is_none())
         .collect();
-    live.sort_by(|a, b| {
-        a.metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0)
-            .cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0))
-            .then_with(|| a.name_any().cmp(&b.name_any()))
-    });
-    let mut owners: BTreeMap<(Option<String>, String), String> = BTreeMap::new();
+    live.sort_by(|a, b| claim_order(a).cmp(&claim_order(b)));
+    let mut owners: BTreeMap<(Option<&str>, &str), String> = BTreeMap::new();
     let mut losers = BTreeMap::new();
     for adhoc in live {
         let name = adhoc.name_any();

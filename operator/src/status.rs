@@ -55,6 +55,18 @@ where
     if current == Some(&status) {
         return Ok(false);
     }
+    // The object in hand may predate the status this operator wrote a moment ago (its watch event not yet in): then
+    // the same status, but for its transition times, is not written again.
+    let key = format!(
+        "{}/{}/{}",
+        kind_label::<K>(),
+        resource.namespace().unwrap_or_default(),
+        resource.name_any()
+    );
+    let fingerprint = status_fingerprint(&status)?;
+    if ctx.last_status(&key).as_deref() == Some(fingerprint.as_str()) {
+        return Ok(false);
+    }
     let namespace = resource.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = serde_json::json!({ "status": status });
@@ -66,7 +78,21 @@ where
         .await
         .map_err(Error::Status)?;
     ctx.stats.wrote(kind_label::<K>(), "status");
+    ctx.remember_status(key, fingerprint);
     Ok(true)
+}
+
+/// The status as JSON without the conditions' transition times.
+fn status_fingerprint<S: Serialize>(status: &S) -> Result<String> {
+    let mut value = serde_json::to_value(status).map_err(|e| Error::Serialize("status", e))?;
+    if let Some(conditions) = value.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+        for condition in conditions {
+            if let Some(condition) = condition.as_object_mut() {
+                condition.remove("lastTransitionTime");
+            }
+        }
+    }
+    Ok(value.to_string())
 }
 
 /// Publishes an Event about `resource`. A failure to publish is logged, not returned: the reconcile itself went on.

@@ -24,9 +24,9 @@ use crate::error::{Error, Result, io};
 use crate::process::{ServerProcess, free_port};
 
 /// The network the API server hands Service cluster IPs out of.
-const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
+const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/12";
 /// The first address of that range, which the `kubernetes` Service gets and the serving certificate names.
-const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
+const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
 /// A running control plane.
 #[derive(Debug)]
@@ -102,7 +102,7 @@ impl ControlPlane {
             "kube-controller-manager",
             kcm,
             &dir.join("kube-controller-manager.log"),
-            Signal::SIGTERM,
+            Signal::SIGKILL,
         )?;
         let mut plane = Self {
             kubeconfig,
@@ -243,7 +243,9 @@ async fn start_apiserver(bin: &Path, dir: &Path, pki: &Pki, etcd_url: &str) -> R
             .arg("--allow-privileged=true")
             // The `kubernetes` Service cannot point at a loopback address; nothing in the tests needs it to.
             .arg("--endpoint-reconciler-type=none");
-        let mut process = ServerProcess::spawn("kube-apiserver", apiserver, &log, Signal::SIGTERM)?;
+        // SIGKILL when the test process dies: on SIGTERM kube-apiserver shuts down gracefully, which can wait forever
+        // for an etcd that died with the same process.
+        let mut process = ServerProcess::spawn("kube-apiserver", apiserver, &log, Signal::SIGKILL)?;
         match wait_apiserver_ready(&mut process, port, pki, Duration::from_secs(90)).await {
             Ok(()) => return Ok((process, port)),
             Err(err) => {

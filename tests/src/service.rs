@@ -75,6 +75,11 @@ impl RunningService {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// An error about this service that quotes the end of its log.
     pub fn error(&self, problem: impl Into<String>) -> Error {
         Error::Server {
@@ -194,11 +199,11 @@ pub async fn check_database_service(binary: &Path, service: &str) -> Result<()> 
     let db = crate::database().await?;
     let running = RunningService::start(binary, &[], &[("AIRQ_DATABASE_URL", &db.url)]).await?;
     running.check_operational_endpoints(service).await?;
-    let (pollutants,): (i64,) = sqlx::query_as("select count(*) from pollutants")
+    let (pollutants,): (i64,) = sqlx::query_as("select count(*) from parameters where kind = 'pollutant'")
         .fetch_one(&db.pool)
         .await?;
     if pollutants == 0 {
-        return Err(running.error("did not migrate the database: no pollutants"));
+        return Err(running.error("did not migrate the database: no pollutants in its parameters"));
     }
     let status = running.terminate().await?;
     if !status.success() {

@@ -229,9 +229,9 @@ pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Ac
         .adhoc_services
         .state()
         .into_iter()
-        .filter(|a| a.namespace().as_deref() == Some(owner.namespace.as_str()))
+        .filter(|a| a.metadata.namespace.as_deref() == Some(owner.namespace.as_str()))
         .collect::<Vec<_>>();
-    let conflict = crate::routes::conflicts(&peers).get(&owner.name).cloned();
+    let conflict = crate::routes::conflict_winner(&adhoc, &peers).map(ResourceExt::name_any);
     let (routed, routed_reason, routed_message) = match (&platform, &conflict) {
         (None, _) => (
             false,

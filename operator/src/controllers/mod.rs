@@ -29,7 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 
-use crate::children::{MANAGED_BY, MANAGER};
+use crate::children::{MANAGED_BY, MANAGER, OWNER_KIND_LABEL};
 use crate::config::OperatorArgs;
 use crate::context::{Context, Stores};
 use crate::error::{Error, Result};
@@ -51,23 +51,116 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
 }
 
-/// Starts a reflector filling a cache of `K`, without managed fields (they are large and never read).
-fn cache<K>(tasks: &mut JoinSet<()>, api: Api<K>, config: watcher::Config) -> Store<K>
+type Sender<K> = futures::channel::mpsc::UnboundedSender<Result<K, watcher::Error>>;
+type Receiver<K> = futures::channel::mpsc::UnboundedReceiver<Result<K, watcher::Error>>;
+/// Decides whether a change reaches a subscriber: the object, and whether it was deleted.
+type Filter<K> = Box<dyn Fn(&K, bool) -> bool + Send + Sync>;
+
+/// A watched kind: one watch fills its cache, then hands each change (deletions included) to the controllers that
+/// care. A reconcile triggered this way always finds the change already in the cache.
+struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
+    reader: Store<K>,
+    writer: reflector::store::Writer<K>,
+    subscribers: Vec<(Filter<K>, Sender<K>)>,
+}
+
+impl<K> Feed<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|object: &mut K| object.managed_fields_mut().clear())
-        .reflect(writer)
-        .for_each(|event| async move {
-            if let Err(err) = event {
-                tracing::warn!(error = %err, "watch error; retrying");
-            }
-        });
-    tasks.spawn(stream);
-    reader
+    fn new() -> Self {
+        let (reader, writer) = reflector::store();
+        Self {
+            reader,
+            writer,
+            subscribers: Vec::new(),
+        }
+    }
+
+    /// The changes `filter` accepts.
+    fn subscribe(&mut self, filter: impl Fn(&K) -> bool + Send + Sync + 'static) -> Receiver<K> {
+        self.subscribe_changes(move |object, _| filter(object))
+    }
+
+    /// The changes `filter` accepts, told whether the object was deleted.
+    fn subscribe_changes(&mut self, filter: impl Fn(&K, bool) -> bool + Send + Sync + 'static) -> Receiver<K> {
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        self.subscribers.push((Box::new(filter), sender));
+        receiver
+    }
+
+    /// Starts the watch (without managed fields: they are large and never read).
+    fn start(self, tasks: &mut JoinSet<()>, api: Api<K>, config: watcher::Config) -> Store<K> {
+        let Self {
+            reader,
+            writer,
+            subscribers,
+        } = self;
+        let stream = watcher(api, config)
+            .default_backoff()
+            .modify(|object: &mut K| object.managed_fields_mut().clear())
+            .reflect(writer)
+            .for_each(move |event| {
+                let change = match event {
+                    Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => Some((object, false)),
+                    Ok(watcher::Event::Delete(object)) => Some((object, true)),
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                    Err(err) => {
+                        tracing::warn!(kind = %K::kind(&()), error = %err, "watch error; retrying");
+                        None
+                    }
+                };
+                if let Some((object, deleted)) = change {
+                    for (filter, sender) in &subscribers {
+                        if filter(&object, deleted) {
+                            let _ = sender.unbounded_send(Ok(object.clone()));
+                        }
+                    }
+                }
+                futures::future::ready(())
+            });
+        tasks.spawn(stream);
+        reader
+    }
+}
+
+fn owned_by_kind<K: Resource>(kind: &'static str) -> impl Fn(&K) -> bool + Send + Sync + 'static {
+    move |object: &K| object.labels().get(OWNER_KIND_LABEL).map(String::as_str) == Some(kind)
+}
+
+fn has_label<K: Resource>(label: &'static str) -> impl Fn(&K) -> bool + Send + Sync + 'static {
+    move |object: &K| object.labels().contains_key(label)
+}
+
+fn always<K>(_: &K) -> bool {
+    true
+}
+
+/// Passes an object's change only when `fingerprint` of it differs from the last one passed (and always its
+/// deletion): status-only updates of many objects then do not keep re-triggering (and, with a debounce, starving)
+/// a reconcile that depends only on their specs.
+fn when_changed<K, F>(
+    fingerprint: impl Fn(&K) -> F + Send + Sync + 'static,
+) -> impl Fn(&K, bool) -> bool + Send + Sync + 'static
+where
+    K: Resource,
+    F: PartialEq + Send + 'static,
+{
+    let seen: std::sync::Mutex<std::collections::HashMap<String, F>> = std::sync::Mutex::default();
+    move |object: &K, deleted: bool| {
+        let key = object.meta().uid.clone().unwrap_or_else(|| object.name_any());
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        if deleted {
+            seen.remove(&key);
+            return true;
+        }
+        let now = fingerprint(object);
+        if seen.get(&key) == Some(&now) {
+            return false;
+        }
+        seen.insert(key, now);
+        true
+    }
 }
 
 /// The running operator: its shared context, and the tasks of its watches and controllers.
@@ -83,34 +176,64 @@ impl Operator {
     pub async fn start(client: Client, args: OperatorArgs) -> Result<Self, kube::Error> {
         let ns = args.namespace.clone();
         let ns = ns.as_deref();
-        let mut tasks = JoinSet::new();
         let all = watcher::Config::default;
-        let secrets = {
-            let (reader, writer) = reflector::store();
-            let stream = watcher(api::<PartialObjectMeta<Secret>>(&client, ns), all())
-                .default_backoff()
-                .modify(|object: &mut PartialObjectMeta<Secret>| object.managed_fields_mut().clear())
-                .reflect(writer)
-                .for_each(|event| async move {
-                    if let Err(err) = event {
-                        tracing::warn!(kind = "Secret", error = %err, "watch error; retrying");
-                    }
-                });
-            tasks.spawn(stream);
-            reader
-        };
+
+        let mut platforms = Feed::<Platform>::new();
+        let mut adhoc_services = Feed::<AdhocService>::new();
+        let mut etl_schedules = Feed::<EtlSchedule>::new();
+        let mut models = Feed::<PredictiveModel>::new();
+        let mut deployments = Feed::<Deployment>::new();
+        let mut services = Feed::<Service>::new();
+        let mut ingresses = Feed::<Ingress>::new();
+        let mut config_maps = Feed::<ConfigMap>::new();
+        let mut cron_jobs = Feed::<CronJob>::new();
+        let mut jobs = Feed::<Job>::new();
+        let mut secrets = Feed::<PartialObjectMeta<Secret>>::new();
+
+        // Who hears about what.
+        let platform_main = platforms.subscribe(always);
+        // An AdhocService reads its Platform's spec (the ingress host of its URL) and whether it exists.
+        let platform_for_adhoc = platforms.subscribe_changes(when_changed(|p: &Platform| {
+            (p.metadata.generation, p.metadata.deletion_timestamp.is_some())
+        }));
+        let adhoc_main = adhoc_services.subscribe(always);
+        // The route table depends on each AdhocService's spec and whether it is being deleted, not on its status.
+        let adhoc_for_platform = adhoc_services.subscribe_changes(when_changed(|a: &AdhocService| {
+            (a.metadata.generation, a.metadata.deletion_timestamp.is_some())
+        }));
+        let adhoc_for_peers = adhoc_services.subscribe(always);
+        let etl_main = etl_schedules.subscribe(always);
+        let model_main = models.subscribe(always);
+        let adhoc_deployments = deployments.subscribe(owned_by_kind("AdhocService"));
+        let platform_deployments = deployments.subscribe(owned_by_kind("Platform"));
+        let model_deployments = deployments.subscribe(owned_by_kind("PredictiveModel"));
+        let adhoc_services_children = services.subscribe(owned_by_kind("AdhocService"));
+        let platform_services = services.subscribe(owned_by_kind("Platform"));
+        let model_services = services.subscribe(owned_by_kind("PredictiveModel"));
+        let adhoc_ingresses = ingresses.subscribe(owned_by_kind("AdhocService"));
+        let platform_ingresses = ingresses.subscribe(owned_by_kind("Platform"));
+        let platform_config_maps = config_maps.subscribe(owned_by_kind("Platform"));
+        let etl_cron_jobs = cron_jobs.subscribe(owned_by_kind("EtlSchedule"));
+        let model_cron_jobs = cron_jobs.subscribe(owned_by_kind("PredictiveModel"));
+        let etl_jobs = jobs.subscribe(has_label(etl::SCHEDULE_LABEL));
+        let model_jobs = jobs.subscribe(has_label(model::MODEL_LABEL));
+        let platform_secrets = secrets.subscribe(always);
+        let etl_secrets = secrets.subscribe(always);
+        let model_secrets = secrets.subscribe(always);
+
+        let mut tasks = JoinSet::new();
         let stores = Stores {
-            platforms: cache(&mut tasks, api::<Platform>(&client, ns), all()),
-            adhoc_services: cache(&mut tasks, api::<AdhocService>(&client, ns), all()),
-            etl_schedules: cache(&mut tasks, api::<EtlSchedule>(&client, ns), all()),
-            models: cache(&mut tasks, api::<PredictiveModel>(&client, ns), all()),
-            deployments: cache(&mut tasks, api::<Deployment>(&client, ns), managed()),
-            services: cache(&mut tasks, api::<Service>(&client, ns), managed()),
-            ingresses: cache(&mut tasks, api::<Ingress>(&client, ns), managed()),
-            config_maps: cache(&mut tasks, api::<ConfigMap>(&client, ns), managed()),
-            cron_jobs: cache(&mut tasks, api::<CronJob>(&client, ns), managed()),
-            jobs: cache(&mut tasks, api::<Job>(&client, ns), managed()),
-            secrets,
+            platforms: platforms.start(&mut tasks, api(&client, ns), all()),
+            adhoc_services: adhoc_services.start(&mut tasks, api(&client, ns), all()),
+            etl_schedules: etl_schedules.start(&mut tasks, api(&client, ns), all()),
+            models: models.start(&mut tasks, api(&client, ns), all()),
+            deployments: deployments.start(&mut tasks, api(&client, ns), managed()),
+            services: services.start(&mut tasks, api(&client, ns), managed()),
+            ingresses: ingresses.start(&mut tasks, api(&client, ns), managed()),
+            config_maps: config_maps.start(&mut tasks, api(&client, ns), managed()),
+            cron_jobs: cron_jobs.start(&mut tasks, api(&client, ns), managed()),
+            jobs: jobs.start(&mut tasks, api(&client, ns), managed()),
+            secrets: secrets.start(&mut tasks, api(&client, ns), all()),
         };
         // Every cache must hold the cluster's state before the first reconcile, or a restart would rewrite
         // objects it believes missing.
@@ -171,12 +294,12 @@ impl Operator {
         // AdhocService: its children, its namespace's Platform, and AdhocServices it may share a route with.
         let by_namespace = stores.adhoc_services.clone();
         let peers = stores.adhoc_services.clone();
-        let adhoc = Controller::new(api::<AdhocService>(&client, ns), all())
+        let adhoc = Controller::for_stream(adhoc_main, stores.adhoc_services.clone())
             .with_config(config.clone())
-            .owns(api::<Deployment>(&client, ns), managed())
-            .owns(api::<Service>(&client, ns), managed())
-            .owns(api::<Ingress>(&client, ns), managed())
-            .watches(api::<Platform>(&client, ns), all(), move |platform| {
+            .owns_stream(adhoc_deployments)
+            .owns_stream(adhoc_services_children)
+            .owns_stream(adhoc_ingresses)
+            .watches_stream(platform_for_adhoc, move |platform: Platform| {
                 let namespace = platform.namespace();
                 by_namespace
                     .state()
@@ -185,7 +308,7 @@ impl Operator {
                     .map(|a| ObjectRef::from_obj(a.as_ref()))
                     .collect::<Vec<_>>()
             })
-            .watches(api::<AdhocService>(&client, ns), all(), move |changed| {
+            .watches_stream(adhoc_for_peers, move |changed: AdhocService| {
                 route_peers(&peers, &changed)
             })
             .graceful_shutdown_on(shutdown())
@@ -203,26 +326,21 @@ impl Operator {
             );
 
         // Platform: its children, every AdhocService of its namespace (the route table), its Secrets.
-        let platform_secrets = stores.platforms.clone();
-        let platform = Controller::new(api::<Platform>(&client, ns), all())
-            .with_config(config.clone().debounce(Duration::from_millis(200)))
-            .owns(api::<Deployment>(&client, ns), managed())
-            .owns(api::<Service>(&client, ns), managed())
-            .owns(api::<ConfigMap>(&client, ns), managed())
-            .owns(api::<Ingress>(&client, ns), managed())
-            .watches(api::<AdhocService>(&client, ns), all(), |adhoc| {
-                platform::platform_of(&adhoc)
+        let platform_store = stores.platforms.clone();
+        let platform = Controller::for_stream(platform_main, stores.platforms.clone())
+            .with_config(config.clone().debounce(Duration::from_millis(500)))
+            .owns_stream(platform_deployments)
+            .owns_stream(platform_services)
+            .owns_stream(platform_config_maps)
+            .owns_stream(platform_ingresses)
+            .watches_stream(adhoc_for_platform, |adhoc: AdhocService| platform::platform_of(&adhoc))
+            .watches_stream(platform_secrets, move |secret: PartialObjectMeta<Secret>| {
+                referring(&platform_store, &secret, |p: &Platform| {
+                    let mut names = vec![p.spec.database.secret_name.clone()];
+                    names.extend(p.spec.admin_key_secret.as_ref().map(|s| s.name.clone()));
+                    names
+                })
             })
-            .watches_stream(
-                watcher(api::<PartialObjectMeta<Secret>>(&client, ns), all()).touched_objects(),
-                move |secret| {
-                    referring(&platform_secrets, &secret, |p: &Platform| {
-                        let mut names = vec![p.spec.database.secret_name.clone()];
-                        names.extend(p.spec.admin_key_secret.as_ref().map(|s| s.name.clone()));
-                        names
-                    })
-                },
-            )
             .graceful_shutdown_on(shutdown())
             .run(
                 |object, ctx| {
@@ -238,25 +356,18 @@ impl Operator {
             );
 
         // EtlSchedule: its CronJob, its Jobs and those its CronJob starts, its Secrets.
-        let etl_secrets = stores.etl_schedules.clone();
-        let etl = Controller::new(api::<EtlSchedule>(&client, ns), all())
+        let etl_store = stores.etl_schedules.clone();
+        let etl = Controller::for_stream(etl_main, stores.etl_schedules.clone())
             .with_config(config.clone())
-            .owns(api::<CronJob>(&client, ns), managed())
-            .watches(
-                api::<Job>(&client, ns),
-                watcher::Config::default().labels(etl::SCHEDULE_LABEL),
-                |job| etl::schedule_of_job(&job),
-            )
-            .watches_stream(
-                watcher(api::<PartialObjectMeta<Secret>>(&client, ns), all()).touched_objects(),
-                move |secret| {
-                    referring(&etl_secrets, &secret, |e: &EtlSchedule| {
-                        let mut names = vec![e.spec.database.secret_name.clone()];
-                        names.extend(e.spec.source.openaq.as_ref().map(|o| o.api_key_secret.name.clone()));
-                        names
-                    })
-                },
-            )
+            .owns_stream(etl_cron_jobs)
+            .watches_stream(etl_jobs, |job: Job| etl::schedule_of_job(&job))
+            .watches_stream(etl_secrets, move |secret: PartialObjectMeta<Secret>| {
+                referring(&etl_store, &secret, |e: &EtlSchedule| {
+                    let mut names = vec![e.spec.database.secret_name.clone()];
+                    names.extend(e.spec.source.openaq.as_ref().map(|o| o.api_key_secret.name.clone()));
+                    names
+                })
+            })
             .graceful_shutdown_on(shutdown())
             .run(
                 |object, ctx| observe("EtlSchedule", object.clone(), ctx.clone(), etl::reconcile(object, ctx)),
@@ -265,25 +376,18 @@ impl Operator {
             );
 
         // PredictiveModel: its serving Deployment and Service, its CronJob, its training Jobs, its Secret.
-        let model_secrets = stores.models.clone();
-        let model = Controller::new(api::<PredictiveModel>(&client, ns), all())
+        let model_store = stores.models.clone();
+        let model = Controller::for_stream(model_main, stores.models.clone())
             .with_config(config)
-            .owns(api::<Deployment>(&client, ns), managed())
-            .owns(api::<Service>(&client, ns), managed())
-            .owns(api::<CronJob>(&client, ns), managed())
-            .watches(
-                api::<Job>(&client, ns),
-                watcher::Config::default().labels(model::MODEL_LABEL),
-                |job| model::model_of_job(&job),
-            )
-            .watches_stream(
-                watcher(api::<PartialObjectMeta<Secret>>(&client, ns), all()).touched_objects(),
-                move |secret| {
-                    referring(&model_secrets, &secret, |m: &PredictiveModel| {
-                        vec![m.spec.database.secret_name.clone()]
-                    })
-                },
-            )
+            .owns_stream(model_deployments)
+            .owns_stream(model_services)
+            .owns_stream(model_cron_jobs)
+            .watches_stream(model_jobs, |job: Job| model::model_of_job(&job))
+            .watches_stream(model_secrets, move |secret: PartialObjectMeta<Secret>| {
+                referring(&model_store, &secret, |m: &PredictiveModel| {
+                    vec![m.spec.database.secret_name.clone()]
+                })
+            })
             .graceful_shutdown_on(shutdown())
             .run(
                 |object, ctx| {
@@ -333,20 +437,15 @@ impl Operator {
 /// The AdhocServices whose route may change when `changed` changes: those with the same host and prefix, and those
 /// that lost a route conflict (the winner may have moved away or gone).
 fn route_peers(store: &Store<AdhocService>, changed: &AdhocService) -> Vec<ObjectRef<AdhocService>> {
-    let namespace = changed.namespace();
-    let key = |a: &AdhocService| {
-        (
-            a.spec.route.host.clone(),
-            a.spec.route.path_prefix.trim_end_matches('/').to_owned(),
-        )
-    };
-    let changed_key = key(changed);
+    let namespace = changed.metadata.namespace.as_deref();
+    let name = changed.metadata.name.as_deref();
+    let changed_key = crate::routes::route_key(changed);
     store
         .state()
         .into_iter()
-        .filter(|a| a.namespace() == namespace && a.name_any() != changed.name_any())
+        .filter(|a| a.metadata.namespace.as_deref() == namespace && a.metadata.name.as_deref() != name)
         .filter(|a| {
-            key(a) == changed_key
+            crate::routes::route_key(a) == changed_key
                 || a.status.as_ref().is_some_and(|s| {
                     airq_api::common::condition(&s.conditions, "Routed").is_some_and(|c| c.reason == "PathConflict")
                 })
