@@ -4,5 +4,7 @@
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod parameter;
 pub mod service;
+pub mod store;
 pub mod telemetry;

@@ -331,3 +331,20 @@ pub async fn service_account_client(admin: &kube::Client, namespace: &str, name:
     };
     Ok(kube::Client::try_from(config)?)
 }
+
+/// A path under the shared data folder (`../shared/data` beside the repository, or `AIRQ_SHARED_DATA`), checked to
+/// exist so a missing data set is a clear error rather than an empty load.
+pub fn shared_data(relative: &str) -> Result<PathBuf> {
+    let base = match std::env::var_os("AIRQ_SHARED_DATA") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+    };
+    let path = base.join(relative);
+    if !path.exists() {
+        return Err(Error::Setup(format!(
+            "the shared data {} is missing (set AIRQ_SHARED_DATA to the folder holding beijing-multisite/ and nab/)",
+            path.display()
+        )));
+    }
+    Ok(path)
+}

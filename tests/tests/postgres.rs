@@ -42,15 +42,16 @@ async fn migrations_create_the_reference_tables_once() -> anyhow::Result<()> {
         .await?;
     let on_disk = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../core/migrations/postgres"))?.count();
     assert_eq!(usize::try_from(applied)?, on_disk);
-    let pollutants: Vec<(String, String)> = sqlx::query_as("select code, unit from pollutants order by code")
-        .fetch_all(pool)
-        .await?;
+    let pollutants: Vec<(String, String)> =
+        sqlx::query_as("select code, unit from parameters where kind = 'pollutant' order by code")
+            .fetch_all(pool)
+            .await?;
     assert!(
         pollutants.contains(&("pm25".to_owned(), "ug/m3".to_owned())),
         "{pollutants:?}"
     );
     // The foreign key is enforced by the real server.
-    let bad = sqlx::query("insert into pollutants (code, name, unit) values ('x', 'x', 'furlongs')")
+    let bad = sqlx::query("insert into parameters (code, name, unit, kind) values ('x', 'x', 'furlongs', 'pollutant')")
         .execute(pool)
         .await;
     assert!(bad.is_err(), "a pollutant with an unknown unit was accepted");

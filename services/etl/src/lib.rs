@@ -1,25 +1,28 @@
 //! Incremental and bulk loads from external services (OpenAQ, Open-Meteo, CSV) into the database.
 
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod load;
+pub mod source;
 
-use airq_core::db::Database;
-use axum::Router;
+use airq_core::store::Store;
 
-pub use config::Config;
+pub use config::{Cli, Command, Config};
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Database,
-}
-
-/// The service's API routes; the operational endpoints and common layers are added by [`run`].
-pub fn router(state: AppState) -> Router {
-    Router::new().with_state(state)
-}
-
-/// Connects to the database, then serves until Ctrl-C or SIGTERM.
+/// Connects to the database, then serves the loading API until Ctrl-C or SIGTERM; loads still running then stop
+/// between batches and are recorded as stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    airq_core::service::run_with_database("etl", &config.serve, &config.database, |db| router(AppState { db })).await?;
+    let key = config.openaq_api_key.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_exit = stop.clone();
+    let result = airq_core::service::run_with_database("etl", &config.serve, &config.database, move |db| {
+        let mut state = api::ApiState::new(Store::new(db), key);
+        state.stop = stop;
+        api::router(state)
+    })
+    .await;
+    on_exit.cancel();
+    result?;
     Ok(())
 }

@@ -1,6 +1,13 @@
+use airq_etl::{Cli, Command};
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    airq_etl::run(airq_etl::Config::parse()).await
+    match Cli::parse()
+        .into_command(std::env::args_os())
+        .unwrap_or_else(|e| e.exit())
+    {
+        Command::Serve(config) => airq_etl::run(config).await,
+        Command::Load(args) => airq_etl::cli::load(args).await,
+    }
 }

@@ -1,0 +1,923 @@
+//! The measurement store: stations, measurements, load runs, watermarks and rejected values, on PostgreSQL or
+//! SQLite behind one interface. Every write of a batch is one transaction, and measurements are upserted on
+//! (station, parameter, time), so re-running a load never duplicates and a load killed between batches leaves only
+//! whole batches behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, QueryBuilder, Row, SqliteConnection};
+
+use crate::db::Database;
+use crate::parameter::Parameter;
+
+/// Flag bit on a stored measurement: PM2.5 above PM10 at the same station and hour (physically impossible, as PM10
+/// includes PM2.5; usually two instruments disagreeing). The value is kept and marked.
+pub const FLAG_PM25_ABOVE_PM10: i16 = 1;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("load run {0} does not exist")]
+    NoSuchRun(i64),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn sql(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Sql { what, source }
+}
+
+/// A station as a source describes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewStation {
+    /// Unique across sources (the station name, or `openaq-<id>`).
+    pub code: String,
+    pub name: String,
+    /// `csv`, `openaq` or `openMeteo`.
+    pub source: String,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+}
+
+/// One value to store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    pub station_id: i64,
+    pub parameter: Parameter,
+    /// Unix seconds, UTC.
+    pub time: i64,
+    /// In the parameter's stored unit.
+    pub value: f64,
+    pub flags: i16,
+}
+
+/// A value a load refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// The file or URL it came from.
+    pub source: String,
+    /// Where in the source: `line 1234`, `page 3, result 17`.
+    pub record: String,
+    pub station: Option<String>,
+    /// The parameter code, or `row` when the whole record was refused.
+    pub parameter: String,
+    pub time: Option<i64>,
+    pub raw_value: Option<String>,
+    pub reason: String,
+}
+
+/// What one transaction writes.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub measurements: Vec<Measurement>,
+    pub rejected: Vec<Rejection>,
+    /// Values read from the source for this batch (stored + rejected).
+    pub values_read: i64,
+}
+
+/// What writing a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WriteCounts {
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub rejected: i64,
+    pub flagged: i64,
+}
+
+impl std::ops::AddAssign for WriteCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.rejected += other.rejected;
+        self.flagged += other.flagged;
+    }
+}
+
+/// A load about to start.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The load's name (an EtlSchedule's `<namespace>/<name>`, or what the caller chose): the key of its watermark.
+    pub name: String,
+    /// `csv`, `openaq`, `openMeteo`.
+    pub source: String,
+    /// `incremental` or `backfill`.
+    pub mode: String,
+    /// The load's specification, as JSON.
+    pub spec: String,
+    /// Who asked: `cli`, `api:<key id>`, `job:<name>`.
+    pub requested_by: String,
+    pub range_from: Option<DateTime<Utc>>,
+    pub range_to: Option<DateTime<Utc>>,
+}
+
+/// A load, running or finished.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadRun {
+    pub id: i64,
+    pub name: String,
+    pub source: String,
+    pub mode: String,
+    pub spec: serde_json::Value,
+    pub requested_by: String,
+    pub range_from: Option<DateTime<Utc>>,
+    pub range_to: Option<DateTime<Utc>>,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    pub rows_read: i64,
+    pub rows_inserted: i64,
+    pub rows_updated: i64,
+    pub rows_unchanged: i64,
+    pub rows_rejected: i64,
+    pub rows_flagged: i64,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A refused value as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedRow {
+    pub load_run_id: i64,
+    pub source: String,
+    pub record: String,
+    pub station: Option<String>,
+    pub parameter: String,
+    pub time: Option<DateTime<Utc>>,
+    pub raw_value: Option<String>,
+    pub reason: String,
+}
+
+/// Stored values per station and parameter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct SeriesCount {
+    pub station: String,
+    pub parameter: String,
+    pub count: i64,
+}
+
+/// On SQLite, runs that have not written for this long while `running` are taken for dead (their process was
+/// killed) when a new run of the same load starts. On PostgreSQL a run holds an advisory lock for its lifetime, so a
+/// dead run is recognised at once.
+pub const STALE_RUN_SECONDS: i64 = 300;
+
+/// First key of the advisory locks runs hold on PostgreSQL ("AIRQ"); the second is the run id.
+const RUN_LOCK_KEY: i32 = 0x4149_5251;
+
+/// A started run. On PostgreSQL it keeps a connection of its own holding the run's advisory lock, released when the
+/// run finishes or its process dies.
+#[derive(Debug)]
+pub struct RunHandle {
+    pub id: i64,
+    lease: Option<PgConnection>,
+}
+
+/// The measurement store over one database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Database,
+}
+
+fn timestamp(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(seconds, 0).unwrap_or_default()
+}
+
+/// Removes repeated keys, keeping the last value of each (a later record of the same hour corrects an earlier one);
+/// returns how many were removed.
+fn dedupe_measurements(measurements: &[Measurement]) -> (Vec<Measurement>, usize) {
+    let mut last: HashMap<(i64, Parameter, i64), usize> = HashMap::with_capacity(measurements.len());
+    for (i, m) in measurements.iter().enumerate() {
+        last.insert((m.station_id, m.parameter, m.time), i);
+    }
+    if last.len() == measurements.len() {
+        return (measurements.to_vec(), 0);
+    }
+    let kept: Vec<Measurement> = measurements
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| last.get(&(m.station_id, m.parameter, m.time)) == Some(i))
+        .map(|(_, m)| *m)
+        .collect();
+    let removed = measurements.len() - kept.len();
+    (kept, removed)
+}
+
+fn dedupe_rejections(rejected: &[Rejection]) -> Vec<&Rejection> {
+    let mut last: HashMap<(&str, &str, &str), usize> = HashMap::with_capacity(rejected.len());
+    for (i, r) in rejected.iter().enumerate() {
+        last.insert((&r.source, &r.record, &r.parameter), i);
+    }
+    rejected
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| last.get(&(r.source.as_str(), r.record.as_str(), r.parameter.as_str())) == Some(i))
+        .map(|(_, r)| r)
+        .collect()
+}
+
+impl Store {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Creates the station, or refreshes its name and position; returns its id.
+    pub async fn ensure_station(&self, station: &NewStation) -> Result<i64> {
+        const UPSERT: &str =
+            "insert into stations (code, name, source, latitude, longitude) values ($1, $2, $3, $4, $5)
+             on conflict (code) do update set name = excluded.name,
+                 latitude = coalesce(excluded.latitude, stations.latitude),
+                 longitude = coalesce(excluded.longitude, stations.longitude)
+             returning id";
+        let what = "storing a station";
+        match &self.db {
+            Database::Postgres(pool) => sqlx::query_scalar(UPSERT)
+                .bind(&station.code)
+                .bind(&station.name)
+                .bind(&station.source)
+                .bind(station.latitude)
+                .bind(station.longitude)
+                .fetch_one(pool)
+                .await
+                .map_err(sql(what)),
+            Database::Sqlite(pool) => sqlx::query_scalar(UPSERT)
+                .bind(&station.code)
+                .bind(&station.name)
+                .bind(&station.source)
+                .bind(station.latitude)
+                .bind(station.longitude)
+                .fetch_one(pool)
+                .await
+                .map_err(sql(what)),
+        }
+    }
+
+    /// Records the start of a load. Runs of the same load still marked running whose process is gone are marked
+    /// failed first.
+    pub async fn begin_run(&self, run: &NewRun) -> Result<RunHandle> {
+        let what = "recording the start of a load";
+        let interrupted = "interrupted: the load stopped without finishing (its process was killed or lost its \
+                           database connection); a later run of the same load continues from what was stored";
+        match &self.db {
+            Database::Postgres(pool) => {
+                let running: Vec<i64> =
+                    sqlx::query_scalar("select id from load_runs where name = $1 and status = 'running'")
+                        .bind(&run.name)
+                        .fetch_all(pool)
+                        .await
+                        .map_err(sql(what))?;
+                if !running.is_empty() {
+                    let mut probe = pool.acquire().await.map_err(sql(what))?;
+                    for id in running {
+                        // The lock is free only if the run's process (and its connection) is gone.
+                        let free: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
+                            .bind(RUN_LOCK_KEY)
+                            .bind(id as i32)
+                            .fetch_one(&mut *probe)
+                            .await
+                            .map_err(sql(what))?;
+                        if free {
+                            sqlx::query("select pg_advisory_unlock($1, $2)")
+                                .bind(RUN_LOCK_KEY)
+                                .bind(id as i32)
+                                .execute(&mut *probe)
+                                .await
+                                .map_err(sql(what))?;
+                            sqlx::query(
+                                "update load_runs set status = 'failed', error = $1, finished_at = now()
+                                 where id = $2 and status = 'running'",
+                            )
+                            .bind(interrupted)
+                            .bind(id)
+                            .execute(&mut *probe)
+                            .await
+                            .map_err(sql(what))?;
+                        }
+                    }
+                }
+                let id: i64 = sqlx::query_scalar(
+                    "insert into load_runs (name, source, mode, spec, requested_by, range_from, range_to, status)
+                     values ($1, $2, $3, $4, $5, $6, $7, 'running') returning id",
+                )
+                .bind(&run.name)
+                .bind(&run.source)
+                .bind(&run.mode)
+                .bind(&run.spec)
+                .bind(&run.requested_by)
+                .bind(run.range_from)
+                .bind(run.range_to)
+                .fetch_one(pool)
+                .await
+                .map_err(sql(what))?;
+                // A connection of the run's own, out of the pool, so that the lock lives exactly as long as the run.
+                let mut lease = pool.acquire().await.map_err(sql(what))?.detach();
+                sqlx::query("select pg_advisory_lock($1, $2)")
+                    .bind(RUN_LOCK_KEY)
+                    .bind(id as i32)
+                    .execute(&mut lease)
+                    .await
+                    .map_err(sql(what))?;
+                Ok(RunHandle { id, lease: Some(lease) })
+            }
+            Database::Sqlite(pool) => {
+                let stale_before = Utc::now() - chrono::Duration::seconds(STALE_RUN_SECONDS);
+                sqlx::query(
+                    "update load_runs set status = 'failed', error = $1, finished_at = unixepoch()
+                     where name = $2 and status = 'running' and updated_at < $3",
+                )
+                .bind(interrupted)
+                .bind(&run.name)
+                .bind(stale_before.timestamp())
+                .execute(pool)
+                .await
+                .map_err(sql(what))?;
+                let id: i64 = sqlx::query_scalar(
+                    "insert into load_runs (name, source, mode, spec, requested_by, range_from, range_to, status)
+                     values ($1, $2, $3, $4, $5, $6, $7, 'running') returning id",
+                )
+                .bind(&run.name)
+                .bind(&run.source)
+                .bind(&run.mode)
+                .bind(&run.spec)
+                .bind(&run.requested_by)
+                .bind(run.range_from.map(|t| t.timestamp()))
+                .bind(run.range_to.map(|t| t.timestamp()))
+                .fetch_one(pool)
+                .await
+                .map_err(sql(what))?;
+                Ok(RunHandle { id, lease: None })
+            }
+        }
+    }
+
+    /// Writes a batch for run `run_id` in one transaction: measurements upserted (a value already stored is left
+    /// alone), refused values recorded, the run's counters advanced.
+    pub async fn write(&self, run_id: i64, batch: &Batch) -> Result<WriteCounts> {
+        let (measurements, duplicates) = dedupe_measurements(&batch.measurements);
+        let rejected = dedupe_rejections(&batch.rejected);
+        let mut counts = match &self.db {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(sql("starting a transaction"))?;
+                let mut counts = postgres_upsert(&mut tx, &measurements).await?;
+                postgres_reject(&mut tx, run_id, &rejected).await?;
+                counts.rejected = batch.rejected.len() as i64;
+                counts.unchanged += duplicates as i64;
+                counts.flagged = measurements.iter().filter(|m| m.flags != 0).count() as i64;
+                advance_counters_pg(&mut tx, run_id, batch.values_read, &counts).await?;
+                tx.commit().await.map_err(sql("committing a batch"))?;
+                counts
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = pool.begin().await.map_err(sql("starting a transaction"))?;
+                let mut counts = sqlite_upsert(&mut tx, &measurements).await?;
+                sqlite_reject(&mut tx, run_id, &rejected).await?;
+                counts.rejected = batch.rejected.len() as i64;
+                counts.unchanged += duplicates as i64;
+                counts.flagged = measurements.iter().filter(|m| m.flags != 0).count() as i64;
+                advance_counters_sqlite(&mut tx, run_id, batch.values_read, &counts).await?;
+                tx.commit().await.map_err(sql("committing a batch"))?;
+                counts
+            }
+        };
+        counts.unchanged = counts.unchanged.max(0);
+        Ok(counts)
+    }
+
+    /// Marks the run finished (`error` None for success) and releases its lock.
+    pub async fn finish_run(&self, run: RunHandle, error: Option<&str>) -> Result<()> {
+        let run_id = run.id;
+        let status = if error.is_some() { "failed" } else { "succeeded" };
+        let what = "recording the end of a load";
+        let affected = match &self.db {
+            Database::Postgres(pool) => sqlx::query(
+                "update load_runs set status = $1, error = $2, finished_at = now(), updated_at = now() where id = $3",
+            )
+            .bind(status)
+            .bind(error)
+            .bind(run_id)
+            .execute(pool)
+            .await
+            .map_err(sql(what))?
+            .rows_affected(),
+            Database::Sqlite(pool) => sqlx::query(
+                "update load_runs set status = $1, error = $2, finished_at = unixepoch(), updated_at = unixepoch()
+                 where id = $3",
+            )
+            .bind(status)
+            .bind(error)
+            .bind(run_id)
+            .execute(pool)
+            .await
+            .map_err(sql(what))?
+            .rows_affected(),
+        };
+        if let Some(lease) = run.lease {
+            use sqlx::Connection;
+            // Closing the connection releases the lock; a failure to close cleanly releases it too.
+            let _ = lease.close().await;
+        }
+        if affected == 0 {
+            return Err(Error::NoSuchRun(run_id));
+        }
+        Ok(())
+    }
+
+    /// One run.
+    pub async fn run(&self, run_id: i64) -> Result<Option<LoadRun>> {
+        Ok(self.runs_where(Some(run_id), None, 1).await?.into_iter().next())
+    }
+
+    /// The newest runs first, optionally of one load only.
+    pub async fn runs(&self, name: Option<&str>, limit: i64) -> Result<Vec<LoadRun>> {
+        self.runs_where(None, name, limit).await
+    }
+
+    async fn runs_where(&self, id: Option<i64>, name: Option<&str>, limit: i64) -> Result<Vec<LoadRun>> {
+        const SELECT: &str = "select id, name, source, mode, spec, requested_by, range_from, range_to, status,
+                rows_read, rows_inserted, rows_updated, rows_unchanged, rows_rejected, rows_flagged, error,
+                started_at, updated_at, finished_at
+            from load_runs where ($1 is null or id = $1) and ($2 is null or name = $2)
+            order by id desc limit $3";
+        let what = "reading load runs";
+        let common = |row: &dyn RowAccess| -> Result<LoadRun, sqlx::Error> {
+            Ok(LoadRun {
+                id: row.i64(0)?,
+                name: row.string(1)?,
+                source: row.string(2)?,
+                mode: row.string(3)?,
+                spec: serde_json::from_str(&row.string(4)?).unwrap_or(serde_json::Value::Null),
+                requested_by: row.string(5)?,
+                range_from: row.time_opt(6)?,
+                range_to: row.time_opt(7)?,
+                status: row.string(8)?,
+                rows_read: row.i64(9)?,
+                rows_inserted: row.i64(10)?,
+                rows_updated: row.i64(11)?,
+                rows_unchanged: row.i64(12)?,
+                rows_rejected: row.i64(13)?,
+                rows_flagged: row.i64(14)?,
+                error: row.string_opt(15)?,
+                started_at: row.time(16)?,
+                updated_at: row.time(17)?,
+                finished_at: row.time_opt(18)?,
+            })
+        };
+        match &self.db {
+            Database::Postgres(pool) => {
+                let rows = sqlx::query(SELECT)
+                    .bind(id)
+                    .bind(name)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(sql(what))?;
+                rows.iter().map(|r| common(r).map_err(sql(what))).collect()
+            }
+            Database::Sqlite(pool) => {
+                let rows = sqlx::query(SELECT)
+                    .bind(id)
+                    .bind(name)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(sql(what))?;
+                rows.iter().map(|r| common(r).map_err(sql(what))).collect()
+            }
+        }
+    }
+
+    /// The values run `run_id` refused (at most `limit`), in source order.
+    pub async fn rejected(&self, run_id: i64, limit: i64) -> Result<Vec<RejectedRow>> {
+        const SELECT: &str = "select load_run_id, source, record, station, parameter, time, raw_value, reason
+            from rejected_rows where load_run_id = $1 order by id limit $2";
+        let what = "reading rejected values";
+        let map = |row: &dyn RowAccess| -> Result<RejectedRow, sqlx::Error> {
+            Ok(RejectedRow {
+                load_run_id: row.i64(0)?,
+                source: row.string(1)?,
+                record: row.string(2)?,
+                station: row.string_opt(3)?,
+                parameter: row.string(4)?,
+                time: row.time_opt(5)?,
+                raw_value: row.string_opt(6)?,
+                reason: row.string(7)?,
+            })
+        };
+        match &self.db {
+            Database::Postgres(pool) => sqlx::query(SELECT)
+                .bind(run_id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(sql(what))?
+                .iter()
+                .map(|r| map(r).map_err(sql(what)))
+                .collect(),
+            Database::Sqlite(pool) => sqlx::query(SELECT)
+                .bind(run_id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(sql(what))?
+                .iter()
+                .map(|r| map(r).map_err(sql(what)))
+                .collect(),
+        }
+    }
+
+    /// How far the load `name` has got.
+    pub async fn watermark(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
+        let what = "reading a watermark";
+        match &self.db {
+            Database::Postgres(pool) => sqlx::query_scalar("select watermark from watermarks where name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await
+                .map_err(sql(what)),
+            Database::Sqlite(pool) => {
+                let seconds: Option<i64> = sqlx::query_scalar("select watermark from watermarks where name = $1")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(sql(what))?;
+                Ok(seconds.map(timestamp))
+            }
+        }
+    }
+
+    /// Moves the watermark of `name` to `to`, never backwards.
+    pub async fn advance_watermark(&self, name: &str, to: DateTime<Utc>) -> Result<()> {
+        let what = "advancing a watermark";
+        match &self.db {
+            Database::Postgres(pool) => sqlx::query(
+                "insert into watermarks (name, watermark) values ($1, $2)
+                 on conflict (name) do update set watermark = greatest(watermarks.watermark, excluded.watermark),
+                     updated_at = now()",
+            )
+            .bind(name)
+            .bind(to)
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(sql(what)),
+            Database::Sqlite(pool) => sqlx::query(
+                "insert into watermarks (name, watermark) values ($1, $2)
+                 on conflict (name) do update set watermark = max(watermarks.watermark, excluded.watermark),
+                     updated_at = unixepoch()",
+            )
+            .bind(name)
+            .bind(to.timestamp())
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(sql(what)),
+        }
+    }
+
+    /// Stored values per station and parameter.
+    pub async fn series_counts(&self) -> Result<Vec<SeriesCount>> {
+        const SELECT: &str = "select s.code, m.parameter, count(*) from measurements m
+            join stations s on s.id = m.station_id group by s.code, m.parameter order by s.code, m.parameter";
+        let what = "counting measurements";
+        let rows: Vec<(String, String, i64)> = match &self.db {
+            Database::Postgres(pool) => sqlx::query_as(SELECT).fetch_all(pool).await.map_err(sql(what))?,
+            Database::Sqlite(pool) => sqlx::query_as(SELECT).fetch_all(pool).await.map_err(sql(what))?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(station, parameter, count)| SeriesCount {
+                station,
+                parameter,
+                count,
+            })
+            .collect())
+    }
+
+    /// A digest of every stored measurement (station, parameter, time, value, flags), to compare two stores or a
+    /// store before and after a load.
+    pub async fn fingerprint(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        const SELECT_PG: &str =
+            "select s.code, m.parameter, extract(epoch from m.time)::bigint, m.value, m.flags::bigint
+            from measurements m join stations s on s.id = m.station_id order by s.code, m.parameter, m.time";
+        const SELECT_SQLITE: &str = "select s.code, m.parameter, m.time, m.value, m.flags
+            from measurements m join stations s on s.id = m.station_id order by s.code, m.parameter, m.time";
+        let what = "reading every measurement";
+        let mut hasher = Sha256::new();
+        let mut line = String::new();
+        let mut feed = |(code, parameter, time, value, flags): (String, String, i64, f64, i64)| {
+            line.clear();
+            let _ = writeln!(line, "{code}\t{parameter}\t{time}\t{value}\t{flags}");
+            hasher.update(line.as_bytes());
+        };
+        match &self.db {
+            Database::Postgres(pool) => {
+                use futures::TryStreamExt;
+                let mut rows = sqlx::query_as(SELECT_PG).fetch(pool);
+                while let Some(row) = rows.try_next().await.map_err(sql(what))? {
+                    feed(row);
+                }
+            }
+            Database::Sqlite(pool) => {
+                use futures::TryStreamExt;
+                let mut rows = sqlx::query_as(SELECT_SQLITE).fetch(pool);
+                while let Some(row) = rows.try_next().await.map_err(sql(what))? {
+                    feed(row);
+                }
+            }
+        }
+        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// Reading a column the same way from a PostgreSQL and a SQLite row (times are `timestamptz` in one, Unix seconds
+/// in the other).
+trait RowAccess {
+    fn i64(&self, i: usize) -> Result<i64, sqlx::Error>;
+    fn string(&self, i: usize) -> Result<String, sqlx::Error>;
+    fn string_opt(&self, i: usize) -> Result<Option<String>, sqlx::Error>;
+    fn time_opt(&self, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error>;
+    fn time(&self, i: usize) -> Result<DateTime<Utc>, sqlx::Error> {
+        self.time_opt(i)?
+            .ok_or_else(|| sqlx::Error::ColumnNotFound(format!("column {i} is null")))
+    }
+}
+
+impl RowAccess for sqlx::postgres::PgRow {
+    fn i64(&self, i: usize) -> Result<i64, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn string(&self, i: usize) -> Result<String, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn string_opt(&self, i: usize) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn time_opt(&self, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        self.try_get(i)
+    }
+}
+
+impl RowAccess for sqlx::sqlite::SqliteRow {
+    fn i64(&self, i: usize) -> Result<i64, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn string(&self, i: usize) -> Result<String, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn string_opt(&self, i: usize) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn time_opt(&self, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        Ok(self.try_get::<Option<i64>, _>(i)?.map(timestamp))
+    }
+}
+
+/// PostgreSQL: COPY the batch into a temporary table, then one `insert … select … on conflict` that reports, per
+/// row, whether it was inserted (`xmax = 0`) or updated; rows whose value is already stored are not touched.
+async fn postgres_upsert(conn: &mut PgConnection, measurements: &[Measurement]) -> Result<WriteCounts> {
+    if measurements.is_empty() {
+        return Ok(WriteCounts::default());
+    }
+    sqlx::query(
+        "create temporary table if not exists staging_measurements (
+             station_id bigint, parameter text, t bigint, value double precision, flags smallint
+         ) on commit delete rows",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(sql("creating the staging table"))?;
+    let mut copy = conn
+        .copy_in_raw("copy staging_measurements (station_id, parameter, t, value, flags) from stdin")
+        .await
+        .map_err(sql("starting COPY"))?;
+    let mut buffer = String::with_capacity(64 * 1024);
+    for m in measurements {
+        let _ = writeln!(
+            buffer,
+            "{}\t{}\t{}\t{}\t{}",
+            m.station_id,
+            m.parameter.code(),
+            m.time,
+            m.value,
+            m.flags
+        );
+        if buffer.len() > 60 * 1024 {
+            copy.send(buffer.as_bytes()).await.map_err(sql("sending COPY data"))?;
+            buffer.clear();
+        }
+    }
+    if !buffer.is_empty() {
+        copy.send(buffer.as_bytes()).await.map_err(sql("sending COPY data"))?;
+    }
+    copy.finish().await.map_err(sql("finishing COPY"))?;
+    let (inserted, updated): (i64, i64) = sqlx::query_as(
+        "with upserted as (
+             insert into measurements (station_id, parameter, time, value, flags)
+             select station_id, parameter, to_timestamp(t), value, flags from staging_measurements
+             on conflict (station_id, parameter, time) do update
+                 set value = excluded.value, flags = excluded.flags
+                 where measurements.value <> excluded.value or measurements.flags <> excluded.flags
+             returning (xmax = 0) as inserted
+         )
+         select count(*) filter (where inserted), count(*) filter (where not inserted) from upserted",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(sql("upserting measurements"))?;
+    Ok(WriteCounts {
+        inserted,
+        updated,
+        unchanged: measurements.len() as i64 - inserted - updated,
+        ..WriteCounts::default()
+    })
+}
+
+async fn postgres_reject(conn: &mut PgConnection, run_id: i64, rejected: &[&Rejection]) -> Result<()> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&Rejection) -> Option<String>| rejected.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let times: Vec<Option<DateTime<Utc>>> = rejected.iter().map(|r| r.time.map(timestamp)).collect();
+    sqlx::query(
+        "insert into rejected_rows (load_run_id, source, record, station, parameter, time, raw_value, reason)
+         select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
+                                  $8::text[])
+         on conflict (source, record, parameter) do update set load_run_id = excluded.load_run_id,
+             station = excluded.station, time = excluded.time, raw_value = excluded.raw_value,
+             reason = excluded.reason",
+    )
+    .bind(run_id)
+    .bind(column(|r| Some(r.source.clone())))
+    .bind(column(|r| Some(r.record.clone())))
+    .bind(column(|r| r.station.clone()))
+    .bind(column(|r| Some(r.parameter.clone())))
+    .bind(times)
+    .bind(column(|r| r.raw_value.clone()))
+    .bind(column(|r| Some(r.reason.clone())))
+    .execute(&mut *conn)
+    .await
+    .map_err(sql("recording rejected values"))?;
+    Ok(())
+}
+
+async fn advance_counters_pg(conn: &mut PgConnection, run_id: i64, read: i64, c: &WriteCounts) -> Result<()> {
+    let done = sqlx::query(
+        "update load_runs set rows_read = rows_read + $2, rows_inserted = rows_inserted + $3,
+             rows_updated = rows_updated + $4, rows_unchanged = rows_unchanged + $5,
+             rows_rejected = rows_rejected + $6, rows_flagged = rows_flagged + $7, updated_at = now()
+         where id = $1",
+    )
+    .bind(run_id)
+    .bind(read)
+    .bind(c.inserted)
+    .bind(c.updated)
+    .bind(c.unchanged)
+    .bind(c.rejected)
+    .bind(c.flagged)
+    .execute(&mut *conn)
+    .await
+    .map_err(sql("counting a batch"))?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NoSuchRun(run_id));
+    }
+    Ok(())
+}
+
+/// Rows per multi-row statement on SQLite (5 values each, under SQLite's 32,766 bound parameters).
+const SQLITE_ROWS_PER_STATEMENT: usize = 2000;
+
+/// SQLite: multi-row upserts in the batch's transaction. SQLite cannot say whether an upserted row was inserted or
+/// updated, so the rows of each touched series are counted before and after: the difference was inserted, the
+/// rest of the changed rows were updated.
+async fn sqlite_upsert(conn: &mut SqliteConnection, measurements: &[Measurement]) -> Result<WriteCounts> {
+    if measurements.is_empty() {
+        return Ok(WriteCounts::default());
+    }
+    let mut ranges: BTreeMap<(i64, &'static str), (i64, i64)> = BTreeMap::new();
+    for m in measurements {
+        let range = ranges
+            .entry((m.station_id, m.parameter.code()))
+            .or_insert((m.time, m.time));
+        range.0 = range.0.min(m.time);
+        range.1 = range.1.max(m.time);
+    }
+    let before = sqlite_count(conn, &ranges).await?;
+    let mut changed = 0;
+    for chunk in measurements.chunks(SQLITE_ROWS_PER_STATEMENT) {
+        let mut builder: QueryBuilder<sqlx::Sqlite> =
+            QueryBuilder::new("insert into measurements (station_id, parameter, time, value, flags) ");
+        builder.push_values(chunk, |mut row, m| {
+            row.push_bind(m.station_id)
+                .push_bind(m.parameter.code())
+                .push_bind(m.time)
+                .push_bind(m.value)
+                .push_bind(m.flags);
+        });
+        builder.push(
+            " on conflict (station_id, parameter, time) do update set value = excluded.value, flags = excluded.flags
+              where measurements.value <> excluded.value or measurements.flags <> excluded.flags",
+        );
+        changed += builder
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(sql("upserting measurements"))?
+            .rows_affected() as i64;
+    }
+    let after = sqlite_count(conn, &ranges).await?;
+    let inserted = after - before;
+    let updated = changed - inserted;
+    Ok(WriteCounts {
+        inserted,
+        updated,
+        unchanged: measurements.len() as i64 - changed,
+        ..WriteCounts::default()
+    })
+}
+
+async fn sqlite_count(conn: &mut SqliteConnection, ranges: &BTreeMap<(i64, &'static str), (i64, i64)>) -> Result<i64> {
+    let mut total = 0;
+    for ((station_id, parameter), (from, to)) in ranges {
+        let count: i64 = sqlx::query_scalar(
+            "select count(*) from measurements where station_id = $1 and parameter = $2 and time between $3 and $4",
+        )
+        .bind(station_id)
+        .bind(parameter)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(sql("counting measurements"))?;
+        total += count;
+    }
+    Ok(total)
+}
+
+async fn sqlite_reject(conn: &mut SqliteConnection, run_id: i64, rejected: &[&Rejection]) -> Result<()> {
+    for chunk in rejected.chunks(1000) {
+        let mut builder: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+            "insert into rejected_rows (load_run_id, source, record, station, parameter, time, raw_value, reason) ",
+        );
+        builder.push_values(chunk, |mut row, r| {
+            row.push_bind(run_id)
+                .push_bind(&r.source)
+                .push_bind(&r.record)
+                .push_bind(&r.station)
+                .push_bind(&r.parameter)
+                .push_bind(r.time)
+                .push_bind(&r.raw_value)
+                .push_bind(&r.reason);
+        });
+        builder.push(
+            " on conflict (source, record, parameter) do update set load_run_id = excluded.load_run_id,
+              station = excluded.station, time = excluded.time, raw_value = excluded.raw_value,
+              reason = excluded.reason",
+        );
+        builder
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(sql("recording rejected values"))?;
+    }
+    Ok(())
+}
+
+async fn advance_counters_sqlite(conn: &mut SqliteConnection, run_id: i64, read: i64, c: &WriteCounts) -> Result<()> {
+    let done = sqlx::query(
+        "update load_runs set rows_read = rows_read + $2, rows_inserted = rows_inserted + $3,
+             rows_updated = rows_updated + $4, rows_unchanged = rows_unchanged + $5,
+             rows_rejected = rows_rejected + $6, rows_flagged = rows_flagged + $7, updated_at = unixepoch()
+         where id = $1",
+    )
+    .bind(run_id)
+    .bind(read)
+    .bind(c.inserted)
+    .bind(c.updated)
+    .bind(c.unchanged)
+    .bind(c.rejected)
+    .bind(c.flagged)
+    .execute(&mut *conn)
+    .await
+    .map_err(sql("counting a batch"))?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NoSuchRun(run_id));
+    }
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! The loading API: start a load, follow it, list past runs and what they refused.
+//!
+//! | method | path | |
+//! | --- | --- | --- |
+//! | POST | `/loads` | start a load: `{"name": "...", "spec": {"source": …, "mode": …, "backfill": …}}` → 202 with the run |
+//! | GET | `/loads` | runs, newest first (`?name=`, `?limit=`) |
+//! | GET | `/loads/{id}` | one run with its counters, while it runs and after |
+//! | GET | `/loads/{id}/rejected` | the values it refused, with the reason (`?limit=`) |
+//! | GET | `/openapi.json` | this API's OpenAPI 3.1 description |
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use airq_core::http::ApiError;
+use airq_core::store::{LoadRun, RejectedRow, Store};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use indicatif::ProgressBar;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::load::{self, LoadRequest, LoadSpec};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    /// Names of the loads this process runs now: a second request for one of them is refused.
+    pub running: Arc<Mutex<HashSet<String>>>,
+    /// Cancelled at shutdown: running loads stop between batches and are recorded as stopped.
+    pub stop: CancellationToken,
+    /// The OpenAQ API key from the service's configuration.
+    pub openaq_api_key: Option<String>,
+}
+
+impl ApiState {
+    pub fn new(store: Store, openaq_api_key: Option<String>) -> Self {
+        Self {
+            store,
+            running: Arc::default(),
+            stop: CancellationToken::new(),
+            openaq_api_key,
+        }
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/loads", post(start_load).get(list_loads))
+        .route("/loads/{id}", get(get_load))
+        .route("/loads/{id}/rejected", get(get_rejected))
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+/// A load request.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartLoad {
+    /// The load's name: runs of one name share a watermark. Default: the source's kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What to load: an EtlSchedule's `source`, `mode` and `backfill`.
+    pub spec: LoadSpec,
+    /// Files or windows read at the same time (1–16, default 2).
+    #[serde(default)]
+    pub parallelism: Option<usize>,
+}
+
+fn validate(spec: &LoadSpec) -> Result<(), ApiError> {
+    if spec.source.kind() == "invalid" {
+        return Err(ApiError::invalid(
+            "spec.source: set exactly one of csv, openaq or openMeteo",
+        ));
+    }
+    if spec.mode == airq_api::etl::LoadMode::Backfill && spec.backfill.is_none() {
+        return Err(ApiError::invalid(
+            "spec.backfill: mode backfill needs backfill.from and backfill.to",
+        ));
+    }
+    Ok(())
+}
+
+async fn start_load(
+    State(state): State<ApiState>,
+    body: Result<Json<StartLoad>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<LoadRun>), ApiError> {
+    let Json(body) =
+        body.map_err(|e| ApiError::invalid(format!("the body is not a load request: {}", e.body_text())))?;
+    validate(&body.spec)?;
+    let parallelism = body.parallelism.unwrap_or(2);
+    if !(1..=16).contains(&parallelism) {
+        return Err(ApiError::invalid(format!(
+            "parallelism {parallelism} is not between 1 and 16"
+        )));
+    }
+    let name = body.name.unwrap_or_else(|| body.spec.source.kind().to_owned());
+    {
+        let mut running = state.running.lock().unwrap_or_else(|p| p.into_inner());
+        if !running.insert(name.clone()) {
+            return Err(ApiError::conflict(format!(
+                "load {name:?} is already running in this service"
+            )));
+        }
+    }
+    let request = LoadRequest {
+        name: name.clone(),
+        spec: body.spec,
+        requested_by: "api".to_owned(),
+        parallelism,
+        openaq_api_key: state.openaq_api_key.clone(),
+    };
+    let (started_tx, started_rx) = oneshot::channel();
+    let task_state = state.clone();
+    tokio::spawn(async move {
+        let result = load::run_reporting_start(
+            &task_state.store,
+            &request,
+            &ProgressBar::hidden(),
+            &task_state.stop,
+            move |id| {
+                let _ = started_tx.send(id);
+            },
+        )
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(load = %request.name, error = %e, "load requested through the API failed");
+        }
+        task_state
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request.name);
+    });
+    // The run is recorded before anything is read; a failure before that (e.g. the database) has no run id.
+    let id = started_rx
+        .await
+        .map_err(|_| ApiError::invalid(format!("load {name:?} could not start; see the service's log")))?;
+    let run = state
+        .store
+        .run(id)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("load run {id} disappeared")))?;
+    Ok((StatusCode::ACCEPTED, Json(run)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    name: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_loads(
+    State(state): State<ApiState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<LoadRun>>, ApiError> {
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let runs = state
+        .store
+        .runs(query.name.as_deref(), limit)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(runs))
+}
+
+fn run_id(text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>()
+        .map_err(|_| ApiError::invalid(format!("load run id {text:?} is not a number")))
+}
+
+async fn get_load(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<LoadRun>, ApiError> {
+    let id = run_id(&id)?;
+    state
+        .store
+        .run(id)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no load run {id}")))
+}
+
+#[derive(Debug, Deserialize)]
+struct LimitQuery {
+    limit: Option<i64>,
+}
+
+async fn get_rejected(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<LimitQuery>,
+) -> Result<Json<Vec<RejectedRow>>, ApiError> {
+    let id = run_id(&id)?;
+    if state.store.run(id).await.map_err(|e| ApiError::internal(&e))?.is_none() {
+        return Err(ApiError::not_found(format!("no load run {id}")));
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    let rows = state
+        .store
+        .rejected(id, limit)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(rows))
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(openapi_document())
+}
+
+/// The OpenAPI 3.1 description of this API. Request schemas come from the Rust types (the same ones the CRDs are
+/// generated from); `operator/tests`-style staleness does not apply because it is built at run time.
+pub fn openapi_document() -> serde_json::Value {
+    let mut start_load = serde_json::to_value(schemars::schema_for!(StartLoad)).unwrap_or_default();
+    // The nested definitions become components of their own, and the references follow them.
+    let mut schemas = serde_json::Map::new();
+    if let Some(serde_json::Value::Object(defs)) = start_load.as_object_mut().and_then(|o| o.remove("$defs")) {
+        schemas.extend(defs);
+    }
+    let error = serde_json::json!({
+        "type": "object",
+        "properties": { "error": { "type": "object", "properties": {
+            "code": { "type": "string" }, "message": { "type": "string" } } } }
+    });
+    let run = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "id": { "type": "integer" }, "name": { "type": "string" }, "source": { "type": "string" },
+            "mode": { "type": "string" }, "spec": { "type": "object" }, "requestedBy": { "type": "string" },
+            "rangeFrom": { "type": ["string", "null"], "format": "date-time" },
+            "rangeTo": { "type": ["string", "null"], "format": "date-time" },
+            "status": { "type": "string", "enum": ["running", "succeeded", "failed"] },
+            "rowsRead": { "type": "integer" }, "rowsInserted": { "type": "integer" },
+            "rowsUpdated": { "type": "integer" }, "rowsUnchanged": { "type": "integer" },
+            "rowsRejected": { "type": "integer" }, "rowsFlagged": { "type": "integer" },
+            "error": { "type": ["string", "null"] },
+            "startedAt": { "type": "string", "format": "date-time" },
+            "updatedAt": { "type": "string", "format": "date-time" },
+            "finishedAt": { "type": ["string", "null"], "format": "date-time" }
+        }
+    });
+    let rejected = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "loadRunId": { "type": "integer" }, "source": { "type": "string" }, "record": { "type": "string" },
+            "station": { "type": ["string", "null"] }, "parameter": { "type": "string" },
+            "time": { "type": ["string", "null"], "format": "date-time" },
+            "rawValue": { "type": ["string", "null"] }, "reason": { "type": "string" }
+        }
+    });
+    let err = |description: &str| {
+        serde_json::json!({ "description": description,
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+    };
+    let id_param = serde_json::json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } });
+    let mut document = serde_json::json!({
+        "openapi": "3.1.0",
+        "info": { "title": "airq ETL API", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Start loads of measurements and follow them. Through the gateway: /api/etl/…" },
+        "paths": {
+            "/loads": {
+                "post": {
+                    "summary": "Start a load",
+                    "requestBody": { "required": true, "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/StartLoad" } } } },
+                    "responses": {
+                        "202": { "description": "The load started; follow it at /loads/{id}",
+                                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/LoadRun" } } } },
+                        "409": err("A load of that name is already running"),
+                        "422": err("The request is not a valid load")
+                    }
+                },
+                "get": {
+                    "summary": "List load runs, newest first",
+                    "parameters": [
+                        { "name": "name", "in": "query", "schema": { "type": "string" } },
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }
+                    ],
+                    "responses": { "200": { "description": "Runs", "content": { "application/json": {
+                        "schema": { "type": "array", "items": { "$ref": "#/components/schemas/LoadRun" } } } } } }
+                }
+            },
+            "/loads/{id}": {
+                "get": {
+                    "summary": "One load run, with its counters",
+                    "parameters": [id_param],
+                    "responses": {
+                        "200": { "description": "The run", "content": { "application/json": {
+                            "schema": { "$ref": "#/components/schemas/LoadRun" } } } },
+                        "404": err("No such run")
+                    }
+                }
+            },
+            "/loads/{id}/rejected": {
+                "get": {
+                    "summary": "The values a run refused, with the reason",
+                    "parameters": [id_param, { "name": "limit", "in": "query", "schema": { "type": "integer" } }],
+                    "responses": {
+                        "200": { "description": "Refused values", "content": { "application/json": {
+                            "schema": { "type": "array", "items": { "$ref": "#/components/schemas/RejectedRow" } } } } },
+                        "404": err("No such run")
+                    }
+                }
+            }
+        },
+        "components": { "schemas": {} }
+    });
+    schemas.insert("StartLoad".to_owned(), start_load);
+    schemas.insert("LoadRun".to_owned(), run);
+    schemas.insert("RejectedRow".to_owned(), rejected);
+    schemas.insert("Error".to_owned(), error);
+    document["components"]["schemas"] = serde_json::Value::Object(schemas);
+    let text = document.to_string().replace("#/$defs/", "#/components/schemas/");
+    serde_json::from_str(&text).unwrap_or(document)
+}
