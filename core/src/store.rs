@@ -161,6 +161,26 @@ pub struct RejectedRow {
     pub reason: String,
 }
 
+/// A station as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Station {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub source: String,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+}
+
+/// One stored value of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    /// Unix seconds, UTC.
+    pub time: i64,
+    pub value: f64,
+    pub flags: i16,
+}
+
 /// Stored values per station and parameter.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct SeriesCount {
@@ -588,6 +608,67 @@ impl Store {
             .map(drop)
             .map_err(sql(what)),
         }
+    }
+
+    /// Every station, by code.
+    pub async fn stations(&self) -> Result<Vec<Station>> {
+        const SELECT: &str = "select id, code, name, source, latitude, longitude from stations order by code";
+        let what = "reading stations";
+        type Row = (i64, String, String, String, Option<f64>, Option<f64>);
+        let rows: Vec<Row> = match &self.db {
+            Database::Postgres(pool) => sqlx::query_as(SELECT).fetch_all(pool).await.map_err(sql(what))?,
+            Database::Sqlite(pool) => sqlx::query_as(SELECT).fetch_all(pool).await.map_err(sql(what))?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(id, code, name, source, latitude, longitude)| Station {
+                id,
+                code,
+                name,
+                source,
+                latitude,
+                longitude,
+            })
+            .collect())
+    }
+
+    /// The values of one station's parameter from `from` (inclusive) to `to` (exclusive), Unix seconds, in time
+    /// order.
+    pub async fn series(&self, station_id: i64, parameter: Parameter, from: i64, to: i64) -> Result<Vec<Point>> {
+        let what = "reading a series";
+        let rows: Vec<(i64, f64, i64)> = match &self.db {
+            Database::Postgres(pool) => sqlx::query_as(
+                "select extract(epoch from time)::bigint, value, flags::bigint from measurements
+                 where station_id = $1 and parameter = $2 and time >= to_timestamp($3) and time < to_timestamp($4)
+                 order by time",
+            )
+            .bind(station_id)
+            .bind(parameter.code())
+            .bind(from as f64)
+            .bind(to as f64)
+            .fetch_all(pool)
+            .await
+            .map_err(sql(what))?,
+            Database::Sqlite(pool) => sqlx::query_as(
+                "select time, value, flags from measurements
+                 where station_id = $1 and parameter = $2 and time >= $3 and time < $4 order by time",
+            )
+            .bind(station_id)
+            .bind(parameter.code())
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await
+            .map_err(sql(what))?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(time, value, flags)| Point {
+                time,
+                value,
+                flags: i16::try_from(flags).unwrap_or(i16::MAX),
+            })
+            .collect())
     }
 
     /// Stored values per station and parameter.

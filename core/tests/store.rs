@@ -123,6 +123,41 @@ async fn suite(store: Store) {
     assert_eq!((repeated.inserted, repeated.updated, repeated.unchanged), (0, 0, 4));
     assert_eq!(store.fingerprint().await.unwrap(), fingerprint);
 
+    // Reading back: the stations, and a series in time order within a half-open range.
+    let stations = store.stations().await.unwrap();
+    assert_eq!(stations.len(), 1);
+    assert_eq!(
+        (
+            stations[0].id,
+            stations[0].name.as_str(),
+            stations[0].latitude,
+            stations[0].longitude
+        ),
+        (station, "Station A (renamed)", Some(39.9), Some(116.4))
+    );
+    let points = store
+        .series(station, Parameter::Pm25, 1_700_000_000, 1_700_000_000 + 2 * 3600)
+        .await
+        .unwrap();
+    let values: Vec<(i64, f64)> = points.iter().map(|p| (p.time, p.value)).collect();
+    assert_eq!(values, vec![(1_700_000_000, 10.5), (1_700_003_600, 11.0)]);
+    let last = store
+        .series(station, Parameter::Pm25, 1_700_000_000 + 2 * 3600, i64::from(i32::MAX))
+        .await
+        .unwrap();
+    assert_eq!(
+        last.iter().map(|p| p.value).collect::<Vec<_>>(),
+        vec![12.0],
+        "the repeated key's last value"
+    );
+    assert!(
+        store
+            .series(station, Parameter::O3, 0, i64::from(i32::MAX))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
     let refused = store.rejected(run_id, 10).await.unwrap();
     assert_eq!(refused.len(), 1, "refreshed, not duplicated");
     assert_eq!(refused[0].reason, "a sentinel, again");

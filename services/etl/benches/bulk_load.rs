@@ -86,6 +86,8 @@ async fn main() -> anyhow::Result<()> {
         peaks.push((n, rows, seconds, peak));
         if n == 12 {
             timed = Some((db, rows, seconds));
+        } else {
+            db.remove().await?;
         }
     }
     let Some((loaded, rows, load_seconds)) = timed else {
@@ -130,6 +132,8 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(copied == rows, "psql copied {copied} rows, the load stored {rows}");
     println!("psql \\copy: {copied} rows in {copy_seconds:.2} s");
 
+    loaded.remove().await?;
+    target.remove().await?;
     let load_rate = rows as f64 / load_seconds;
     let copy_rate = copied as f64 / copy_seconds;
     println!();

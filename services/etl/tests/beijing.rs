@@ -189,7 +189,9 @@ async fn beijing_files_load_exactly_into_postgres() {
     let db = airq_testenv::database().await.unwrap();
     let database = Database::connect_url(&db.url, 5).await.unwrap();
     database.migrate().await.unwrap();
-    full_load_then_nothing_changes(Store::new(database)).await;
+    full_load_then_nothing_changes(Store::new(database.clone())).await;
+    database.close().await;
+    db.remove().await.unwrap();
 }
 
 #[tokio::test]
@@ -284,4 +286,8 @@ async fn a_killed_load_run_again_gives_the_rows_of_a_clean_load() {
     .await
     .unwrap();
     assert_eq!(duplicates, 0);
+    clean_store.database().close().await;
+    target_store.database().close().await;
+    clean.remove().await.unwrap();
+    target.remove().await.unwrap();
 }

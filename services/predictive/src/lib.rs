@@ -1,6 +1,7 @@
 //! Training, testing and forecasting of contamination with calibrated intervals.
 
 pub mod config;
+pub mod score;
 
 use airq_core::db::Database;
 use axum::Router;
