@@ -160,7 +160,7 @@ pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
 
 async fn start_etcd(bin: &Path, dir: &Path) -> Result<(ServerProcess, String)> {
     let log = dir.join("etcd.log");
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let mut last_error = None;
     for _attempt in 0..3 {
         let (client_port, peer_port) = (free_port()?, free_port()?);

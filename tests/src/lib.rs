@@ -363,3 +363,11 @@ pub fn shared_data(relative: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// An HTTP client for tests. reqwest is built with rustls but without a crypto provider of its own (airq uses ring,
+/// like kube and sqlx, and a second provider would leave rustls unable to pick a default), so the process's provider
+/// is installed first; installing it again is harmless.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

@@ -56,7 +56,7 @@ impl RunningService {
     }
 
     async fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
-        let http = reqwest::Client::new();
+        let http = crate::http_client();
         let url = format!("{}/healthz", self.base_url);
         let started = std::time::Instant::now();
         loop {
@@ -94,7 +94,9 @@ impl RunningService {
     /// GETs `path` and returns the status and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
         let url = format!("{}{path}", self.base_url);
-        let response = reqwest::get(&url)
+        let response = crate::http_client()
+            .get(&url)
+            .send()
             .await
             .map_err(|e| self.error(format!("GET {url} failed: {e}")))?;
         let status = response.status().as_u16();
@@ -157,7 +159,7 @@ impl RunningService {
             return fail(format!("/readyz answered {status} {body}"));
         }
         let url = format!("{}/healthz", self.base_url);
-        let response = reqwest::Client::new()
+        let response = crate::http_client()
             .get(&url)
             .header("x-request-id", "test-request-1")
             .send()

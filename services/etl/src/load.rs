@@ -213,7 +213,11 @@ async fn read_csv_url(
         input: url.clone(),
         detail,
     };
-    let response = reqwest::get(&url).await.map_err(|e| http(e.to_string()))?;
+    let response = crate::source::http::client()?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| http(e.to_string()))?;
     if !response.status().is_success() {
         return Err(http(format!("the server answered {}", response.status())));
     }

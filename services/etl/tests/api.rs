@@ -37,7 +37,7 @@ fn two_files() -> tempfile::TempDir {
 #[tokio::test]
 async fn a_load_started_over_http_runs_to_the_end() {
     let (base, _db) = serve().await;
-    let http = reqwest::Client::new();
+    let http = airq_testenv::http_client();
     let files = two_files();
     let response = http
         .post(format!("{base}/loads"))
@@ -124,7 +124,7 @@ async fn a_load_started_over_http_runs_to_the_end() {
 #[tokio::test]
 async fn bad_requests_get_json_errors_that_say_what_is_wrong() {
     let (base, _db) = serve().await;
-    let http = reqwest::Client::new();
+    let http = airq_testenv::http_client();
 
     let missing = http.get(format!("{base}/loads/424242")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
@@ -203,7 +203,9 @@ async fn bad_requests_get_json_errors_that_say_what_is_wrong() {
 #[tokio::test]
 async fn the_openapi_description_names_every_route() {
     let (base, _db) = serve().await;
-    let document: Value = reqwest::get(format!("{base}/openapi.json"))
+    let document: Value = airq_testenv::http_client()
+        .get(format!("{base}/openapi.json"))
+        .send()
         .await
         .unwrap()
         .json()

@@ -178,8 +178,18 @@ async fn air_quality(Query(query): Query<HashMap<String, String>>, State(replay)
     Json(body).into_response()
 }
 
+/// One Beijing file, as a web server would send it.
+async fn beijing_file() -> Response {
+    let folder = airq_testenv::shared_data("beijing-multisite").unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let bytes = std::fs::read(&files[0]).unwrap();
+    ([("content-type", "application/gzip")], bytes).into_response()
+}
+
 async fn server(replay: Arc<Replay>) -> String {
     let app = Router::new()
+        .route("/files/beijing.csv.gz", get(beijing_file))
         .route("/v3/locations/{id}", get(location))
         .route("/v3/sensors/{id}/hours", get(hours))
         .route("/v1/air-quality", get(air_quality))
@@ -533,4 +543,64 @@ async fn open_meteo_hourly_arrays_load_with_gaps_and_errors_are_clear() {
         refused.contains("400") && refused.contains("out of allowed range"),
         "{refused}"
     );
+}
+
+#[tokio::test]
+async fn a_csv_file_from_a_url_loads_like_the_same_file_on_disk() {
+    let base = server(Arc::new(Replay::default())).await;
+    let (from_url, _db_url) = store().await;
+    let (from_disk, _db_disk) = store().await;
+    let csv_request = |location: String| LoadRequest {
+        name: "csv".to_owned(),
+        spec: LoadSpec {
+            source: EtlSource {
+                csv: Some(airq_api::etl::CsvSource {
+                    url: location,
+                    format: airq_api::etl::CsvFormat::Beijing,
+                }),
+                ..EtlSource::default()
+            },
+            mode: LoadMode::Incremental,
+            backfill: None,
+        },
+        requested_by: "test".to_owned(),
+        parallelism: 1,
+        openaq_api_key: None,
+    };
+    let folder = airq_testenv::shared_data("beijing-multisite").unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let stop = CancellationToken::new();
+    let over_http = load::run(
+        &from_url,
+        &csv_request(format!("{base}/files/beijing.csv.gz")),
+        &ProgressBar::hidden(),
+        &stop,
+    )
+    .await
+    .unwrap();
+    let on_disk = load::run(
+        &from_disk,
+        &csv_request(files[0].display().to_string()),
+        &ProgressBar::hidden(),
+        &stop,
+    )
+    .await
+    .unwrap();
+    assert!(over_http.counts.inserted > 300_000, "{over_http:?}");
+    assert_eq!(over_http.counts, on_disk.counts);
+    assert_eq!(
+        from_url.fingerprint().await.unwrap(),
+        from_disk.fingerprint().await.unwrap()
+    );
+    let missing = load::run(
+        &from_url,
+        &csv_request(format!("{base}/files/none.csv")),
+        &ProgressBar::hidden(),
+        &stop,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(missing.contains("none.csv") && missing.contains("404"), "{missing}");
 }

@@ -16,6 +16,9 @@ const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// An HTTP client for the connectors, with timeouts.
 pub fn client() -> Result<Client, SourceError> {
+    // reqwest uses the process's rustls provider; ring is the one kube and sqlx already use. A provider installed
+    // before (by this function or another part of the process) is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
