@@ -391,32 +391,33 @@ impl Store {
     pub async fn write(&self, run_id: i64, batch: &Batch) -> Result<WriteCounts> {
         let (measurements, duplicates) = dedupe_measurements(&batch.measurements);
         let rejected = dedupe_rejections(&batch.rejected);
-        let mut counts = match &self.db {
+        // What the batch itself says; the upsert adds what the database did.
+        let known = WriteCounts {
+            unchanged: duplicates as i64,
+            rejected: batch.rejected.len() as i64,
+            flagged: measurements.iter().filter(|m| m.flags != 0).count() as i64,
+            ..WriteCounts::default()
+        };
+        match &self.db {
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(sql("starting a transaction"))?;
                 let mut counts = postgres_upsert(&mut tx, &measurements).await?;
+                counts += known;
                 postgres_reject(&mut tx, run_id, &rejected).await?;
-                counts.rejected = batch.rejected.len() as i64;
-                counts.unchanged += duplicates as i64;
-                counts.flagged = measurements.iter().filter(|m| m.flags != 0).count() as i64;
                 advance_counters_pg(&mut tx, run_id, batch.values_read, &counts).await?;
                 tx.commit().await.map_err(sql("committing a batch"))?;
-                counts
+                Ok(counts)
             }
             Database::Sqlite(pool) => {
                 let mut tx = pool.begin().await.map_err(sql("starting a transaction"))?;
                 let mut counts = sqlite_upsert(&mut tx, &measurements).await?;
+                counts += known;
                 sqlite_reject(&mut tx, run_id, &rejected).await?;
-                counts.rejected = batch.rejected.len() as i64;
-                counts.unchanged += duplicates as i64;
-                counts.flagged = measurements.iter().filter(|m| m.flags != 0).count() as i64;
                 advance_counters_sqlite(&mut tx, run_id, batch.values_read, &counts).await?;
                 tx.commit().await.map_err(sql("committing a batch"))?;
-                counts
+                Ok(counts)
             }
-        };
-        counts.unchanged = counts.unchanged.max(0);
-        Ok(counts)
+        }
     }
 
     /// Marks the run finished (`error` None for success) and releases its lock.

@@ -186,7 +186,7 @@ async fn read_csv_inputs(
                 })
                 .await
                 .map_err(|e| SourceError::Read {
-                    input: input_name_for_panic(&e),
+                    input: "a CSV reader task".to_owned(),
                     detail: e.to_string(),
                 })?,
                 csv::Input::Url(url) => read_csv_url(url, format, range, tx).await,
@@ -197,10 +197,6 @@ async fn read_csv_inputs(
     .collect::<Vec<_>>()
     .await;
     results.into_iter().collect()
-}
-
-fn input_name_for_panic(error: &tokio::task::JoinError) -> String {
-    format!("a CSV reader task ({error})")
 }
 
 async fn read_csv_url(
@@ -231,11 +227,8 @@ async fn read_csv_url(
         .map_err(|e| http(e.to_string()))?
 }
 
-/// Resolves station codes to ids, creating stations the first time they are seen.
-#[derive(Default)]
-struct Stations {
-    ids: HashMap<String, i64>,
-}
+/// Station ids by code, filled as chunks describe stations.
+type Stations = HashMap<String, i64>;
 
 /// Runs a load to the end. The run is recorded first, so a failure is recorded too.
 pub async fn run(
@@ -343,7 +336,7 @@ async fn load_chunks(
         Database::Postgres(_) => request.parallelism.max(1),
         Database::Sqlite(_) => 1,
     };
-    let stations = Arc::new(Mutex::new(Stations::default()));
+    let stations = Arc::new(Mutex::new(Stations::new()));
     let source = request.spec.source.kind();
     let mut last_log = Instant::now();
     let mut values_read = 0;
@@ -427,33 +420,32 @@ async fn write_chunk(
     chunk: Chunk,
     stations: &Mutex<Stations>,
 ) -> Result<(i64, WriteCounts, Option<i64>, u64), LoadError> {
-    let ids = {
-        let mut known = stations.lock().await;
-        for station in &chunk.stations {
-            if !known.ids.contains_key(&station.code) {
-                let id = store.ensure_station(station).await?;
-                known.ids.insert(station.code.clone(), id);
-            }
-        }
-        known.ids.clone()
-    };
     let mut measurements = Vec::with_capacity(chunk.observations.len());
     let mut newest = None;
-    for o in &chunk.observations {
-        let Some(&station_id) = ids.get(&*o.station) else {
-            return Err(LoadError::Invalid(format!(
-                "internal: station {} was not described by its source",
-                o.station
-            )));
-        };
-        newest = newest.max(Some(o.time));
-        measurements.push(Measurement {
-            station_id,
-            parameter: o.parameter,
-            time: o.time,
-            value: o.value,
-            flags: o.flags,
-        });
+    {
+        let mut ids = stations.lock().await;
+        for station in &chunk.stations {
+            if !ids.contains_key(&station.code) {
+                let id = store.ensure_station(station).await?;
+                ids.insert(station.code.clone(), id);
+            }
+        }
+        for o in &chunk.observations {
+            let Some(&station_id) = ids.get(&*o.station) else {
+                return Err(LoadError::Invalid(format!(
+                    "internal: station {} was not described by its source",
+                    o.station
+                )));
+            };
+            newest = newest.max(Some(o.time));
+            measurements.push(Measurement {
+                station_id,
+                parameter: o.parameter,
+                time: o.time,
+                value: o.value,
+                flags: o.flags,
+            });
+        }
     }
     let batch = Batch {
         measurements,

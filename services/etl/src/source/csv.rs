@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use airq_api::etl::CsvFormat;
 use airq_core::parameter::{Parameter, compass_degrees};
 use airq_core::store::NewStation;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta};
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use tokio::sync::mpsc;
 
 use super::{Chunk, ChunkBuilder, SourceError, TimeRange};
@@ -186,7 +186,7 @@ impl FileReader<'_, '_> {
 
     /// Sends the chunk built so far when it is full (or `force`).
     fn flush(&mut self, force: bool) -> Result<(), Stopped> {
-        if !force && self.builder.len() < CHUNK_VALUES {
+        if !force && self.builder.held() < CHUNK_VALUES {
             return Ok(());
         }
         let consumed = self.consumed.load(Ordering::Relaxed);
@@ -508,11 +508,6 @@ pub fn parse_time(text: &str) -> Option<i64> {
         }
     }
     None
-}
-
-/// Hours as a duration, for ranges.
-pub fn hours(n: i64) -> TimeDelta {
-    TimeDelta::hours(n)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ pub mod http;
 pub mod open_meteo;
 pub mod openaq;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use airq_core::parameter::Parameter;
@@ -74,12 +74,9 @@ impl ChunkBuilder {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Values held so far (kept and refused).
+    pub fn held(&self) -> usize {
         self.chunk.observations.len() + self.chunk.rejected.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn station(&mut self, station: NewStation) {
@@ -181,23 +178,21 @@ impl ChunkBuilder {
 
 /// Marks both values of every station-hour whose PM2.5 exceeds its PM10.
 pub fn flag_pm25_above_pm10(observations: &mut [Observation]) {
-    let mut pm10: HashMap<(&str, i64), f64> = HashMap::new();
-    for o in observations.iter().filter(|o| o.parameter == Parameter::Pm10) {
-        pm10.insert((&o.station, o.time), o.value);
-    }
+    let pm10: HashMap<(Arc<str>, i64), f64> = observations
+        .iter()
+        .filter(|o| o.parameter == Parameter::Pm10)
+        .map(|o| ((o.station.clone(), o.time), o.value))
+        .collect();
     if pm10.is_empty() {
         return;
     }
-    let flagged: Vec<(Arc<str>, i64)> = observations
+    let flagged: HashSet<(Arc<str>, i64)> = observations
         .iter()
         .filter(|o| o.parameter == Parameter::Pm25)
-        .filter(|o| pm10.get(&(&*o.station, o.time)).is_some_and(|pm10| o.value > *pm10))
-        .map(|o| (o.station.clone(), o.time))
+        .map(|o| ((o.station.clone(), o.time), o.value))
+        .filter(|(key, pm25)| pm10.get(key).is_some_and(|pm10| pm25 > pm10))
+        .map(|(key, _)| key)
         .collect();
-    if flagged.is_empty() {
-        return;
-    }
-    let flagged: std::collections::HashSet<(Arc<str>, i64)> = flagged.into_iter().collect();
     for o in observations.iter_mut() {
         if matches!(o.parameter, Parameter::Pm25 | Parameter::Pm10) && flagged.contains(&(o.station.clone(), o.time)) {
             o.flags |= FLAG_PM25_ABOVE_PM10;
