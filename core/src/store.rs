@@ -672,6 +672,29 @@ impl Store {
             .collect())
     }
 
+    /// The newest hour (Unix seconds) with a value of `parameter` at station `station_id`.
+    pub async fn latest(&self, station_id: i64, parameter: Parameter) -> Result<Option<i64>> {
+        let what = "reading the newest value's time";
+        Ok(match &self.db {
+            Database::Postgres(pool) => sqlx::query_scalar::<_, Option<i64>>(
+                "select extract(epoch from max(time))::bigint from measurements where station_id = $1 and parameter = $2",
+            )
+            .bind(station_id)
+            .bind(parameter.code())
+            .fetch_one(pool)
+            .await
+            .map_err(sql(what))?,
+            Database::Sqlite(pool) => sqlx::query_scalar::<_, Option<i64>>(
+                "select max(time) from measurements where station_id = $1 and parameter = $2",
+            )
+            .bind(station_id)
+            .bind(parameter.code())
+            .fetch_one(pool)
+            .await
+            .map_err(sql(what))?,
+        })
+    }
+
     /// Stored values per station and parameter.
     pub async fn series_counts(&self) -> Result<Vec<SeriesCount>> {
         const SELECT: &str = "select s.code, m.parameter, count(*) from measurements m

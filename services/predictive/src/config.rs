@@ -1,14 +1,174 @@
-//! The predictive service's configuration, from flags or `AIRQ_*` environment variables.
+//! The predictive binary's commands and flags, each flag also an `AIRQ_*` environment variable.
 
-use airq_core::config::{DatabaseArgs, ServeArgs};
-use clap::Parser;
+use std::path::PathBuf;
+
+use airq_core::config::{DatabaseArgs, LogArgs, ServeArgs};
+use clap::{Args, Parser, Subcommand};
 
 /// Training, testing and forecasting of contamination with calibrated intervals.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "airq-predictive", version)]
+#[command(name = "airq-predictive", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Without a command: the flags of `serve`.
+    #[command(flatten)]
+    pub serve: Option<Config>,
+}
+
+impl Cli {
+    /// The command to run: `serve` when none is named, its flags parsed from `args` (the process's arguments).
+    pub fn into_command<I, T>(self, args: I) -> Result<Command, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        match self.command {
+            Some(command) => Ok(command),
+            None => Ok(Command::Serve(<ServeOnly as Parser>::try_parse_from(args)?.config)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "airq-predictive")]
+struct ServeOnly {
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve the forecasting and training API (the default).
+    Serve(Config),
+    /// Train a model version and store it: what a PredictiveModel's training Job runs.
+    Train(TrainArgs),
+    /// Run the evaluation protocol (fit, calibrate, test) for a spec or for every algorithm, and report the scores.
+    Evaluate(EvaluateArgs),
+    /// Forecast from a stored model version.
+    Forecast(ForecastArgs),
+}
+
+/// The HTTP server's flags.
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     #[command(flatten)]
     pub serve: ServeArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// Serve only this model (`namespace/name` or a name), as a PredictiveModel's Deployment does; every model
+    /// when absent.
+    #[arg(long, env = "AIRQ_MODEL")]
+    pub model: Option<String>,
+    /// The version of `--model` to serve; its newest when absent.
+    #[arg(long = "model-version", env = "AIRQ_MODEL_VERSION", requires = "model")]
+    pub model_version: Option<String>,
+}
+
+/// Where a spec comes from.
+#[derive(Debug, Clone, Args)]
+pub struct SpecArgs {
+    /// The training-relevant spec as JSON (`{"target": …, "algorithm": …, "features": …, "training": …}`), as the
+    /// operator passes it.
+    #[arg(long, env = "AIRQ_MODEL_SPEC", conflicts_with = "spec_file")]
+    pub spec: Option<String>,
+    /// The same, from a file (JSON or YAML; a whole PredictiveModel manifest is accepted and its spec used).
+    #[arg(long)]
+    pub spec_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// The model's name (`namespace/name` from the operator).
+    #[arg(long, env = "AIRQ_MODEL")]
+    pub name: String,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// The revision of the spec the operator trains (recorded with the version).
+    #[arg(long, env = "AIRQ_MODEL_REVISION")]
+    pub revision: Option<String>,
+    /// Train from CSV files (a file or a folder, Beijing layout) instead of the database's measurements; the
+    /// model is still stored in the database.
+    #[arg(long)]
+    pub csv: Option<String>,
+    /// Where to write the JSON report for the operator; `/dev/termination-log` when it exists.
+    #[arg(long, env = "AIRQ_REPORT_FILE")]
+    pub report_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Evaluate every algorithm of the report (the baselines included) instead of one spec.
+    #[arg(long, conflicts_with_all = ["spec", "spec_file"])]
+    pub all: bool,
+    /// Pollutants evaluated with `--all`.
+    #[arg(long, value_delimiter = ',', default_value = "pm25,no2,o3")]
+    pub pollutants: Vec<String>,
+    /// Read the data from CSV files (a file or a folder, Beijing layout) instead of the database.
+    #[arg(long)]
+    pub csv: Option<String>,
+    /// First local day fitted on.
+    #[arg(long, default_value = "2013-03-01")]
+    pub fit_from: String,
+    /// First local day of the calibration period (fitting ends the day before).
+    #[arg(long, default_value = "2015-03-01")]
+    pub calibrate_from: String,
+    /// First local day of the test period.
+    #[arg(long, default_value = "2016-03-01")]
+    pub test_from: String,
+    /// Day after the test period.
+    #[arg(long, default_value = "2017-03-01")]
+    pub test_to: String,
+    /// Local hour at which the daily forecasts are issued.
+    #[arg(long, default_value_t = 23)]
+    pub origin_hour: u32,
+    /// Offset of local time from UTC, in hours (Beijing: 8).
+    #[arg(long, default_value_t = 8, allow_hyphen_values = true)]
+    pub utc_offset: i32,
+    /// Write the table as Markdown to this file.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Write every score as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Store the evaluation in the database for this model name (needs a database).
+    #[arg(long, requires = "database_url")]
+    pub name: Option<String>,
+    /// Read the data from (and store evaluations in) this database: `postgres://…` or `sqlite://…`.
+    #[arg(long = "database-url", env = "AIRQ_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ForecastArgs {
+    /// The model's name.
+    #[arg(long, env = "AIRQ_MODEL")]
+    pub name: String,
+    /// The model version; the newest when absent.
+    #[arg(long = "model-version", env = "AIRQ_MODEL_VERSION")]
+    pub version: Option<String>,
+    /// The station's code.
+    #[arg(long)]
+    pub station: String,
+    /// The hour forecast (RFC 3339); every hour of the horizon when absent.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Forecast from this hour (RFC 3339) instead of the station's newest data.
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Confidence levels of the intervals.
+    #[arg(long, value_delimiter = ',', default_value = "0.9")]
+    pub confidence: Vec<f64>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }

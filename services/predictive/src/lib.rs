@@ -1,12 +1,21 @@
 //! Training, testing and forecasting of contamination with calibrated intervals.
 
+pub mod cli;
 pub mod config;
+pub mod data;
+pub mod evaluate;
+pub mod features;
+pub mod forecast;
+pub mod model;
+pub mod registry;
 pub mod score;
+pub mod spec;
+pub mod suite;
 
 use airq_core::db::Database;
 use axum::Router;
 
-pub use config::Config;
+pub use config::{Cli, Command, Config};
 
 /// What the handlers share.
 #[derive(Clone)]

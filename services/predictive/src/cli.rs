@@ -1,0 +1,403 @@
+//! The `train`, `evaluate` and `forecast` commands.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Instant;
+
+use airq_api::etl::CsvFormat;
+use airq_api::reports::{TERMINATION_LOG, TrainingReport};
+use airq_core::db::Database;
+use airq_core::store::Store;
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{EvaluateArgs, ForecastArgs, SpecArgs, TrainArgs};
+use crate::data::Dataset;
+use crate::evaluate::{Evaluation, Protocol};
+use crate::forecast::{self, Request};
+use crate::model::{Model, Plan, Progress};
+use crate::registry::{Registry, parse_version};
+use crate::spec::ModelSpec;
+
+/// Shows training phases and epochs on a terminal; logs them otherwise.
+pub struct TerminalProgress {
+    bar: Option<ProgressBar>,
+    label: String,
+}
+
+impl TerminalProgress {
+    pub fn new(label: impl Into<String>) -> Self {
+        let label = label.into();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed:>4} {prefix} {msg} {wide_bar} {pos}/{len}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(label.clone());
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        });
+        Self { bar, label }
+    }
+
+    pub fn finish(&self, message: String) {
+        match &self.bar {
+            Some(bar) => bar.finish_with_message(message),
+            None => tracing::info!(model = %self.label, "{message}"),
+        }
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn phase(&self, name: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(name.to_owned()),
+            None => tracing::info!(model = %self.label, phase = name, "training"),
+        }
+    }
+
+    fn epoch(&self, epoch: usize, of: usize, validation_loss: f32) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(of as u64);
+                bar.set_position(epoch as u64);
+                bar.set_message(format!("epoch, validation loss {validation_loss:.4}"));
+            }
+            None => tracing::info!(model = %self.label, epoch, of, validation_loss, "training epoch"),
+        }
+    }
+}
+
+impl Drop for TerminalProgress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar
+            && !bar.is_finished()
+        {
+            bar.abandon();
+        }
+    }
+}
+
+/// The spec given by flags: JSON, or a JSON/YAML file (a whole PredictiveModel manifest is accepted).
+pub fn read_spec(args: &SpecArgs) -> anyhow::Result<ModelSpec> {
+    let value: serde_json::Value = match (&args.spec, &args.spec_file) {
+        (Some(json), _) => serde_json::from_str(json).context("--spec / AIRQ_MODEL_SPEC is not JSON")?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            serde_saphyr::from_str(&text).with_context(|| format!("{} is not JSON or YAML", path.display()))?
+        }
+        (None, None) => anyhow::bail!("give the spec with --spec, --spec-file or AIRQ_MODEL_SPEC"),
+    };
+    let value = match value.get("spec") {
+        Some(spec) if value.get("kind").is_some() => spec.clone(),
+        _ => value,
+    };
+    Ok(ModelSpec::from_json(&value)?)
+}
+
+async fn dataset(
+    csv: Option<&str>,
+    store: Option<&Store>,
+    spec: &ModelSpec,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<Dataset> {
+    let pollutant = spec.pollutant()?;
+    let mut data = match (csv, store) {
+        (Some(location), _) => Dataset::from_csv(location, CsvFormat::Beijing, pollutant).await?,
+        (None, Some(store)) => Dataset::from_store(store, pollutant, &spec.target.stations, from, to).await?,
+        (None, None) => anyhow::bail!("give --csv or a database"),
+    };
+    if csv.is_some() && !spec.target.stations.is_empty() {
+        for code in &spec.target.stations {
+            anyhow::ensure!(
+                data.station(code).is_some(),
+                "unknown station {code:?} in target.stations"
+            );
+        }
+        data.stations.retain(|s| spec.target.stations.contains(&s.code));
+    }
+    Ok(data)
+}
+
+/// The plan of a training from a spec: the window from the spec (or the data), its newest share calibrating.
+pub fn plan_for(spec: &ModelSpec, data: &Dataset) -> anyhow::Result<Plan> {
+    let (from, to) = spec.window()?;
+    let from = from.unwrap_or(data.start).max(data.start);
+    let to = to.unwrap_or(data.time(data.hours)).min(data.time(data.hours));
+    anyhow::ensure!(
+        from < to,
+        "the training window is empty: the data covers {} to {}",
+        crate::model::fmt_time(data.start),
+        crate::model::fmt_time(data.time(data.hours))
+    );
+    let span = (to - from) as f64;
+    let calibrate_from = from + ((span * (1.0 - spec.training.calibration_fraction)) as i64).div_euclid(3600) * 3600;
+    Ok(Plan {
+        fit_from: from,
+        fit_to: calibrate_from,
+        calibrate_from,
+        calibrate_to: to,
+        origin_hour: None,
+    })
+}
+
+/// Trains from `data` and scores on the held-out calibration period with a two-fold split (calibrate on even days,
+/// score odd days, and the reverse), so the stored coverage is measured on forecasts the intervals were not
+/// calibrated on.
+pub fn train_and_score(
+    data: &Dataset,
+    spec: &ModelSpec,
+    plan: Plan,
+    progress: &dyn Progress,
+) -> anyhow::Result<(Model, Evaluation)> {
+    let model = Model::train(data, spec, plan, progress)?;
+    progress.phase("score");
+    let evaluation = crate::evaluate::cross_scored(&model, data, plan)?;
+    Ok((model, evaluation))
+}
+
+/// `train`: reads the data, trains, stores the version, writes the report.
+pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
+    airq_core::telemetry::init("predictive", &args.log)?;
+    let spec = read_spec(&args.spec)?;
+    let db = Database::connect(&args.database).await?;
+    let store = Store::new(db.clone());
+    let registry = Registry::new(db.clone());
+    let (from, to) = spec.window()?;
+    let data = dataset(
+        args.csv.as_deref(),
+        Some(&store),
+        &spec,
+        from.unwrap_or(i64::MIN / 2),
+        to.unwrap_or(i64::MAX / 2),
+    )
+    .await?;
+    let plan = plan_for(&spec, &data)?;
+    let progress = TerminalProgress::new(args.name.clone());
+    let started = Instant::now();
+    let task_spec = spec.clone();
+    let (model, evaluation) =
+        tokio::task::spawn_blocking(move || train_and_score(&data, &task_spec, plan, &progress).map(|r| (r, progress)))
+            .await?
+            .map(|((m, e), progress)| {
+                progress.finish(format!("trained in {:.1} s", started.elapsed().as_secs_f64()));
+                (m, e)
+            })?;
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::histogram!("airq_predictive_training_duration_seconds", "algorithm" => spec.algorithm.name())
+        .record(seconds);
+    let stored = registry
+        .save(
+            &args.name,
+            &model,
+            args.revision.as_deref(),
+            &serde_json::to_value(&evaluation)?,
+            seconds,
+        )
+        .await?;
+    tracing::info!(model = %args.name, version = %stored.version, mae = evaluation.mae, coverage90 = ?evaluation.coverage(0.9), seconds, "model stored");
+    let report = TrainingReport {
+        model_version: stored.version.clone(),
+        mae: Some(evaluation.mae).filter(|v| v.is_finite()),
+        rmse: Some(evaluation.rmse).filter(|v| v.is_finite()),
+        coverage90: evaluation.coverage(0.9).filter(|v| v.is_finite()),
+    };
+    let path = args
+        .report_file
+        .clone()
+        .or_else(|| Path::new(TERMINATION_LOG).exists().then(|| TERMINATION_LOG.into()));
+    if let Some(path) = path {
+        std::fs::write(&path, serde_json::to_vec(&report)?)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    if std::io::stdout().is_terminal() {
+        println!(
+            "{} {}: MAE {:.2}, RMSE {:.2}, 90 % coverage {:.3} on held-out data ({} forecasts); {:.1} s",
+            args.name,
+            stored.version,
+            evaluation.mae,
+            evaluation.rmse,
+            evaluation.coverage(0.9).unwrap_or(f64::NAN),
+            evaluation.forecasts,
+            seconds
+        );
+    } else {
+        println!("{}", serde_json::to_string(&stored)?);
+    }
+    db.close().await;
+    Ok(())
+}
+
+/// One line of the evaluation table.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    pub pollutant: String,
+    pub algorithm: String,
+    pub train_seconds: f64,
+    #[serde(flatten)]
+    pub evaluation: Evaluation,
+}
+
+/// The Markdown table of an evaluation.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| Pollutant | Algorithm | MAE | RMSE | Daily-mean MAE | CRPS | Cover 80 % | Winkler 80 % | Cover 90 % | Winkler 90 % | Fallbacks | Train s |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in rows {
+        let e = &r.evaluation;
+        let level = |l: f64| e.intervals.iter().find(|i| (i.level - l).abs() < 1e-9);
+        let (c80, w80) = level(0.8).map_or((f64::NAN, f64::NAN), |i| (i.coverage, i.winkler));
+        let (c90, w90) = level(0.9).map_or((f64::NAN, f64::NAN), |i| (i.coverage, i.winkler));
+        out.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.3} | {:.0} | {} of {} | {:.1} |\n",
+            r.pollutant,
+            r.algorithm,
+            e.mae,
+            e.rmse,
+            e.daily_mean_mae,
+            e.crps,
+            c80,
+            w80,
+            c90,
+            w90,
+            e.fallbacks,
+            e.forecasts,
+            r.train_seconds
+        ));
+    }
+    out
+}
+
+/// `evaluate`: the protocol for one spec or for every algorithm.
+pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    airq_core::telemetry::init("predictive", &args.log)?;
+    let protocol = Protocol::from_days(
+        &args.fit_from,
+        &args.calibrate_from,
+        &args.test_from,
+        &args.test_to,
+        args.origin_hour,
+        args.utc_offset,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let db = match &args.database_url {
+        Some(url) => {
+            let db = Database::connect_url(url, 4).await?;
+            db.migrate().await?;
+            Some(db)
+        }
+        None => None,
+    };
+    let store = db.clone().map(Store::new);
+    let specs: Vec<(String, ModelSpec)> = if args.all {
+        args.pollutants.iter().flat_map(|p| crate::suite::suite(p)).collect()
+    } else {
+        let spec = read_spec(&args.spec)?;
+        vec![(spec.algorithm.name().to_owned(), spec)]
+    };
+    anyhow::ensure!(!specs.is_empty(), "no algorithm to evaluate (check --pollutants)");
+    let mut rows = Vec::new();
+    let mut cache: Option<Dataset> = None;
+    for (name, spec) in specs {
+        let pollutant = spec.pollutant()?;
+        if cache.as_ref().is_none_or(|d| d.pollutant != pollutant) {
+            cache = Some(
+                dataset(
+                    args.csv.as_deref(),
+                    store.as_ref(),
+                    &spec,
+                    protocol.fit_from,
+                    protocol.test_to + 2 * 86_400,
+                )
+                .await?,
+            );
+        }
+        let Some(data) = cache.clone() else { continue };
+        let progress = TerminalProgress::new(format!("{pollutant} {name}"));
+        let started = Instant::now();
+        let task_spec = spec.clone();
+        let task_protocol = protocol.clone();
+        let (_model, evaluation, progress) = tokio::task::spawn_blocking(move || {
+            crate::evaluate::run(&data, &task_spec, &task_protocol, &progress).map(|(m, e)| (m, e, progress))
+        })
+        .await??;
+        let seconds = started.elapsed().as_secs_f64();
+        progress.finish(format!(
+            "MAE {:.2} CRPS {:.2} cover90 {:.3} ({seconds:.1} s)",
+            evaluation.mae,
+            evaluation.crps,
+            evaluation.coverage(0.9).unwrap_or(f64::NAN)
+        ));
+        if let (Some(model_name), Some(db)) = (&args.name, &db) {
+            Registry::new(db.clone())
+                .save_evaluation(
+                    model_name,
+                    None,
+                    &serde_json::to_value(&protocol)?,
+                    &serde_json::to_value(&evaluation)?,
+                )
+                .await?;
+        }
+        rows.push(Row {
+            pollutant: pollutant.code().to_owned(),
+            algorithm: name,
+            train_seconds: seconds,
+            evaluation,
+        });
+    }
+    let table = markdown(&rows);
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &table).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&rows)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    print!("{table}");
+    if let Some(db) = db {
+        db.close().await;
+    }
+    Ok(())
+}
+
+/// `forecast`: one forecast from a stored version, as JSON.
+pub async fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
+    airq_core::telemetry::init("predictive", &args.log)?;
+    let db = Database::connect(&args.database).await?;
+    let registry = Registry::new(db.clone());
+    let version = match &args.version {
+        Some(v) => Some(parse_version(v).with_context(|| format!("{v:?} is not a model version (v1, v2…)"))?),
+        None => None,
+    };
+    let (stored, model) = registry.load(&args.name, version).await?.with_context(|| {
+        format!(
+            "model {} has no trained version{}",
+            args.name,
+            args.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default()
+        )
+    })?;
+    let request = Request {
+        station: args.station.clone(),
+        at: args
+            .at
+            .as_deref()
+            .map(|t| forecast::parse_time("--at", t))
+            .transpose()?,
+        origin: args
+            .origin
+            .as_deref()
+            .map(|t| forecast::parse_time("--origin", t))
+            .transpose()?,
+        confidence: args.confidence.clone(),
+    };
+    let store = Store::new(db.clone());
+    let (data, origin) = forecast::context(&store, &model, &request).await?;
+    let answer = forecast::forecast(&stored.name, &stored.version, &model, &data, origin, &request)?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    db.close().await;
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! The data a model learns from and forecasts with: for each station, the target pollutant and the weather
+//! covariates on one hourly grid, missing hours as NaN. Read from the database, or from CSV files (a path, a folder
+//! or uploaded bytes) through the ETL's CSV reader, so a file is read the same way as a load would read it.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use airq_api::etl::CsvFormat;
+use airq_core::parameter::Parameter;
+use airq_core::store::Store;
+use airq_etl::source::csv::{self, Input};
+use airq_etl::source::{Chunk, TimeRange};
+use tokio::sync::mpsc;
+
+/// Seconds in an hour: the grid step.
+pub const HOUR: i64 = 3600;
+
+/// The weather covariates a model may use, in the order of [`StationSeries::weather`].
+pub const WEATHER: [Parameter; 6] = [
+    Parameter::Temp,
+    Parameter::Pres,
+    Parameter::Dewp,
+    Parameter::Rain,
+    Parameter::Wspm,
+    Parameter::Wd,
+];
+
+/// Why data could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Source(#[from] airq_etl::source::SourceError),
+    #[error(transparent)]
+    Store(#[from] airq_core::store::Error),
+    #[error("{0}")]
+    Empty(String),
+    #[error("unknown station {0:?}")]
+    UnknownStation(String),
+}
+
+/// One station's series on the grid of its [`Dataset`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StationSeries {
+    pub code: String,
+    /// The target pollutant, in its stored unit.
+    pub target: Vec<f32>,
+    /// The weather covariates in the order of [`WEATHER`]; empty vectors when the data has none.
+    pub weather: [Vec<f32>; 6],
+}
+
+impl StationSeries {
+    /// Whether the station has any value of weather covariate `i`.
+    pub fn has_weather(&self, i: usize) -> bool {
+        self.weather[i].iter().any(|v| !v.is_nan())
+    }
+}
+
+/// Stations' hourly series of one pollutant and the weather, on a common grid starting at `start`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub pollutant: Parameter,
+    /// Unix seconds of the first hour of the grid (a whole hour, UTC).
+    pub start: i64,
+    pub hours: usize,
+    pub stations: Vec<StationSeries>,
+}
+
+/// Values by station code, then parameter, then hour.
+type Collected = BTreeMap<String, BTreeMap<Parameter, Vec<(i64, f32)>>>;
+
+impl Dataset {
+    /// Unix seconds of grid index `index`.
+    pub fn time(&self, index: usize) -> i64 {
+        self.start + index as i64 * HOUR
+    }
+
+    /// The grid index of hour `time` (truncated to the hour), if inside the grid.
+    pub fn index(&self, time: i64) -> Option<usize> {
+        let offset = time.div_euclid(HOUR) * HOUR - self.start;
+        if offset < 0 {
+            return None;
+        }
+        let index = usize::try_from(offset / HOUR).ok()?;
+        (index < self.hours).then_some(index)
+    }
+
+    /// The position of station `code`.
+    pub fn station(&self, code: &str) -> Option<usize> {
+        self.stations.iter().position(|s| s.code == code)
+    }
+
+    /// The index of the newest hour with a target value at station `station`.
+    pub fn last_observed(&self, station: usize) -> Option<usize> {
+        self.stations.get(station)?.target.iter().rposition(|v| !v.is_nan())
+    }
+
+    /// Count of target values present.
+    pub fn target_values(&self) -> usize {
+        self.stations
+            .iter()
+            .map(|s| s.target.iter().filter(|v| !v.is_nan()).count())
+            .sum()
+    }
+
+    fn from_collected(pollutant: Parameter, collected: Collected, what: &str) -> Result<Self, DataError> {
+        let mut first = i64::MAX;
+        let mut last = i64::MIN;
+        for series in collected.values() {
+            if let Some(values) = series.get(&pollutant) {
+                for (time, _) in values {
+                    first = first.min(*time);
+                    last = last.max(*time);
+                }
+            }
+        }
+        if first > last {
+            return Err(DataError::Empty(format!("{what} has no {pollutant} values")));
+        }
+        let start = first.div_euclid(HOUR) * HOUR;
+        let hours = usize::try_from((last.div_euclid(HOUR) * HOUR - start) / HOUR + 1).unwrap_or(0);
+        let place = |values: Option<&Vec<(i64, f32)>>| {
+            let mut grid = vec![f32::NAN; hours];
+            for (time, value) in values.into_iter().flatten() {
+                let offset = time.div_euclid(HOUR) * HOUR - start;
+                if let Ok(i) = usize::try_from(offset / HOUR)
+                    && let Some(slot) = grid.get_mut(i)
+                {
+                    *slot = *value;
+                }
+            }
+            grid
+        };
+        let stations = collected
+            .into_iter()
+            .filter(|(_, series)| series.contains_key(&pollutant))
+            .map(|(code, series)| StationSeries {
+                target: place(series.get(&pollutant)),
+                weather: WEATHER.map(|p| place(series.get(&p))),
+                code,
+            })
+            .collect();
+        Ok(Self {
+            pollutant,
+            start,
+            hours,
+            stations,
+        })
+    }
+
+    /// Reads `pollutant` and the weather of `stations` (every station when empty) from `from` to `to` (Unix
+    /// seconds, `to` exclusive) from the database.
+    pub async fn from_store(
+        store: &Store,
+        pollutant: Parameter,
+        stations: &[String],
+        from: i64,
+        to: i64,
+    ) -> Result<Self, DataError> {
+        let known = store.stations().await?;
+        for code in stations {
+            if !known.iter().any(|s| &s.code == code) {
+                return Err(DataError::UnknownStation(code.clone()));
+            }
+        }
+        let mut collected = Collected::new();
+        for station in known
+            .iter()
+            .filter(|s| stations.is_empty() || stations.contains(&s.code))
+        {
+            let entry = collected.entry(station.code.clone()).or_default();
+            for parameter in std::iter::once(pollutant).chain(WEATHER) {
+                let points = store.series(station.id, parameter, from, to).await?;
+                if !points.is_empty() {
+                    entry.insert(parameter, points.iter().map(|p| (p.time, p.value as f32)).collect());
+                }
+            }
+        }
+        Self::from_collected(pollutant, collected, "the database")
+    }
+
+    /// Reads `pollutant` and the weather from CSV files: a file, a folder of files or an http(s) URL.
+    pub async fn from_csv(location: &str, format: CsvFormat, pollutant: Parameter) -> Result<Self, DataError> {
+        let inputs = csv::inputs(location)?;
+        let (tx, rx) = mpsc::channel::<Chunk>(4);
+        let reader = tokio::spawn(async move {
+            for input in inputs {
+                let tx = tx.clone();
+                let name = input.name();
+                let result = match input {
+                    Input::File { path, .. } => tokio::task::spawn_blocking(move || {
+                        let file = std::fs::File::open(&path).map_err(|e| airq_etl::source::SourceError::Read {
+                            input: name.clone(),
+                            detail: e.to_string(),
+                        })?;
+                        csv::read(&name, file, format, TimeRange::default(), &tx)
+                    })
+                    .await
+                    .map_err(|e| airq_etl::source::SourceError::Read {
+                        input: "a CSV reader task".to_owned(),
+                        detail: e.to_string(),
+                    })?,
+                    Input::Url(url) => Err(airq_etl::source::SourceError::Read {
+                        input: url,
+                        detail: "training reads CSV files from a path; load a URL with airq-etl first".to_owned(),
+                    }),
+                };
+                result?;
+            }
+            Ok::<(), airq_etl::source::SourceError>(())
+        });
+        let collected = collect(rx).await;
+        reader.await.map_err(|e| DataError::Empty(e.to_string()))??;
+        Self::from_collected(pollutant, collected, location)
+    }
+
+    /// Reads `pollutant` and the weather from the bytes of one CSV file (plain or gzip), e.g. an upload.
+    pub async fn from_csv_bytes(
+        name: &str,
+        bytes: Vec<u8>,
+        format: CsvFormat,
+        pollutant: Parameter,
+    ) -> Result<Self, DataError> {
+        let (tx, rx) = mpsc::channel::<Chunk>(4);
+        let input = name.to_owned();
+        let reader = tokio::task::spawn_blocking(move || {
+            csv::read(&input, std::io::Cursor::new(bytes), format, TimeRange::default(), &tx)
+        });
+        let collected = collect(rx).await;
+        reader.await.map_err(|e| DataError::Empty(e.to_string()))??;
+        Self::from_collected(pollutant, collected, name)
+    }
+
+    /// Reads from any reader (used by tests with in-memory files).
+    pub async fn from_reader(
+        name: &str,
+        reader: impl Read + Send + 'static,
+        format: CsvFormat,
+        pollutant: Parameter,
+    ) -> Result<Self, DataError> {
+        let mut bytes = Vec::new();
+        let mut reader = reader;
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|e| airq_etl::source::SourceError::Read {
+                input: name.to_owned(),
+                detail: e.to_string(),
+            })?;
+        Self::from_csv_bytes(name, bytes, format, pollutant).await
+    }
+}
+
+async fn collect(mut rx: mpsc::Receiver<Chunk>) -> Collected {
+    let mut collected = Collected::new();
+    while let Some(chunk) = rx.recv().await {
+        for o in chunk.observations {
+            collected
+                .entry(o.station.to_string())
+                .or_default()
+                .entry(o.parameter)
+                .or_default()
+                .push((o.time, o.value as f32));
+        }
+    }
+    collected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "\"No\",\"year\",\"month\",\"day\",\"hour\",\"PM2.5\",\"PM10\",\"SO2\",\"NO2\",\"CO\",\"O3\",\"TEMP\",\"PRES\",\"DEWP\",\"RAIN\",\"wd\",\"WSPM\",\"station\"
+1,2013,3,1,0,4,4,4,7,300,77,-0.7,1023,-18.8,0,\"NNW\",4.4,\"A\"
+2,2013,3,1,1,NA,8,4,7,300,77,-1.1,1023.2,-18.2,0,\"N\",4.7,\"A\"
+3,2013,3,1,3,10,12,4,7,300,77,-1.1,1023.2,-18.2,0,\"N\",4.7,\"A\"
+";
+
+    #[tokio::test]
+    async fn csv_rows_land_on_the_hourly_grid_with_gaps_as_nan() -> anyhow::Result<()> {
+        let data =
+            Dataset::from_csv_bytes("t.csv", FILE.as_bytes().to_vec(), CsvFormat::Beijing, Parameter::Pm25).await?;
+        assert_eq!(data.hours, 4);
+        // 2013-03-01 00:00 in Beijing is 2013-02-28 16:00 UTC.
+        assert_eq!(data.start, 1_362_067_200);
+        let a = &data.stations[0];
+        assert_eq!(a.target[0], 4.0);
+        assert!(a.target[1].is_nan() && a.target[2].is_nan());
+        assert_eq!(a.target[3], 10.0);
+        assert_eq!(a.weather[0][1], -1.1);
+        assert_eq!(data.index(data.start + 3 * HOUR + 59), Some(3));
+        assert_eq!(data.index(data.start - 1), None);
+        assert_eq!(data.last_observed(0), Some(3));
+        Ok(())
+    }
+}

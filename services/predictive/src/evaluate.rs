@@ -1,0 +1,267 @@
+//! The evaluation protocol of the design brief, the same for every algorithm and baseline: fit up to a day,
+//! calibrate the intervals on the next period, then forecast once a day at a fixed local hour for each of the next
+//! 24 hours over the test period, using only data up to that hour, and score.
+
+use chrono::{NaiveDate, TimeZone};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, HOUR};
+use crate::model::{Conformal, Model, ModelError, Plan, Progress, RawForecast, origins};
+use crate::score::Scores;
+use crate::spec::ModelSpec;
+
+/// The periods and the daily forecast hour of an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Protocol {
+    pub fit_from: i64,
+    /// Fitting uses targets before this hour; calibration starts here.
+    pub calibrate_from: i64,
+    pub test_from: i64,
+    pub test_to: i64,
+    /// Hour of day (UTC) at which forecasts are issued.
+    pub origin_hour_utc: u32,
+    /// Interval levels scored.
+    pub levels: Vec<f64>,
+}
+
+/// Midnight of a local day at a fixed offset, in Unix seconds.
+fn local_midnight(day: &str, utc_offset_hours: i32) -> Result<i64, String> {
+    let date =
+        NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|e| format!("{day:?} is not a YYYY-MM-DD date: {e}"))?;
+    let offset = chrono::FixedOffset::east_opt(utc_offset_hours * 3600)
+        .ok_or_else(|| format!("bad UTC offset {utc_offset_hours}"))?;
+    let midnight = date
+        .and_hms_opt(0, 0, 0)
+        .ok_or_else(|| format!("{day} has no midnight"))?;
+    offset
+        .from_local_datetime(&midnight)
+        .single()
+        .map(|t| t.timestamp())
+        .ok_or_else(|| format!("{day} midnight is ambiguous"))
+}
+
+impl Protocol {
+    /// Periods as local days (`to` days exclusive) at a fixed UTC offset, forecasts at `origin_hour` local.
+    pub fn from_days(
+        fit_from: &str,
+        calibrate_from: &str,
+        test_from: &str,
+        test_to: &str,
+        origin_hour: u32,
+        utc_offset_hours: i32,
+    ) -> Result<Self, String> {
+        let p = Self {
+            fit_from: local_midnight(fit_from, utc_offset_hours)?,
+            calibrate_from: local_midnight(calibrate_from, utc_offset_hours)?,
+            test_from: local_midnight(test_from, utc_offset_hours)?,
+            test_to: local_midnight(test_to, utc_offset_hours)?,
+            origin_hour_utc: (origin_hour as i32 - utc_offset_hours).rem_euclid(24) as u32,
+            levels: vec![0.8, 0.9],
+        };
+        if !(p.fit_from < p.calibrate_from && p.calibrate_from < p.test_from && p.test_from < p.test_to) {
+            return Err("the periods must follow each other: fit < calibrate < test".to_owned());
+        }
+        Ok(p)
+    }
+
+    /// The design brief's protocol on the Beijing data (local time UTC+8): fit to 2015-02-28, calibrate
+    /// 2015-03-01…2016-02-29, test 2016-03-01…2017-02-28, forecasts at 23:00.
+    pub fn beijing() -> Self {
+        Self::from_days("2013-03-01", "2015-03-01", "2016-03-01", "2017-03-01", 23, 8)
+            .unwrap_or_else(|e| unreachable!("the built-in protocol is valid: {e}"))
+    }
+
+    /// How training sees the protocol.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            fit_from: self.fit_from,
+            fit_to: self.calibrate_from,
+            calibrate_from: self.calibrate_from,
+            calibrate_to: self.test_from,
+            origin_hour: Some(self.origin_hour_utc),
+        }
+    }
+}
+
+/// Coverage and Winkler score at one level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IntervalMetric {
+    pub level: f64,
+    pub coverage: f64,
+    pub winkler: f64,
+}
+
+/// The scores of one model on one period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evaluation {
+    /// Forecasts issued (origins × stations).
+    pub forecasts: usize,
+    /// Of those, answered by the climatology fallback because an input was missing.
+    pub fallbacks: usize,
+    /// Hourly values scored (forecast hours with a known truth).
+    pub values: u64,
+    pub mae: f64,
+    pub rmse: f64,
+    /// MAE of the next-day mean (forecast days with at least 18 known hours, the same hours on both sides).
+    pub daily_mean_mae: f64,
+    /// CRPS of the conformal predictive distribution (199 quantiles).
+    pub crps: f64,
+    pub intervals: Vec<IntervalMetric>,
+}
+
+impl Evaluation {
+    /// Coverage at `level`, if scored.
+    pub fn coverage(&self, level: f64) -> Option<f64> {
+        self.intervals
+            .iter()
+            .find(|i| (i.level - level).abs() < 1e-9)
+            .map(|i| i.coverage)
+    }
+}
+
+/// Scores `model`'s forecasts from `keys` against the truth in `data`.
+pub fn score(model: &Model, data: &Dataset, keys: &[(usize, usize)], levels: &[f64]) -> Result<Evaluation, ModelError> {
+    let forecasts = model.forecast_many(data, keys)?;
+    score_with(model, data, keys, &forecasts, &[&model.conformal], &|_| 0, levels)
+}
+
+/// Scores `model` on its own calibration period with two folds: intervals calibrated on the origins of even days
+/// score the odd days, and the reverse. Every forecast is scored once, with intervals that did not see it.
+pub fn cross_scored(model: &Model, data: &Dataset, plan: Plan) -> Result<Evaluation, ModelError> {
+    let horizon = model.horizon();
+    let keys = origins(data, plan.calibrate_from, plan.calibrate_to, horizon, plan.origin_hour);
+    let forecasts = model.forecast_many(data, &keys)?;
+    let truths = crate::model::truths(data, &model.meta.featurizer, &keys);
+    let fold = |i: usize| (data.time(keys[i].1).div_euclid(86_400) % 2) as usize;
+    let mut points = [Vec::new(), Vec::new()];
+    let mut truth = [Vec::new(), Vec::new()];
+    let mut fallback = [Vec::new(), Vec::new()];
+    for (i, f) in forecasts.iter().enumerate() {
+        points[fold(i)].extend_from_slice(&f.points);
+        truth[fold(i)].extend_from_slice(&truths[i * horizon..(i + 1) * horizon]);
+        fallback[fold(i)].push(f.fallback);
+    }
+    // Fold k is scored with the intervals of the other fold.
+    let other = [
+        Conformal::fit(&points[1], &truth[1], &fallback[1], horizon),
+        Conformal::fit(&points[0], &truth[0], &fallback[0], horizon),
+    ];
+    score_with(
+        model,
+        data,
+        &keys,
+        &forecasts,
+        &[&other[0], &other[1]],
+        &fold,
+        &model.meta.spec.confidence_levels,
+    )
+}
+
+fn score_with(
+    model: &Model,
+    data: &Dataset,
+    keys: &[(usize, usize)],
+    forecasts: &[RawForecast],
+    conformals: &[&Conformal],
+    conformal_of: &dyn Fn(usize) -> usize,
+    levels: &[f64],
+) -> Result<Evaluation, ModelError> {
+    let fz = &model.meta.featurizer;
+    let horizon = model.horizon();
+    let mut scores = Scores::new(levels);
+    let mut daily_error = 0f64;
+    let mut days = 0u64;
+    let mut intervals = Vec::with_capacity(levels.len());
+    let mut samples = Vec::with_capacity(crate::model::DISTRIBUTION_QUANTILES);
+    for (k, ((s, o), f)) in keys.iter().zip(forecasts).enumerate() {
+        let conformal = conformals[conformal_of(k)];
+        let series = &data.stations[*s].target;
+        let (mut sum_point, mut sum_truth, mut known) = (0f64, 0f64, 0u32);
+        for h in 0..horizon {
+            let Some(truth) = series.get(o + h + 1).copied().filter(|v| !v.is_nan()) else {
+                continue;
+            };
+            let p = f.points[h];
+            let point = fz.inverse(p);
+            intervals.clear();
+            for level in levels {
+                let (lo, hi) = conformal.offsets(h, p, *level, f.fallback)?;
+                intervals.push((f64::from(fz.inverse(p + lo)), f64::from(fz.inverse(p + hi))));
+            }
+            samples.clear();
+            samples.extend(
+                conformal
+                    .quantiles(h, p, f.fallback)
+                    .iter()
+                    .map(|q| f64::from(fz.inverse(p + q))),
+            );
+            scores.add(f64::from(point), &intervals, &samples, f64::from(truth));
+            sum_point += f64::from(point);
+            sum_truth += f64::from(truth);
+            known += 1;
+        }
+        if known >= 18 && horizon >= 24 {
+            daily_error += ((sum_point - sum_truth) / f64::from(known)).abs();
+            days += 1;
+        }
+    }
+    Ok(Evaluation {
+        forecasts: keys.len(),
+        fallbacks: forecasts.iter().filter(|f| f.fallback).count(),
+        values: scores.count(),
+        mae: scores.mae(),
+        rmse: scores.rmse(),
+        daily_mean_mae: if days > 0 { daily_error / days as f64 } else { f64::NAN },
+        crps: scores.crps(),
+        intervals: scores
+            .intervals()
+            .iter()
+            .map(|i| IntervalMetric {
+                level: i.level,
+                coverage: i.coverage(),
+                winkler: i.winkler(),
+            })
+            .collect(),
+    })
+}
+
+/// Trains `spec` on `data` with `protocol`'s periods and scores it on the test period.
+pub fn run(
+    data: &Dataset,
+    spec: &ModelSpec,
+    protocol: &Protocol,
+    progress: &dyn Progress,
+) -> Result<(Model, Evaluation), ModelError> {
+    let model = Model::train(data, spec, protocol.plan(), progress)?;
+    progress.phase("test");
+    // Origins in the test period; the last days' targets past the data are unknown and left out.
+    let keys = origins(
+        data,
+        protocol.test_from,
+        protocol.test_to + model.horizon() as i64 * HOUR,
+        model.horizon(),
+        Some(protocol.origin_hour_utc),
+    )
+    .into_iter()
+    .filter(|(_, o)| data.time(*o) < protocol.test_to)
+    .collect::<Vec<_>>();
+    let evaluation = score(&model, data, &keys, &protocol.levels)?;
+    Ok((model, evaluation))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_beijing_protocol_is_in_local_time() {
+        let p = Protocol::beijing();
+        // 2015-03-01 00:00 at UTC+8 is 2015-02-28 16:00 UTC.
+        assert_eq!(p.calibrate_from, 1_425_139_200);
+        assert_eq!(p.origin_hour_utc, 15);
+        assert!(Protocol::from_days("2016-01-01", "2015-01-01", "2016-03-01", "2017-03-01", 23, 8).is_err());
+    }
+}

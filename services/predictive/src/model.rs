@@ -1,0 +1,1216 @@
+//! Trained models: one estimator per algorithm behind one interface, a climatology fallback, and split-conformal
+//! intervals per horizon. A model is saved as one safetensors buffer (tensors plus its metadata as JSON), the form
+//! stored in the database.
+
+use std::collections::HashMap;
+
+use airq_api::model::{Distance, Scaling, Weights};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Module, Optimizer};
+use chrono::{DateTime, Datelike, Timelike};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, HOUR};
+use crate::features::Featurizer;
+use crate::spec::ModelSpec;
+
+/// Why a model could not be trained, loaded or asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("the training window has no usable data: {0}")]
+    EmptyWindow(String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("the stored model cannot be read: {0}")]
+    Artifact(String),
+    #[error("computation failed: {0}")]
+    Compute(#[from] candle_core::Error),
+    #[error("confidence level {level} is not supported: {reason}")]
+    Confidence { level: f64, reason: String },
+}
+
+type Result<T> = std::result::Result<T, ModelError>;
+
+/// Which hours the model is fitted and calibrated on (Unix seconds; `to` exclusive: every target hour is before it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub fit_from: i64,
+    pub fit_to: i64,
+    pub calibrate_from: i64,
+    pub calibrate_to: i64,
+    /// Calibrate only on origins at this hour of the day (UTC), as the evaluation protocol forecasts; every hour when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_hour: Option<u32>,
+}
+
+/// What is known about a trained model besides its tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelMeta {
+    pub spec: ModelSpec,
+    pub featurizer: Featurizer,
+    pub features: Vec<String>,
+    pub stations: Vec<String>,
+    pub plan: Plan,
+    pub fit_samples: usize,
+    pub calibration_forecasts: usize,
+    /// Epochs run (neural network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs_run: Option<usize>,
+}
+
+/// A forecast from one origin: points in model space per horizon, and whether the fallback answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawForecast {
+    pub points: Vec<f32>,
+    pub fallback: bool,
+}
+
+/// Feature scaling: `(x - offset) / scale`.
+#[derive(Debug, Clone, PartialEq)]
+struct Scaler {
+    offset: Vec<f32>,
+    scale: Vec<f32>,
+}
+
+impl Scaler {
+    fn fit(x: &[f32], dim: usize, scaling: Scaling) -> Self {
+        let n = (x.len() / dim.max(1)).max(1) as f64;
+        let mut offset = vec![0f32; dim];
+        let mut scale = vec![1f32; dim];
+        match scaling {
+            Scaling::None => {}
+            Scaling::Standard => {
+                for j in 0..dim {
+                    let mean = x.iter().skip(j).step_by(dim).map(|v| f64::from(*v)).sum::<f64>() / n;
+                    let var = x
+                        .iter()
+                        .skip(j)
+                        .step_by(dim)
+                        .map(|v| (f64::from(*v) - mean).powi(2))
+                        .sum::<f64>()
+                        / n;
+                    offset[j] = mean as f32;
+                    scale[j] = if var > 1e-12 { var.sqrt() as f32 } else { 1.0 };
+                }
+            }
+            Scaling::MinMax => {
+                for j in 0..dim {
+                    let (lo, hi) = x
+                        .iter()
+                        .skip(j)
+                        .step_by(dim)
+                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                            (lo.min(*v), hi.max(*v))
+                        });
+                    offset[j] = if lo.is_finite() { lo } else { 0.0 };
+                    scale[j] = if hi - lo > 1e-12 { hi - lo } else { 1.0 };
+                }
+            }
+        }
+        Self { offset, scale }
+    }
+
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let dim = self.offset.len();
+        x.iter()
+            .enumerate()
+            .map(|(i, v)| (v - self.offset[i % dim]) / self.scale[i % dim])
+            .collect()
+    }
+}
+
+/// Mean of the target per station, month and hour of day (UTC), with station and global fallbacks.
+#[derive(Debug, Clone, PartialEq)]
+struct Climatology {
+    stations: Vec<String>,
+    /// stations × 12 × 24, raw units, NaN where no value.
+    table: Vec<f32>,
+    station_mean: Vec<f32>,
+    /// 12 × 24 over every station.
+    global: Vec<f32>,
+    overall: f32,
+}
+
+fn month_hour(time: i64) -> usize {
+    DateTime::from_timestamp(time, 0).map_or(0, |t| t.month0() as usize * 24 + t.hour() as usize)
+}
+
+impl Climatology {
+    fn fit(data: &Dataset, from: i64, to: i64) -> Self {
+        let s_count = data.stations.len();
+        let mut sum = vec![0f64; s_count * 288];
+        let mut count = vec![0u32; s_count * 288];
+        let first = data.index(from.max(data.start)).unwrap_or(0);
+        for (s, series) in data.stations.iter().enumerate() {
+            for i in first..data.hours {
+                let t = data.time(i);
+                if t >= to {
+                    break;
+                }
+                let v = series.target[i];
+                if !v.is_nan() {
+                    let slot = s * 288 + month_hour(t);
+                    sum[slot] += f64::from(v);
+                    count[slot] += 1;
+                }
+            }
+        }
+        let mean = |s: f64, c: u32| if c > 0 { (s / f64::from(c)) as f32 } else { f32::NAN };
+        let table: Vec<f32> = sum.iter().zip(&count).map(|(s, c)| mean(*s, *c)).collect();
+        let station_mean = (0..s_count)
+            .map(|s| {
+                let range = s * 288..(s + 1) * 288;
+                mean(sum[range.clone()].iter().sum(), count[range].iter().sum())
+            })
+            .collect();
+        let global = (0..288)
+            .map(|k| {
+                mean(
+                    (0..s_count).map(|s| sum[s * 288 + k]).sum(),
+                    (0..s_count).map(|s| count[s * 288 + k]).sum(),
+                )
+            })
+            .collect();
+        let overall = mean(sum.iter().sum(), count.iter().sum());
+        Self {
+            stations: data.stations.iter().map(|s| s.code.clone()).collect(),
+            table,
+            station_mean,
+            global,
+            overall,
+        }
+    }
+
+    /// The climatological value (raw units) for station `code` at hour `time`.
+    fn value(&self, code: &str, time: i64) -> f32 {
+        let k = month_hour(time);
+        let station = self.stations.iter().position(|s| s == code);
+        [
+            station.map(|s| self.table[s * 288 + k]),
+            station.map(|s| self.station_mean[s]),
+            Some(self.global[k]),
+            Some(self.overall),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|v| !v.is_nan())
+        .unwrap_or(0.0)
+    }
+}
+
+/// Sorted calibration residuals (truth − forecast, model space), in Mondrian sets: per horizon and per band of the
+/// forecast value (the errors of a low forecast and a high one differ in size, and a year with more of one kind
+/// would otherwise be covered wrongly), per horizon across bands (used when a band is too small for a level), and
+/// one set pooled over every horizon for the forecasts the climatology fallback answered (their errors do not
+/// depend on the horizon, and mixed in they would distort the model's own intervals).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conformal {
+    horizon: usize,
+    /// Band limits per horizon: `BANDS - 1` forecast values (model space), ascending.
+    cuts: Vec<f32>,
+    /// `horizon` sets across bands, then `horizon × BANDS` banded sets, then the fallback set.
+    residuals: Vec<Vec<f32>>,
+}
+
+/// Bands of the forecast value, each with its own residuals.
+pub const BANDS: usize = 5;
+
+/// How many evenly spaced quantiles of the residuals make the predictive distribution used for CRPS.
+pub const DISTRIBUTION_QUANTILES: usize = 199;
+
+impl Conformal {
+    /// Residuals of `points` (n × horizon, model space) against `truths`; `fallback[i]` says whether forecast `i`
+    /// came from the fallback.
+    pub fn fit(points: &[f32], truths: &[f32], fallback: &[bool], horizon: usize) -> Self {
+        let is_fallback = |i: usize| fallback.get(i / horizon).copied().unwrap_or(false);
+        let mut cuts = Vec::with_capacity(horizon * (BANDS - 1));
+        for h in 0..horizon {
+            let mut own: Vec<f32> = points
+                .iter()
+                .zip(truths)
+                .enumerate()
+                .filter(|(i, (p, t))| i % horizon == h && !is_fallback(*i) && !p.is_nan() && !t.is_nan())
+                .map(|(_, (p, _))| *p)
+                .collect();
+            own.sort_by(f32::total_cmp);
+            for b in 1..BANDS {
+                cuts.push(own.get(own.len() * b / BANDS).copied().unwrap_or(f32::INFINITY));
+            }
+        }
+        let mut c = Self {
+            horizon,
+            cuts,
+            residuals: vec![Vec::new(); horizon * (1 + BANDS) + 1],
+        };
+        for (i, (p, t)) in points.iter().zip(truths).enumerate() {
+            if t.is_nan() || p.is_nan() {
+                continue;
+            }
+            let h = i % horizon;
+            if is_fallback(i) {
+                c.residuals[horizon * (1 + BANDS)].push(t - p);
+            } else {
+                c.residuals[h].push(t - p);
+                let band = c.band(h, *p);
+                c.residuals[horizon + h * BANDS + band].push(t - p);
+            }
+        }
+        for r in &mut c.residuals {
+            r.sort_by(f32::total_cmp);
+        }
+        c
+    }
+
+    fn band(&self, h: usize, point: f32) -> usize {
+        self.cuts[h * (BANDS - 1)..(h + 1) * (BANDS - 1)]
+            .iter()
+            .filter(|cut| point >= **cut)
+            .count()
+    }
+
+    /// The smallest number of residuals of the model's own forecasts at any horizon.
+    pub fn size(&self) -> usize {
+        self.residuals[..self.horizon].iter().map(Vec::len).min().unwrap_or(0)
+    }
+
+    /// The set that calibrates a forecast of `point` at horizon index `h`: the fallback set for a fallback
+    /// forecast, the forecast's band otherwise, each when large enough for `level`; else the horizon's whole set.
+    fn set(&self, h: usize, point: f32, fallback: bool, level: f64) -> Option<&Vec<f32>> {
+        if h >= self.horizon {
+            return None;
+        }
+        let enough = |r: &&Vec<f32>| bounds(r.len(), level).is_some();
+        let specific = if fallback {
+            self.residuals.get(self.horizon * (1 + BANDS))
+        } else {
+            self.residuals.get(self.horizon + h * BANDS + self.band(h, point))
+        };
+        specific.filter(enough).or_else(|| self.residuals.get(h))
+    }
+
+    /// The split-conformal interval offsets (model space) for a forecast of `point` at horizon index `h` and
+    /// `level`: the residual quantiles at ranks ⌊(n+1)·α/2⌋ and ⌈(n+1)·(1−α/2)⌉ of its set, which cover with
+    /// probability at least `level` on exchangeable data.
+    pub fn offsets(&self, h: usize, point: f32, level: f64, fallback: bool) -> Result<(f32, f32)> {
+        if !(level > 0.0 && level < 1.0) {
+            return Err(ModelError::Confidence {
+                level,
+                reason: "it must be strictly between 0 and 1".to_owned(),
+            });
+        }
+        let r = self
+            .set(h, point, fallback, level)
+            .ok_or_else(|| ModelError::Confidence {
+                level,
+                reason: format!("horizon {} is beyond the model", h + 1),
+            })?;
+        let n = r.len();
+        let Some((lo, hi)) = bounds(n, level) else {
+            let max = 1.0 - 2.0 / (n + 1) as f64;
+            return Err(ModelError::Confidence {
+                level,
+                reason: format!(
+                    "{n} calibration forecasts bound levels up to {max:.4} at horizon {}",
+                    h + 1
+                ),
+            });
+        };
+        Ok((r[lo - 1], r[hi - 1]))
+    }
+
+    /// Evenly spaced quantiles of the residuals that calibrate a forecast of `point` at horizon index `h`.
+    pub fn quantiles(&self, h: usize, point: f32, fallback: bool) -> Vec<f32> {
+        let Some(r) = self.set(h, point, fallback, 0.5).filter(|r| !r.is_empty()) else {
+            return Vec::new();
+        };
+        (1..=DISTRIBUTION_QUANTILES)
+            .map(|q| {
+                let p = q as f64 / (DISTRIBUTION_QUANTILES + 1) as f64;
+                r[((p * r.len() as f64) as usize).min(r.len() - 1)]
+            })
+            .collect()
+    }
+}
+
+/// The 1-based ranks of the conformal interval at `level` among `n` sorted residuals, if `n` is enough.
+fn bounds(n: usize, level: f64) -> Option<(usize, usize)> {
+    let alpha = 1.0 - level;
+    // The tolerance keeps 1 − 0.9 = 0.0999… from moving a rank.
+    let lo = ((n + 1) as f64 * alpha / 2.0 + 1e-9).floor() as usize;
+    let hi = ((n + 1) as f64 * (1.0 - alpha / 2.0) - 1e-9).ceil() as usize;
+    (lo >= 1 && hi <= n).then_some((lo, hi))
+}
+
+/// A k-nearest-neighbours analogue model: the trajectories after the k most similar past origins at the same hour
+/// of day, averaged.
+#[derive(Debug, Clone)]
+struct KnnModel {
+    k: usize,
+    distance: Distance,
+    weights: Weights,
+    scaler: Scaler,
+    /// Scaled features, n × d; trajectories n × H; hour of day (UTC) of each origin.
+    x: Vec<f32>,
+    y: Vec<f32>,
+    hour: Vec<u8>,
+    /// Per hour of day: the reference rows as a tensor, their trajectories, and squared norms.
+    groups: Vec<Option<(Tensor, Vec<f32>, Tensor)>>,
+}
+
+impl KnnModel {
+    fn new(
+        k: usize,
+        distance: Distance,
+        weights: Weights,
+        scaler: Scaler,
+        x: Vec<f32>,
+        y: Vec<f32>,
+        hour: Vec<u8>,
+        dim: usize,
+        horizon: usize,
+    ) -> Result<Self> {
+        let mut groups = Vec::with_capacity(24);
+        for h in 0..24u8 {
+            let rows: Vec<usize> = hour
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| **x == h)
+                .map(|(i, _)| i)
+                .collect();
+            if rows.is_empty() {
+                groups.push(None);
+                continue;
+            }
+            let gx: Vec<f32> = rows
+                .iter()
+                .flat_map(|r| x[r * dim..(r + 1) * dim].iter().copied())
+                .collect();
+            let gy: Vec<f32> = rows
+                .iter()
+                .flat_map(|r| y[r * horizon..(r + 1) * horizon].iter().copied())
+                .collect();
+            let t = Tensor::from_vec(gx, (rows.len(), dim), &Device::Cpu)?;
+            let norms = t.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
+            groups.push(Some((t, gy, norms)));
+        }
+        Ok(Self {
+            k,
+            distance,
+            weights,
+            scaler,
+            x,
+            y,
+            hour,
+            groups,
+        })
+    }
+
+    /// Predictions for queries `q` (m × d, unscaled) at origin hours `hours`.
+    fn predict(&self, q: &[f32], hours: &[u8], dim: usize, horizon: usize) -> Result<Vec<f32>> {
+        let q = self.scaler.apply(q);
+        let mut out = vec![f32::NAN; hours.len() * horizon];
+        for h in 0..24u8 {
+            let members: Vec<usize> = hours
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| **x == h)
+                .map(|(i, _)| i)
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            // An hour without references (a model trained on few hours) borrows the nearest hour that has some.
+            let Some((refs, ys, norms)) = (0..24)
+                .flat_map(|d| [(h as usize + d) % 24, (h as usize + 24 - d) % 24])
+                .find_map(|g| self.groups[g].as_ref())
+            else {
+                return Err(ModelError::EmptyWindow("the model has no reference origins".to_owned()));
+            };
+            let n = refs.dim(0)?;
+            let k = self.k.min(n);
+            let chunk = match self.distance {
+                Distance::Manhattan => (4_000_000 / (n * dim).max(1)).max(1),
+                _ => 512,
+            };
+            for part in members.chunks(chunk) {
+                let qv: Vec<f32> = part
+                    .iter()
+                    .flat_map(|i| q[i * dim..(i + 1) * dim].iter().copied())
+                    .collect();
+                let qt = Tensor::from_vec(qv, (part.len(), dim), &Device::Cpu)?;
+                let dist = match self.distance {
+                    Distance::Euclidean => {
+                        let qn = qt.sqr()?.sum_keepdim(1)?;
+                        let cross = qt.matmul(&refs.t()?)?;
+                        qn.broadcast_add(norms)?
+                            .sub(&cross.affine(2.0, 0.0)?)?
+                            .clamp(0f32, f32::INFINITY)?
+                            .sqrt()?
+                    }
+                    Distance::Manhattan => qt.unsqueeze(1)?.broadcast_sub(&refs.unsqueeze(0)?)?.abs()?.sum(2)?,
+                    Distance::Cosine => {
+                        let qn = qt.sqr()?.sum_keepdim(1)?.sqrt()?;
+                        let rn = norms.sqrt()?;
+                        let denom = qn.broadcast_mul(&rn)?.clamp(1e-12f32, f32::INFINITY)?;
+                        qt.matmul(&refs.t()?)?.div(&denom)?.affine(-1.0, 1.0)?
+                    }
+                };
+                let order = dist.arg_sort_last_dim(true)?.narrow(1, 0, k)?.contiguous()?;
+                let near = dist.gather(&order, 1)?.to_vec2::<f32>()?;
+                let order = order.to_vec2::<u32>()?;
+                for (row, query) in part.iter().enumerate() {
+                    let target = &mut out[query * horizon..(query + 1) * horizon];
+                    let mut total = 0f32;
+                    target.iter_mut().for_each(|v| *v = 0.0);
+                    for (j, r) in order[row].iter().enumerate() {
+                        let w = match self.weights {
+                            Weights::Uniform => 1.0,
+                            Weights::Distance => 1.0 / (near[row][j].max(0.0) + 1e-6),
+                        };
+                        total += w;
+                        let r = *r as usize;
+                        for (t, v) in target.iter_mut().zip(&ys[r * horizon..(r + 1) * horizon]) {
+                            *t += w * v;
+                        }
+                    }
+                    target.iter_mut().for_each(|v| *v /= total);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Ridge regression of every horizon on the standardised features: `W = (XᵀX + λI)⁻¹ XᵀY`, intercept unpenalised.
+#[derive(Debug, Clone)]
+struct LinearModel {
+    scaler: Scaler,
+    /// (d + 1) × H, the last row the intercept.
+    w: Tensor,
+}
+
+impl LinearModel {
+    fn fit(x: &[f32], y: &[f32], dim: usize, horizon: usize, l2: f64) -> Result<Self> {
+        let n = x.len() / dim;
+        let scaler = Scaler::fit(x, dim, Scaling::Standard);
+        let xs = scaler.apply(x);
+        let mut design = Vec::with_capacity(n * (dim + 1));
+        for row in xs.chunks(dim) {
+            design.extend(row.iter().map(|v| f64::from(*v)));
+            design.push(1.0);
+        }
+        let xt = Tensor::from_vec(design, (n, dim + 1), &Device::Cpu)?;
+        let yt = Tensor::from_vec(
+            y.iter().map(|v| f64::from(*v)).collect::<Vec<_>>(),
+            (n, horizon),
+            &Device::Cpu,
+        )?;
+        let xtx = xt.t()?.matmul(&xt)?.to_vec2::<f64>()?;
+        let xty = xt.t()?.matmul(&yt)?.to_vec2::<f64>()?;
+        let p = dim + 1;
+        let mut a = nalgebra::DMatrix::<f64>::from_fn(p, p, |i, j| xtx[i][j]);
+        for i in 0..dim {
+            a[(i, i)] += l2;
+        }
+        let b = nalgebra::DMatrix::<f64>::from_fn(p, horizon, |i, j| xty[i][j]);
+        let solution = match a.clone().cholesky() {
+            Some(c) => c.solve(&b),
+            None => a.lu().solve(&b).ok_or_else(|| {
+                ModelError::InvalidParameter("the features are collinear: set linear.l2 above 0".to_owned())
+            })?,
+        };
+        let w: Vec<f32> = (0..p)
+            .flat_map(|i| (0..horizon).map(move |j| (i, j)))
+            .map(|(i, j)| solution[(i, j)] as f32)
+            .collect();
+        Ok(Self {
+            scaler,
+            w: Tensor::from_vec(w, (p, horizon), &Device::Cpu)?,
+        })
+    }
+
+    fn predict(&self, q: &[f32], dim: usize) -> Result<Vec<f32>> {
+        let m = q.len() / dim;
+        let mut design = Vec::with_capacity(m * (dim + 1));
+        for row in self.scaler.apply(q).chunks(dim) {
+            design.extend_from_slice(row);
+            design.push(1.0);
+        }
+        let qt = Tensor::from_vec(design, (m, dim + 1), &Device::Cpu)?;
+        Ok(qt.matmul(&self.w)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// A feed-forward network (ReLU) from the standardised features to the standardised trajectory.
+#[derive(Debug, Clone)]
+struct Mlp {
+    scaler: Scaler,
+    target_mean: Vec<f32>,
+    target_scale: Vec<f32>,
+    layers: Vec<candle_nn::Linear>,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h)?;
+            if i + 1 < self.layers.len() {
+                h = h.relu()?;
+            }
+        }
+        Ok(h)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fit(
+        x: &[f32],
+        y: &[f32],
+        times: &[i64],
+        dim: usize,
+        horizon: usize,
+        nn: &airq_api::model::NeuralNetwork,
+        progress: &dyn Fn(usize, usize, f32),
+    ) -> Result<(Self, usize)> {
+        let n = x.len() / dim;
+        let scaler = Scaler::fit(x, dim, Scaling::Standard);
+        let target_stats = Scaler::fit(y, horizon, Scaling::Standard);
+        let xs = scaler.apply(x);
+        let ys = target_stats.apply(y);
+        // The newest tenth of the origins decides when to stop.
+        let mut sorted_times = times.to_vec();
+        sorted_times.sort_unstable();
+        let cut = sorted_times.get(n * 9 / 10).copied().unwrap_or(i64::MAX);
+        let (train, valid): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| times[*i] < cut);
+        if train.is_empty() || valid.is_empty() {
+            return Err(ModelError::EmptyWindow(format!(
+                "{n} training origins are too few to hold some out for early stopping"
+            )));
+        }
+        let device = Device::Cpu;
+        let gather = |rows: &[usize], data: &[f32], width: usize| -> candle_core::Result<Tensor> {
+            let v: Vec<f32> = rows
+                .iter()
+                .flat_map(|r| data[r * width..(r + 1) * width].iter().copied())
+                .collect();
+            Tensor::from_vec(v, (rows.len(), width), &device)
+        };
+        let valid_x = gather(&valid, &xs, dim)?;
+        let valid_y = gather(&valid, &ys, horizon)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x41_49_52_51);
+        let mut sizes: Vec<usize> = vec![dim];
+        sizes.extend(nn.hidden_sizes.iter().map(|h| *h as usize));
+        sizes.push(horizon);
+        let mut vars = Vec::new();
+        let mut layers = Vec::new();
+        for pair in sizes.windows(2) {
+            let (fan_in, fan_out) = (pair[0], pair[1]);
+            let bound = (6.0 / fan_in as f32).sqrt() / 2.0;
+            let w: Vec<f32> = (0..fan_in * fan_out).map(|_| rng.random_range(-bound..bound)).collect();
+            let w = Var::from_tensor(&Tensor::from_vec(w, (fan_out, fan_in), &device)?)?;
+            let b = Var::from_tensor(&Tensor::zeros(fan_out, DType::F32, &device)?)?;
+            layers.push(candle_nn::Linear::new(
+                w.as_tensor().clone(),
+                Some(b.as_tensor().clone()),
+            ));
+            vars.push(w);
+            vars.push(b);
+        }
+        let mut model = Self {
+            scaler,
+            target_mean: target_stats.offset,
+            target_scale: target_stats.scale,
+            layers,
+        };
+        let mut optimiser = candle_nn::AdamW::new(
+            vars.clone(),
+            candle_nn::ParamsAdamW {
+                lr: nn.learning_rate,
+                weight_decay: 1e-4,
+                ..candle_nn::ParamsAdamW::default()
+            },
+        )?;
+        let mut best = (f32::INFINITY, Vec::<Tensor>::new(), 0usize);
+        let mut order = train.clone();
+        let batch = 256;
+        let mut epochs_run = 0;
+        for epoch in 0..nn.epochs as usize {
+            order.shuffle(&mut rng);
+            for rows in order.chunks(batch) {
+                let bx = gather(rows, &xs, dim)?;
+                let by = gather(rows, &ys, horizon)?;
+                let loss = candle_nn::loss::mse(&model.forward(&bx)?, &by)?;
+                optimiser.backward_step(&loss)?;
+            }
+            epochs_run = epoch + 1;
+            let valid_loss = candle_nn::loss::mse(&model.forward(&valid_x)?, &valid_y)?.to_scalar::<f32>()?;
+            progress(epochs_run, nn.epochs as usize, valid_loss);
+            if valid_loss < best.0 {
+                let snapshot = vars
+                    .iter()
+                    .map(|v| v.as_tensor().copy())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                best = (valid_loss, snapshot, epoch);
+            } else if epoch - best.2 >= nn.early_stopping_patience as usize {
+                break;
+            }
+        }
+        if !best.1.is_empty() {
+            model.layers = best
+                .1
+                .chunks(2)
+                .map(|wb| candle_nn::Linear::new(wb[0].clone(), Some(wb[1].clone())))
+                .collect();
+        }
+        Ok((model, epochs_run))
+    }
+
+    fn predict(&self, q: &[f32], dim: usize, horizon: usize) -> Result<Vec<f32>> {
+        let m = q.len() / dim;
+        let qt = Tensor::from_vec(self.scaler.apply(q), (m, dim), &Device::Cpu)?;
+        let out = self.forward(&qt)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(out
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * self.target_scale[i % horizon] + self.target_mean[i % horizon])
+            .collect())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Estimator {
+    Persistence,
+    SeasonalNaive { season: usize },
+    Climatology,
+    Knn(KnnModel),
+    Linear(LinearModel),
+    Nn(Mlp),
+}
+
+/// A trained model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub meta: ModelMeta,
+    estimator: Estimator,
+    climatology: Climatology,
+    pub conformal: Conformal,
+}
+
+/// Training samples: feature rows and complete trajectories.
+struct Samples {
+    x: Vec<f32>,
+    y: Vec<f32>,
+    times: Vec<i64>,
+    hours: Vec<u8>,
+}
+
+fn origin_hour(time: i64) -> u8 {
+    DateTime::from_timestamp(time, 0).map_or(0, |t| t.hour() as u8)
+}
+
+/// Progress callbacks of a training: a phase name, then epochs for the neural network.
+pub trait Progress: Sync {
+    fn phase(&self, _name: &str) {}
+    fn epoch(&self, _epoch: usize, _of: usize, _validation_loss: f32) {}
+}
+
+/// Reports nothing.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+impl Model {
+    /// Trains the algorithm of `spec` on `data` as `plan` says, and calibrates its intervals.
+    pub fn train(data: &Dataset, spec: &ModelSpec, plan: Plan, progress: &dyn Progress) -> Result<Self> {
+        spec.validate()
+            .map_err(|e| ModelError::InvalidParameter(e.to_string()))?;
+        let horizon = spec.horizon_hours as usize;
+        let has_weather = data.stations.iter().any(|s| (0..6).all(|k| s.has_weather(k)));
+        let featurizer = Featurizer {
+            lags: spec.features.lags.clone(),
+            calendar: spec.features.calendar,
+            weather: spec.features.weather && has_weather,
+            log_transform: spec.features.log_transform,
+            horizon,
+        };
+        let values_in_window = data
+            .stations
+            .iter()
+            .map(|s| {
+                (0..data.hours)
+                    .filter(|i| {
+                        let t = data.time(*i);
+                        t >= plan.fit_from && t < plan.fit_to && !s.target[*i].is_nan()
+                    })
+                    .count()
+            })
+            .sum::<usize>();
+        if values_in_window == 0 {
+            return Err(ModelError::EmptyWindow(format!(
+                "no {} values between {} and {}",
+                data.pollutant,
+                fmt_time(plan.fit_from),
+                fmt_time(plan.fit_to)
+            )));
+        }
+        progress.phase("climatology");
+        let climatology = Climatology::fit(data, plan.fit_from, plan.fit_to);
+        let needs_samples = matches!(spec.algorithm.name(), "knn" | "linear" | "neuralNetwork");
+        let samples = if needs_samples {
+            progress.phase("features");
+            let s = build_samples(data, &featurizer, plan.fit_from, plan.fit_to, None);
+            if s.times.is_empty() {
+                return Err(ModelError::EmptyWindow(format!(
+                    "no origin between {} and {} has every input and {} hours of targets after it",
+                    fmt_time(plan.fit_from),
+                    fmt_time(plan.fit_to),
+                    horizon
+                )));
+            }
+            Some(s)
+        } else {
+            None
+        };
+        let dim = featurizer.dim();
+        let fit_samples = samples.as_ref().map_or(values_in_window, |s| s.times.len());
+        progress.phase("fit");
+        let mut epochs_run = None;
+        let a = &spec.algorithm;
+        let estimator = match (a.name(), samples) {
+            ("knn", Some(s)) => {
+                let knn = a.knn.clone().unwrap_or_else(|| airq_api::model::Knn {
+                    k: 10,
+                    distance: Distance::default(),
+                    weights: Weights::default(),
+                    scaling: Scaling::default(),
+                });
+                let smallest = (0..24u8)
+                    .map(|h| s.hours.iter().filter(|x| **x == h).count())
+                    .filter(|c| *c > 0)
+                    .min()
+                    .unwrap_or(0);
+                if knn.k as usize > smallest {
+                    return Err(ModelError::InvalidParameter(format!(
+                        "knn.k = {} is larger than the training sample: neighbours are searched among origins at the same hour of day, and the smallest such set has {smallest}",
+                        knn.k
+                    )));
+                }
+                let scaler = Scaler::fit(&s.x, dim, knn.scaling);
+                let xs = scaler.apply(&s.x);
+                Estimator::Knn(KnnModel::new(
+                    knn.k as usize,
+                    knn.distance,
+                    knn.weights,
+                    scaler,
+                    xs,
+                    s.y,
+                    s.hours,
+                    dim,
+                    horizon,
+                )?)
+            }
+            ("linear", Some(s)) => {
+                let l2 = a.linear.as_ref().map_or(1.0, |l| l.l2);
+                Estimator::Linear(LinearModel::fit(&s.x, &s.y, dim, horizon, l2)?)
+            }
+            ("neuralNetwork", Some(s)) => {
+                let nn = a
+                    .neural_network
+                    .clone()
+                    .ok_or_else(|| ModelError::InvalidParameter("neuralNetwork is not set".to_owned()))?;
+                let (mlp, epochs) = Mlp::fit(&s.x, &s.y, &s.times, dim, horizon, &nn, &|e, of, l| {
+                    progress.epoch(e, of, l)
+                })?;
+                epochs_run = Some(epochs);
+                Estimator::Nn(mlp)
+            }
+            ("persistence", _) => Estimator::Persistence,
+            ("seasonalNaive", _) => Estimator::SeasonalNaive {
+                season: a.seasonal_naive.as_ref().map_or(24, |s| s.season_hours as usize),
+            },
+            ("climatology", _) => Estimator::Climatology,
+            (other, _) => {
+                return Err(ModelError::InvalidParameter(format!("unknown algorithm {other:?}")));
+            }
+        };
+        let mut model = Self {
+            meta: ModelMeta {
+                spec: spec.clone(),
+                features: featurizer.names(),
+                featurizer,
+                stations: data.stations.iter().map(|s| s.code.clone()).collect(),
+                plan,
+                fit_samples,
+                calibration_forecasts: 0,
+                epochs_run,
+            },
+            estimator,
+            climatology,
+            conformal: Conformal::fit(&[], &[], &[], horizon),
+        };
+        progress.phase("calibrate");
+        let keys = origins(data, plan.calibrate_from, plan.calibrate_to, horizon, plan.origin_hour);
+        let forecasts = model.forecast_many(data, &keys)?;
+        let truths = truths(data, &model.meta.featurizer, &keys);
+        let points: Vec<f32> = forecasts.iter().flat_map(|f| f.points.iter().copied()).collect();
+        let fallback: Vec<bool> = forecasts.iter().map(|f| f.fallback).collect();
+        model.conformal = Conformal::fit(&points, &truths, &fallback, horizon);
+        model.meta.calibration_forecasts = keys.len();
+        if model.conformal.size() < 20 {
+            return Err(ModelError::EmptyWindow(format!(
+                "the calibration period {} to {} gives {} forecasts with a known truth at some horizon; at least 20 are needed to calibrate intervals",
+                fmt_time(plan.calibrate_from),
+                fmt_time(plan.calibrate_to),
+                model.conformal.size()
+            )));
+        }
+        Ok(model)
+    }
+
+    pub fn horizon(&self) -> usize {
+        self.meta.featurizer.horizon
+    }
+
+    /// Forecasts (model space) from each `(station, origin)` of `data`.
+    pub fn forecast_many(&self, data: &Dataset, keys: &[(usize, usize)]) -> Result<Vec<RawForecast>> {
+        let fz = &self.meta.featurizer;
+        let horizon = fz.horizon;
+        let dim = fz.dim();
+        let mut out: Vec<RawForecast> = keys
+            .iter()
+            .map(|(s, o)| {
+                let code = &data.stations[*s].code;
+                RawForecast {
+                    points: (1..=horizon)
+                        .map(|h| fz.forward(self.climatology.value(code, data.time(*o) + h as i64 * HOUR)))
+                        .collect(),
+                    fallback: true,
+                }
+            })
+            .collect();
+        match &self.estimator {
+            Estimator::Climatology => {
+                out.iter_mut().for_each(|f| f.fallback = false);
+            }
+            Estimator::Persistence => {
+                for (f, (s, o)) in out.iter_mut().zip(keys) {
+                    if let Some(v) = Featurizer::recent(&data.stations[*s].target, *o) {
+                        f.points.iter_mut().for_each(|p| *p = fz.forward(v));
+                        f.fallback = false;
+                    }
+                }
+            }
+            Estimator::SeasonalNaive { season } => {
+                for (f, (s, o)) in out.iter_mut().zip(keys) {
+                    let series = &data.stations[*s].target;
+                    let mut all = true;
+                    for h in 1..=horizon {
+                        let back = season * h.div_ceil(*season);
+                        match (o + h).checked_sub(back).and_then(|i| Featurizer::recent(series, i)) {
+                            Some(v) => f.points[h - 1] = fz.forward(v),
+                            None => all = false,
+                        }
+                    }
+                    f.fallback = !all;
+                }
+            }
+            Estimator::Knn(_) | Estimator::Linear(_) | Estimator::Nn(_) => {
+                let mut x = Vec::with_capacity(keys.len() * dim);
+                let mut rows = Vec::new();
+                let mut hours = Vec::new();
+                for (i, (s, o)) in keys.iter().enumerate() {
+                    let t = data.time(*o);
+                    if fz.features(&data.stations[*s], *o, t, &mut x) {
+                        rows.push(i);
+                        hours.push(origin_hour(t));
+                    }
+                }
+                if !rows.is_empty() {
+                    let predicted = match &self.estimator {
+                        Estimator::Knn(knn) => knn.predict(&x, &hours, dim, horizon)?,
+                        Estimator::Linear(linear) => linear.predict(&x, dim)?,
+                        Estimator::Nn(mlp) => mlp.predict(&x, dim, horizon)?,
+                        _ => Vec::new(),
+                    };
+                    for (j, i) in rows.iter().enumerate() {
+                        out[*i]
+                            .points
+                            .copy_from_slice(&predicted[j * horizon..(j + 1) * horizon]);
+                        out[*i].fallback = false;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The model as one safetensors buffer with its metadata.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let cpu = &Device::Cpu;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        let counts: Vec<u32> = self.conformal.residuals.iter().map(|r| r.len() as u32).collect();
+        let flat: Vec<f32> = self.conformal.residuals.iter().flatten().copied().collect();
+        tensors.insert("conformal.counts".into(), Tensor::new(counts, cpu)?);
+        tensors.insert("conformal.residuals".into(), Tensor::new(flat, cpu)?);
+        tensors.insert("conformal.cuts".into(), Tensor::new(self.conformal.cuts.clone(), cpu)?);
+        let c = &self.climatology;
+        tensors.insert("climatology.table".into(), Tensor::new(c.table.clone(), cpu)?);
+        tensors.insert("climatology.station".into(), Tensor::new(c.station_mean.clone(), cpu)?);
+        tensors.insert("climatology.global".into(), Tensor::new(c.global.clone(), cpu)?);
+        tensors.insert("climatology.overall".into(), Tensor::new(&[c.overall], cpu)?);
+        let mut info = HashMap::new();
+        let scaler = |t: &mut HashMap<String, Tensor>, s: &Scaler| -> Result<()> {
+            t.insert("scaler.offset".into(), Tensor::new(s.offset.clone(), cpu)?);
+            t.insert("scaler.scale".into(), Tensor::new(s.scale.clone(), cpu)?);
+            Ok(())
+        };
+        match &self.estimator {
+            Estimator::Knn(knn) => {
+                scaler(&mut tensors, &knn.scaler)?;
+                tensors.insert("knn.x".into(), Tensor::new(knn.x.clone(), cpu)?);
+                tensors.insert("knn.y".into(), Tensor::new(knn.y.clone(), cpu)?);
+                tensors.insert("knn.hour".into(), Tensor::new(knn.hour.clone(), cpu)?);
+            }
+            Estimator::Linear(linear) => {
+                scaler(&mut tensors, &linear.scaler)?;
+                tensors.insert("linear.w".into(), linear.w.clone());
+            }
+            Estimator::Nn(mlp) => {
+                scaler(&mut tensors, &mlp.scaler)?;
+                tensors.insert("nn.target_mean".into(), Tensor::new(mlp.target_mean.clone(), cpu)?);
+                tensors.insert("nn.target_scale".into(), Tensor::new(mlp.target_scale.clone(), cpu)?);
+                for (i, layer) in mlp.layers.iter().enumerate() {
+                    tensors.insert(format!("nn.{i}.weight"), layer.weight().clone());
+                    if let Some(b) = layer.bias() {
+                        tensors.insert(format!("nn.{i}.bias"), b.clone());
+                    }
+                }
+                info.insert("airq.layers".to_owned(), mlp.layers.len().to_string());
+            }
+            Estimator::Persistence | Estimator::SeasonalNaive { .. } | Estimator::Climatology => {}
+        }
+        info.insert(
+            "airq.model".to_owned(),
+            serde_json::to_string(&self.meta).map_err(|e| ModelError::Artifact(e.to_string()))?,
+        );
+        info.insert(
+            "airq.stations".to_owned(),
+            serde_json::to_string(&c.stations).map_err(|e| ModelError::Artifact(e.to_string()))?,
+        );
+        safetensors::serialize(&tensors, Some(info)).map_err(|e| ModelError::Artifact(e.to_string()))
+    }
+
+    /// Reads a model written by [`Model::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let artifact = |e: &dyn std::fmt::Display| ModelError::Artifact(e.to_string());
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| artifact(&e))?;
+        let info = header.metadata().clone().unwrap_or_default();
+        let meta: ModelMeta = serde_json::from_str(
+            info.get("airq.model")
+                .ok_or_else(|| artifact(&"no airq.model metadata"))?,
+        )
+        .map_err(|e| artifact(&e))?;
+        let clim_stations: Vec<String> =
+            serde_json::from_str(info.get("airq.stations").map_or("[]", String::as_str)).map_err(|e| artifact(&e))?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
+        let get = |name: &str| {
+            tensors
+                .get(name)
+                .ok_or_else(|| artifact(&format!("tensor {name} is missing")))
+        };
+        let f32s = |name: &str| -> Result<Vec<f32>> { Ok(get(name)?.to_vec1::<f32>()?) };
+        let counts = get("conformal.counts")?.to_vec1::<u32>()?;
+        let flat = f32s("conformal.residuals")?;
+        let mut residuals = Vec::new();
+        let mut at = 0usize;
+        for c in counts {
+            let end = at + c as usize;
+            residuals.push(
+                flat.get(at..end)
+                    .ok_or_else(|| artifact(&"conformal residuals are truncated"))?
+                    .to_vec(),
+            );
+            at = end;
+        }
+        let climatology = Climatology {
+            stations: clim_stations,
+            table: f32s("climatology.table")?,
+            station_mean: f32s("climatology.station")?,
+            global: f32s("climatology.global")?,
+            overall: f32s("climatology.overall")?.first().copied().unwrap_or(0.0),
+        };
+        let fz = &meta.featurizer;
+        let dim = fz.dim();
+        let horizon = fz.horizon;
+        let scaler = || -> Result<Scaler> {
+            Ok(Scaler {
+                offset: f32s("scaler.offset")?,
+                scale: f32s("scaler.scale")?,
+            })
+        };
+        let a = &meta.spec.algorithm;
+        let estimator = match a.name() {
+            "knn" => {
+                let knn = a.knn.as_ref().ok_or_else(|| artifact(&"knn parameters are missing"))?;
+                KnnModel::new(
+                    knn.k as usize,
+                    knn.distance,
+                    knn.weights,
+                    scaler()?,
+                    f32s("knn.x")?,
+                    f32s("knn.y")?,
+                    get("knn.hour")?.to_vec1::<u8>()?,
+                    dim,
+                    horizon,
+                )
+                .map(Estimator::Knn)?
+            }
+            "linear" => Estimator::Linear(LinearModel {
+                scaler: scaler()?,
+                w: get("linear.w")?.clone(),
+            }),
+            "neuralNetwork" => {
+                let count: usize = info.get("airq.layers").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let layers = (0..count)
+                    .map(|i| -> Result<candle_nn::Linear> {
+                        Ok(candle_nn::Linear::new(
+                            get(&format!("nn.{i}.weight"))?.clone(),
+                            Some(get(&format!("nn.{i}.bias"))?.clone()),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Estimator::Nn(Mlp {
+                    scaler: scaler()?,
+                    target_mean: f32s("nn.target_mean")?,
+                    target_scale: f32s("nn.target_scale")?,
+                    layers,
+                })
+            }
+            "persistence" => Estimator::Persistence,
+            "seasonalNaive" => Estimator::SeasonalNaive {
+                season: a.seasonal_naive.as_ref().map_or(24, |s| s.season_hours as usize),
+            },
+            "climatology" => Estimator::Climatology,
+            other => return Err(artifact(&format!("unknown algorithm {other:?}"))),
+        };
+        Ok(Self {
+            meta,
+            estimator,
+            climatology,
+            conformal: Conformal {
+                horizon,
+                cuts: f32s("conformal.cuts")?,
+                residuals,
+            },
+        })
+    }
+}
+
+/// Every origin `(station, index)` whose time is in `[from, to)` with its whole horizon before `to`, at
+/// `hour` (UTC) when given.
+pub fn origins(data: &Dataset, from: i64, to: i64, horizon: usize, hour: Option<u32>) -> Vec<(usize, usize)> {
+    let mut keys = Vec::new();
+    for s in 0..data.stations.len() {
+        for i in 0..data.hours {
+            let t = data.time(i);
+            if t < from || t + horizon as i64 * HOUR >= to {
+                continue;
+            }
+            if hour.is_some_and(|h| u32::from(origin_hour(t)) != h) {
+                continue;
+            }
+            keys.push((s, i));
+        }
+    }
+    keys
+}
+
+/// The true trajectories (model space, NaN where missing) after each origin, flattened.
+pub fn truths(data: &Dataset, fz: &Featurizer, keys: &[(usize, usize)]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(keys.len() * fz.horizon);
+    for (s, o) in keys {
+        fz.targets(&data.stations[*s], *o, &mut out);
+    }
+    out
+}
+
+fn build_samples(data: &Dataset, fz: &Featurizer, from: i64, to: i64, hour: Option<u32>) -> Samples {
+    let mut s = Samples {
+        x: Vec::new(),
+        y: Vec::new(),
+        times: Vec::new(),
+        hours: Vec::new(),
+    };
+    let mut y = Vec::with_capacity(fz.horizon);
+    for (station, origin) in origins(data, from, to, fz.horizon, hour) {
+        let series = &data.stations[station];
+        y.clear();
+        fz.targets(series, origin, &mut y);
+        if y.iter().any(|v| v.is_nan()) {
+            continue;
+        }
+        let t = data.time(origin);
+        if fz.features(series, origin, t, &mut s.x) {
+            s.y.extend_from_slice(&y);
+            s.times.push(t);
+            s.hours.push(origin_hour(t));
+        }
+    }
+    s
+}
+
+pub fn fmt_time(t: i64) -> String {
+    DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformal_ranks_follow_the_finite_sample_rule() -> Result<()> {
+        // Residuals 1..=99: at 90 %, ranks ⌊100·0.05⌋ = 5 and ⌈100·0.95⌉ = 95.
+        let points = vec![0f32; 99];
+        let truths: Vec<f32> = (1..=99).map(|v| v as f32).collect();
+        let c = Conformal::fit(&points, &truths, &[false; 99], 1);
+        assert_eq!(c.offsets(0, 0.0, 0.9, false)?, (5.0, 95.0));
+        // 99 residuals bound levels up to 1 − 2/100 = 0.98.
+        assert!(c.offsets(0, 0.0, 0.98, false).is_ok());
+        let e = c.offsets(0, 0.0, 0.99, false).expect_err("too few residuals");
+        assert!(e.to_string().contains("up to 0.9800"), "{e}");
+        assert!(c.offsets(0, 0.0, 1.0, false).is_err());
+        assert_eq!(c.quantiles(0, 0.0, false).len(), DISTRIBUTION_QUANTILES);
+        // Without fallback residuals, a fallback forecast uses its horizon's set.
+        assert_eq!(c.offsets(0, 0.0, 0.9, true)?, (5.0, 95.0));
+        Ok(())
+    }
+
+    #[test]
+    fn fallback_forecasts_are_calibrated_apart() -> Result<()> {
+        // Two horizons; forecasts 0..50 are the model's (residual 1 or -1), 50..100 the fallback's (±10·k).
+        let mut points = Vec::new();
+        let mut truths = Vec::new();
+        let mut fallback = Vec::new();
+        for i in 0..100 {
+            let own = i < 50;
+            let r = if own {
+                if i % 2 == 0 { 1.0 } else { -1.0 }
+            } else {
+                (i - 75) as f32 * 10.0
+            };
+            points.extend([0.0, 0.0]);
+            truths.extend([r, r]);
+            fallback.push(!own);
+        }
+        let c = Conformal::fit(&points, &truths, &fallback, 2);
+        assert_eq!(c.size(), 50);
+        assert_eq!(c.offsets(1, 0.0, 0.9, false)?, (-1.0, 1.0));
+        let (lo, hi) = c.offsets(1, 0.0, 0.9, true)?;
+        assert!(lo <= -200.0 && hi >= 200.0, "{lo} {hi}");
+        Ok(())
+    }
+}

@@ -1,0 +1,282 @@
+//! What to train: the training-relevant part of a PredictiveModel's spec, exactly as the operator passes it in
+//! `AIRQ_MODEL_SPEC`, and as the API accepts it.
+
+use airq_api::model::{Algorithm, Features, Target};
+use airq_core::parameter::{Kind, Parameter};
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+/// The algorithms, as named in a spec.
+pub const ALGORITHMS: [&str; 6] = [
+    "knn",
+    "linear",
+    "neuralNetwork",
+    "persistence",
+    "seasonalNaive",
+    "climatology",
+];
+
+/// A spec that cannot be trained, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Where in the spec (`algorithm`, `training.from`…).
+    pub field: String,
+    pub message: String,
+}
+
+fn spec_error(field: &str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The window of data a model is trained and calibrated on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingWindow {
+    /// First day (`YYYY-MM-DD`, UTC); the oldest data when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Day after the last one (`YYYY-MM-DD`, UTC); the newest data when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Share of the newest data held out to calibrate the intervals.
+    #[serde(default = "default_calibration")]
+    pub calibration_fraction: f64,
+}
+
+impl Default for TrainingWindow {
+    fn default() -> Self {
+        Self {
+            from: None,
+            to: None,
+            calibration_fraction: default_calibration(),
+        }
+    }
+}
+
+fn default_calibration() -> f64 {
+    0.2
+}
+
+fn default_horizon() -> u32 {
+    24
+}
+
+fn default_levels() -> Vec<f64> {
+    vec![0.8, 0.9]
+}
+
+/// The training-relevant part of a PredictiveModel's spec.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    pub target: Target,
+    #[serde(default = "default_horizon")]
+    pub horizon_hours: u32,
+    #[serde(default = "default_levels")]
+    pub confidence_levels: Vec<f64>,
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub features: Features,
+    #[serde(default)]
+    pub training: TrainingWindow,
+}
+
+impl ModelSpec {
+    /// Parses and checks a spec, naming the field that is wrong.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, SpecError> {
+        let algorithm = value.get("algorithm").ok_or_else(|| {
+            spec_error(
+                "algorithm",
+                "missing; set one of knn, linear, neuralNetwork, persistence, seasonalNaive or climatology",
+            )
+        })?;
+        let keys: Vec<&String> = algorithm
+            .as_object()
+            .ok_or_else(|| {
+                spec_error(
+                    "algorithm",
+                    "must be an object with one algorithm, e.g. {\"knn\": {\"k\": 10}}",
+                )
+            })?
+            .keys()
+            .collect();
+        if let Some(unknown) = keys.iter().find(|k| !ALGORITHMS.contains(&k.as_str())) {
+            return Err(spec_error(
+                "algorithm",
+                format!(
+                    "unknown algorithm {unknown:?}; expected one of {}",
+                    ALGORITHMS.join(", ")
+                ),
+            ));
+        }
+        if keys.len() != 1 {
+            return Err(spec_error(
+                "algorithm",
+                format!("set exactly one algorithm, found {}", keys.len()),
+            ));
+        }
+        let spec: Self = serde_json::from_value(value.clone()).map_err(|e| spec_error("spec", e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks what the CRD's schema checks in a cluster, for specs that come from elsewhere (CLI, API).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        self.pollutant()?;
+        if !(1..=168).contains(&self.horizon_hours) {
+            return Err(spec_error("horizonHours", "must be between 1 and 168"));
+        }
+        if self.confidence_levels.is_empty() {
+            return Err(spec_error("confidenceLevels", "give at least one level"));
+        }
+        for level in &self.confidence_levels {
+            if !(*level > 0.0 && *level < 1.0) {
+                return Err(spec_error(
+                    "confidenceLevels",
+                    format!("{level} is not strictly between 0 and 1"),
+                ));
+            }
+        }
+        if let Some(lag) = self.features.lags.iter().find(|l| **l == 0 || **l > 24 * 366) {
+            return Err(spec_error(
+                "features.lags",
+                format!("lag {lag} is out of range: lags are 1 (the last observed hour) to 8784 hours"),
+            ));
+        }
+        if !(0.05..=0.5).contains(&self.training.calibration_fraction) {
+            return Err(spec_error(
+                "training.calibrationFraction",
+                "must be between 0.05 and 0.5",
+            ));
+        }
+        let (from, to) = self.window()?;
+        if let (Some(from), Some(to)) = (from, to)
+            && from >= to
+        {
+            return Err(spec_error("training", "training.from must be before training.to"));
+        }
+        let a = &self.algorithm;
+        if let Some(knn) = &a.knn
+            && knn.k == 0
+        {
+            return Err(spec_error("algorithm.knn.k", "must be at least 1"));
+        }
+        if let Some(linear) = &a.linear
+            && !(linear.l2 >= 0.0 && linear.l2.is_finite())
+        {
+            return Err(spec_error("algorithm.linear.l2", "must be a finite number ≥ 0"));
+        }
+        if let Some(nn) = &a.neural_network {
+            if nn.hidden_sizes.is_empty() || nn.hidden_sizes.iter().any(|h| *h == 0 || *h > 4096) {
+                return Err(spec_error(
+                    "algorithm.neuralNetwork.hiddenSizes",
+                    "give 1 to 8 layer sizes, each 1 to 4096",
+                ));
+            }
+            if nn.epochs == 0 {
+                return Err(spec_error("algorithm.neuralNetwork.epochs", "must be at least 1"));
+            }
+            if !(nn.learning_rate > 0.0 && nn.learning_rate <= 1.0) {
+                return Err(spec_error("algorithm.neuralNetwork.learningRate", "must be in (0, 1]"));
+            }
+        }
+        if let Some(s) = &a.seasonal_naive
+            && s.season_hours == 0
+        {
+            return Err(spec_error("algorithm.seasonalNaive.seasonHours", "must be at least 1"));
+        }
+        if a.name() == "invalid" {
+            return Err(spec_error("algorithm", "set exactly one algorithm"));
+        }
+        Ok(())
+    }
+
+    /// The pollutant forecast.
+    pub fn pollutant(&self) -> Result<Parameter, SpecError> {
+        let p: Parameter = self
+            .target
+            .pollutant
+            .parse()
+            .map_err(|e: airq_core::parameter::UnknownParameter| spec_error("target.pollutant", e.to_string()))?;
+        if p.kind() != Kind::Pollutant {
+            return Err(spec_error(
+                "target.pollutant",
+                format!("{p} is a weather covariate, not a pollutant"),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// The training window in Unix seconds.
+    pub fn window(&self) -> Result<(Option<i64>, Option<i64>), SpecError> {
+        let day = |field: &str, text: &Option<String>| -> Result<Option<i64>, SpecError> {
+            text.as_deref()
+                .map(|t| {
+                    NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                        .map_err(|e| spec_error(field, format!("{t:?} is not a YYYY-MM-DD date: {e}")))
+                        .and_then(|d| {
+                            d.and_hms_opt(0, 0, 0)
+                                .map(|t| t.and_utc().timestamp())
+                                .ok_or_else(|| spec_error(field, "not a day"))
+                        })
+                })
+                .transpose()
+        };
+        Ok((
+            day("training.from", &self.training.from)?,
+            day("training.to", &self.training.to)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_operator_spec_parses() -> Result<(), SpecError> {
+        let spec = ModelSpec::from_json(&json!({
+            "target": {"pollutant": "no2"}, "horizonHours": 24, "confidenceLevels": [0.8, 0.9],
+            "algorithm": {"knn": {"k": 5}}, "features": {"lags": [1, 24], "calendar": true, "weather": false, "logTransform": true},
+            "training": {"from": null, "to": "2015-03-01", "calibrationFraction": 0.25}
+        }))?;
+        assert_eq!(spec.algorithm.knn.as_ref().map(|k| k.k), Some(5));
+        assert_eq!(spec.window()?.1, Some(1_425_168_000));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let base = json!({"target": {"pollutant": "no2"}, "algorithm": {"knn": {}}});
+        let with = |path: &str, value: serde_json::Value| {
+            let mut v = base.clone();
+            let mut cursor = &mut v;
+            let parts: Vec<&str> = path.split('.').collect();
+            for p in &parts[..parts.len() - 1] {
+                cursor = cursor
+                    .as_object_mut()
+                    .map(|o| o.entry(p.to_string()).or_insert(json!({})))
+                    .expect("object");
+            }
+            cursor[parts[parts.len() - 1]] = value;
+            ModelSpec::from_json(&v).expect_err("must be refused")
+        };
+        let e = with("algorithm", json!({"xgboost": {}}));
+        assert!(e.message.contains("unknown algorithm \"xgboost\""), "{e}");
+        let e = with("algorithm", json!({"knn": {}, "linear": {}}));
+        assert!(e.message.contains("exactly one"), "{e}");
+        let e = with("target.pollutant", json!("temp"));
+        assert_eq!(e.field, "target.pollutant");
+        let e = with("confidenceLevels", json!([0.9, 1.0]));
+        assert_eq!(e.field, "confidenceLevels");
+        let e = with("training.to", json!("2015-13-01"));
+        assert_eq!(e.field, "training.to");
+        let e = with("algorithm", json!({"knn": {"k": 0}}));
+        assert_eq!(e.field, "algorithm.knn.k");
+    }
+}
