@@ -1,5 +1,6 @@
 //! Training, testing and forecasting of contamination with calibrated intervals.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -12,26 +13,38 @@ pub mod score;
 pub mod spec;
 pub mod suite;
 
-use airq_core::db::Database;
-use axum::Router;
+use airq_core::store::Store;
 
 pub use config::{Cli, Command, Config};
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Database,
-}
-
-/// The service's API routes; the operational endpoints and common layers are added by [`run`].
-pub fn router(state: AppState) -> Router {
-    Router::new().with_state(state)
-}
-
-/// Connects to the database, then serves until Ctrl-C or SIGTERM.
+/// Connects to the database, then serves the API until Ctrl-C or SIGTERM. With `--model`, the model's version is
+/// loaded before the first request, so a serving pod is warm when it becomes ready.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    airq_core::service::run_with_database("predictive", &config.serve, &config.database, |db| {
-        router(AppState { db })
+    let served = match &config.model {
+        Some(name) => {
+            let version = match &config.model_version {
+                Some(v) => Some(
+                    registry::parse_version(v)
+                        .ok_or_else(|| anyhow::anyhow!("--model-version {v:?} is not a version such as v3"))?,
+                ),
+                None => None,
+            };
+            Some((name.clone(), version))
+        }
+        None => None,
+    };
+    airq_core::service::run_with_database("predictive", &config.serve, &config.database, move |db| {
+        let state = api::ApiState::new(registry::Registry::new(db.clone()), Store::new(db), served.clone());
+        if let Some((name, version)) = served {
+            let warm = state.clone();
+            tokio::spawn(async move {
+                match warm.model(&name, version).await {
+                    Ok(loaded) => tracing::info!(model = %name, version = %loaded.0.version, "model loaded"),
+                    Err(e) => tracing::warn!(model = %name, error = %e.message, "model not loaded yet"),
+                }
+            });
+        }
+        api::router(state)
     })
     .await?;
     Ok(())

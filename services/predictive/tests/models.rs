@@ -1,0 +1,169 @@
+//! Models trained on a slice of the real Beijing data: every algorithm saved and loaded (as bytes and through the
+//! database) forecasts identically; a parameter change changes the model; bad input gets a clear error.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use airq_api::etl::CsvFormat;
+use airq_core::db::Database;
+use airq_core::parameter::Parameter;
+use airq_predictive::cli::plan_for;
+use airq_predictive::data::Dataset;
+use airq_predictive::model::{Model, ModelError, Quiet, origins};
+use airq_predictive::registry::Registry;
+use airq_predictive::spec::ModelSpec;
+use serde_json::json;
+
+async fn slice() -> (tempfile::TempDir, Dataset) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = common::slice_csv(dir.path());
+    let data = Dataset::from_csv(&csv.display().to_string(), CsvFormat::Beijing, Parameter::No2)
+        .await
+        .unwrap();
+    (dir, data)
+}
+
+fn train(data: &Dataset, algorithm: serde_json::Value) -> Result<Model, ModelError> {
+    let spec = ModelSpec::from_json(&common::spec(algorithm)).unwrap();
+    let plan = plan_for(&spec, data).unwrap();
+    Model::train(data, &spec, plan, &Quiet)
+}
+
+/// Forecasts from every day of May 2016 at 15:00 UTC, both stations.
+fn may(data: &Dataset) -> Vec<(usize, usize)> {
+    origins(data, 1_462_060_800, 1_464_739_200, 24, Some(15))
+}
+
+fn points(model: &Model, data: &Dataset) -> Vec<f32> {
+    model
+        .forecast_many(data, &may(data))
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| f.points)
+        .collect()
+}
+
+fn algorithms() -> Vec<serde_json::Value> {
+    vec![
+        json!({ "knn": { "k": 7, "distance": "manhattan", "weights": "uniform", "scaling": "minMax" } }),
+        json!({ "knn": { "k": 15, "distance": "cosine" } }),
+        json!({ "linear": { "l2": 3.0 } }),
+        json!({ "neuralNetwork": { "hiddenSizes": [16], "epochs": 3, "learningRate": 0.01, "earlyStoppingPatience": 2 } }),
+        json!({ "persistence": {} }),
+        json!({ "seasonalNaive": { "seasonHours": 24 } }),
+        json!({ "climatology": {} }),
+    ]
+}
+
+#[tokio::test]
+async fn every_algorithm_saved_and_loaded_forecasts_identically() {
+    let (_dir, data) = slice().await;
+    assert_eq!(data.stations.len(), 2);
+    let test_db = airq_testenv::database().await.unwrap();
+    let db = Database::connect_url(&test_db.url, 3).await.unwrap();
+    db.migrate().await.unwrap();
+    let registry = Registry::new(db.clone());
+    for algorithm in algorithms() {
+        let model = train(&data, algorithm.clone()).unwrap();
+        let before = points(&model, &data);
+        assert!(before.iter().all(|p| p.is_finite()), "{algorithm}");
+        let loaded = Model::from_bytes(&model.to_bytes().unwrap()).unwrap();
+        assert_eq!(points(&loaded, &data), before, "{algorithm} through bytes");
+        assert_eq!(loaded.meta, model.meta);
+        assert_eq!(loaded.conformal, model.conformal);
+        // Through the database: a new version each time, read back whole.
+        let stored = registry
+            .save("m", &model, Some("rev"), &json!({"mae": 1.0}), 0.5)
+            .await
+            .unwrap();
+        let (again, from_db) = registry.load("m", None).await.unwrap().unwrap();
+        assert_eq!(again.version, stored.version);
+        assert_eq!(points(&from_db, &data), before, "{algorithm} through the database");
+        // The intervals are the same too.
+        assert_eq!(
+            from_db.conformal.offsets(5, before[5], 0.9, false).unwrap(),
+            model.conformal.offsets(5, before[5], 0.9, false).unwrap()
+        );
+    }
+    let versions = registry.versions(Some("m")).await.unwrap();
+    assert_eq!(versions.len(), algorithms().len());
+    assert_eq!(versions[0].version, format!("v{}", algorithms().len()));
+    assert_eq!(versions.last().unwrap().version, "v1");
+    db.close().await;
+    test_db.remove().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_parameter_change_changes_the_model() {
+    let (_dir, data) = slice().await;
+    let pairs = [
+        (json!({ "knn": { "k": 3 } }), json!({ "knn": { "k": 60 } })),
+        (
+            json!({ "knn": { "k": 20, "weights": "uniform" } }),
+            json!({ "knn": { "k": 20, "weights": "distance" } }),
+        ),
+        (
+            json!({ "linear": { "l2": 0.0 } }),
+            json!({ "linear": { "l2": 100000.0 } }),
+        ),
+        (
+            json!({ "neuralNetwork": { "hiddenSizes": [8], "epochs": 2 } }),
+            json!({ "neuralNetwork": { "hiddenSizes": [32, 8], "epochs": 2 } }),
+        ),
+        (
+            json!({ "seasonalNaive": { "seasonHours": 24 } }),
+            json!({ "seasonalNaive": { "seasonHours": 168 } }),
+        ),
+    ];
+    for (a, b) in pairs {
+        let pa = points(&train(&data, a.clone()).unwrap(), &data);
+        let pb = points(&train(&data, b.clone()).unwrap(), &data);
+        assert_ne!(pa, pb, "{a} and {b} must give different models");
+        // The same parameters give the same model: training is deterministic.
+        assert_eq!(points(&train(&data, a.clone()).unwrap(), &data), pa, "{a} twice");
+    }
+}
+
+#[tokio::test]
+async fn bad_inputs_get_clear_errors() {
+    let (_dir, data) = slice().await;
+    // A training window without data.
+    let mut empty = common::spec(json!({ "knn": {} }));
+    empty["training"] = json!({ "from": "2020-01-01", "to": "2020-02-01" });
+    let spec = ModelSpec::from_json(&empty).unwrap();
+    let e = plan_for(&spec, &data).unwrap_err().to_string();
+    assert!(
+        e.contains("training window is empty") && e.contains("the data covers"),
+        "{e}"
+    );
+    // A window inside the data's span where the pollutant is absent: a plan over hours before the data.
+    let plan = airq_predictive::model::Plan {
+        fit_from: data.start - 86_400 * 30,
+        fit_to: data.start,
+        calibrate_from: data.start,
+        calibrate_to: data.start + 86_400 * 30,
+        origin_hour: None,
+    };
+    let e = Model::train(&data, &spec, plan, &Quiet).unwrap_err();
+    assert!(matches!(e, ModelError::EmptyWindow(_)), "{e}");
+    assert!(e.to_string().contains("no no2 values between"), "{e}");
+    // An unknown algorithm.
+    let e = ModelSpec::from_json(&common::spec(json!({ "xgboost": { "depth": 3 } }))).unwrap_err();
+    assert_eq!(e.field, "algorithm");
+    assert!(e.message.contains("unknown algorithm \"xgboost\""), "{e}");
+    // k larger than the sample: two months, two stations, so about 90 origins per hour of day.
+    let mut short = common::spec(json!({ "knn": { "k": 1000 } }));
+    short["training"] = json!({ "from": "2016-04-01", "to": "2016-06-01", "calibrationFraction": 0.25 });
+    let spec = ModelSpec::from_json(&short).unwrap();
+    let e = Model::train(&data, &spec, plan_for(&spec, &data).unwrap(), &Quiet).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("knn.k = 1000 is larger than the training sample"),
+        "{e}"
+    );
+    // A confidence level the calibration cannot support.
+    let model = train(&data, json!({ "persistence": {} })).unwrap();
+    let e = model.conformal.offsets(0, 3.0, 0.9999, false).unwrap_err().to_string();
+    assert!(e.contains("calibration forecasts bound levels up to"), "{e}");
+}
