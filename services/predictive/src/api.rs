@@ -47,6 +47,10 @@ const LATEST_TTL: Duration = Duration::from_secs(10);
 const MAX_UPLOAD: usize = 256 * 1024 * 1024;
 
 type Loaded = Arc<(StoredVersion, Model)>;
+/// Station, pollutant and asked origin.
+type ContextKey = (String, String, Option<i64>);
+/// A station's recent data, the origin it gives, and when it was read.
+type CachedContext = (Arc<Dataset>, i64, Instant);
 
 /// A training started through the API.
 #[derive(Debug, Clone, Serialize)]
@@ -72,7 +76,7 @@ pub struct ApiState {
     pub served: Option<(String, Option<i64>)>,
     models: Arc<RwLock<HashMap<(String, i64), Loaded>>>,
     latest: Arc<RwLock<HashMap<String, (i64, Instant)>>>,
-    contexts: Arc<RwLock<HashMap<(String, String, Option<i64>), (Arc<Dataset>, i64, Instant)>>>,
+    contexts: Arc<RwLock<HashMap<ContextKey, CachedContext>>>,
     trainings: Arc<Mutex<HashMap<u64, Training>>>,
     next_training: Arc<AtomicU64>,
 }

@@ -300,6 +300,22 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         vec![(spec.algorithm.name().to_owned(), spec)]
     };
     anyhow::ensure!(!specs.is_empty(), "no algorithm to evaluate (check --pollutants)");
+    if let Some(dir) = &args.export {
+        let (_, spec) = specs.first().cloned().ok_or_else(|| anyhow::anyhow!("no spec"))?;
+        let data = dataset(
+            args.csv.as_deref(),
+            store.as_ref(),
+            &spec,
+            protocol.fit_from,
+            protocol.test_to + 2 * 86_400,
+        )
+        .await?;
+        let dir = dir.clone();
+        let meta =
+            tokio::task::spawn_blocking(move || crate::evaluate::export_knn(&data, &spec, &protocol, &dir)).await??;
+        println!("{}", serde_json::to_string_pretty(&meta)?);
+        return Ok(());
+    }
     let mut rows = Vec::new();
     let mut cache: Option<Dataset> = None;
     for (name, spec) in specs {

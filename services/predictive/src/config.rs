@@ -67,6 +67,7 @@ pub struct Config {
 
 /// Where a spec comes from.
 #[derive(Debug, Clone, Args)]
+#[group(id = "spec_source", multiple = false)]
 pub struct SpecArgs {
     /// The training-relevant spec as JSON (`{"target": …, "algorithm": …, "features": …, "training": …}`), as the
     /// operator passes it.
@@ -134,6 +135,10 @@ pub struct EvaluateArgs {
     /// Write the table as Markdown to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Compare with scikit-learn: write a kNN spec's fitting and test features, truths and airq's forecasts to
+    /// this folder (see services/predictive/benches/sklearn_knn.py).
+    #[arg(long, requires = "spec_source")]
+    pub export: Option<PathBuf>,
     /// Write every score as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -94,6 +94,25 @@ impl Dataset {
         self.stations.get(station)?.target.iter().rposition(|v| !v.is_nan())
     }
 
+    /// Pads every series with missing hours up to and including hour `time`.
+    pub fn extend_to(&mut self, time: i64) {
+        let Ok(hours) = usize::try_from((time.div_euclid(HOUR) * HOUR - self.start) / HOUR + 1) else {
+            return;
+        };
+        if hours <= self.hours {
+            return;
+        }
+        self.hours = hours;
+        for s in &mut self.stations {
+            s.target.resize(hours, f32::NAN);
+            for w in &mut s.weather {
+                if !w.is_empty() {
+                    w.resize(hours, f32::NAN);
+                }
+            }
+        }
+    }
+
     /// Count of target values present.
     pub fn target_values(&self) -> usize {
         self.stations

@@ -265,3 +265,116 @@ mod tests {
         assert!(Protocol::from_days("2016-01-01", "2015-01-01", "2016-03-01", "2017-03-01", 23, 8).is_err());
     }
 }
+
+/// Writes what the scikit-learn comparison needs for a kNN spec (see `services/predictive/benches/sklearn_knn.py`):
+/// the fitting origins (hour of day, features, trajectories in model space), the test origins with
+/// features, truths and airq's own forecasts (concentrations), and airq's fit and forecast times.
+pub fn export_knn(
+    data: &Dataset,
+    spec: &ModelSpec,
+    protocol: &Protocol,
+    dir: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
+    use std::io::Write;
+    let knn = spec
+        .algorithm
+        .knn
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--export compares kNN: give a knn spec"))?;
+    let timer = PhaseTimer::default();
+    let model = Model::train(data, spec, protocol.plan(), &timer)?;
+    let fit_seconds = timer.between("fit", "calibrate");
+    let fz = &model.meta.featurizer;
+    // Every hour's origins: airq scales the features over all of them, then searches those at the query's hour.
+    let fit = crate::model::build_samples(data, fz, protocol.fit_from, protocol.calibrate_from, None);
+    let dim = fz.dim();
+    let horizon = fz.horizon;
+    std::fs::create_dir_all(dir)?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("fit.csv"))?);
+    for (i, _) in fit.times.iter().enumerate() {
+        let row: Vec<String> = std::iter::once(fit.hours[i].to_string())
+            .chain(
+                fit.x[i * dim..(i + 1) * dim]
+                    .iter()
+                    .chain(&fit.y[i * horizon..(i + 1) * horizon])
+                    .map(|v| v.to_string()),
+            )
+            .collect();
+        writeln!(out, "{}", row.join(","))?;
+    }
+    out.flush()?;
+    let keys: Vec<(usize, usize)> = origins(
+        data,
+        protocol.test_from,
+        protocol.test_to + horizon as i64 * HOUR,
+        horizon,
+        Some(protocol.origin_hour_utc),
+    )
+    .into_iter()
+    .filter(|(_, o)| data.time(*o) < protocol.test_to)
+    .collect();
+    let mut with_features = Vec::new();
+    let mut x = Vec::new();
+    for (s, o) in &keys {
+        if fz.features(&data.stations[*s], *o, data.time(*o), &mut x) {
+            with_features.push((*s, *o));
+        }
+    }
+    let started = std::time::Instant::now();
+    let forecasts = model.forecast_many(data, &with_features)?;
+    let predict_seconds = started.elapsed().as_secs_f64();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("test.csv"))?);
+    for (i, ((s, o), f)) in with_features.iter().zip(&forecasts).enumerate() {
+        let series = &data.stations[*s].target;
+        let truths = (1..=horizon).map(|h| {
+            series
+                .get(o + h)
+                .copied()
+                .filter(|v| !v.is_nan())
+                .map_or(String::from("nan"), |v| v.to_string())
+        });
+        let airq = f.points.iter().map(|p| fz.inverse(*p).to_string());
+        let row: Vec<String> = x[i * dim..(i + 1) * dim]
+            .iter()
+            .map(|v| v.to_string())
+            .chain(truths)
+            .chain(airq)
+            .collect();
+        writeln!(out, "{}", row.join(","))?;
+    }
+    out.flush()?;
+    let meta = serde_json::json!({
+        "k": knn.k, "distance": knn.distance, "weights": knn.weights, "scaling": knn.scaling,
+        "logTransform": fz.log_transform, "dim": dim, "horizon": horizon,
+        "originHourUtc": protocol.origin_hour_utc, "fitRows": fit.times.len(), "testRows": with_features.len(),
+        "airqFitSeconds": fit_seconds, "airqForecastSeconds": predict_seconds,
+    });
+    std::fs::write(dir.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
+    Ok(meta)
+}
+
+/// Records when each training phase starts.
+#[derive(Default)]
+struct PhaseTimer {
+    starts: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+}
+
+impl PhaseTimer {
+    fn between(&self, from: &str, to: &str) -> f64 {
+        let starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+        let at = |name: &str| starts.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
+        match (at(from), at(to)) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+            _ => f64::NAN,
+        }
+    }
+}
+
+impl Progress for PhaseTimer {
+    fn phase(&self, name: &str) {
+        self.starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.to_owned(), std::time::Instant::now()));
+    }
+}

@@ -140,7 +140,7 @@ pub async fn context(store: &Store, model: &Model, request: &Request) -> Result<
         None => latest,
     };
     let from = origin - history_hours(model) * HOUR;
-    let data = Dataset::from_store(
+    let mut data = Dataset::from_store(
         store,
         pollutant,
         std::slice::from_ref(&request.station),
@@ -156,6 +156,8 @@ pub async fn context(store: &Store, model: &Model, request: &Request) -> Result<
         },
         other => other.into(),
     })?;
+    // The origin itself may have no value (its inputs are then filled from the hours before, or the fallback answers).
+    data.extend_to(origin);
     Ok((data, origin))
 }
 

@@ -363,6 +363,7 @@ struct KnnModel {
 }
 
 impl KnnModel {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         k: usize,
         distance: Distance,
@@ -460,9 +461,22 @@ impl KnnModel {
                         qt.matmul(&refs.t()?)?.div(&denom)?.affine(-1.0, 1.0)?
                     }
                 };
-                let order = dist.arg_sort_last_dim(true)?.narrow(1, 0, k)?.contiguous()?;
-                let near = dist.gather(&order, 1)?.to_vec2::<f32>()?;
-                let order = order.to_vec2::<u32>()?;
+                // The k nearest of each row: a selection (linear time), not a sort of every distance.
+                let dist = dist.to_vec2::<f32>()?;
+                let mut index: Vec<u32> = Vec::with_capacity(n);
+                let (order, near): (Vec<Vec<u32>>, Vec<Vec<f32>>) = dist
+                    .iter()
+                    .map(|row| {
+                        index.clear();
+                        index.extend(0..n as u32);
+                        if k < n {
+                            index.select_nth_unstable_by(k - 1, |a, b| row[*a as usize].total_cmp(&row[*b as usize]));
+                        }
+                        let chosen = index[..k].to_vec();
+                        let d = chosen.iter().map(|i| row[*i as usize]).collect();
+                        (chosen, d)
+                    })
+                    .unzip();
                 for (row, query) in part.iter().enumerate() {
                     let target = &mut out[query * horizon..(query + 1) * horizon];
                     let mut total = 0f32;
@@ -701,12 +715,12 @@ pub struct Model {
     pub conformal: Conformal,
 }
 
-/// Training samples: feature rows and complete trajectories.
-struct Samples {
-    x: Vec<f32>,
-    y: Vec<f32>,
-    times: Vec<i64>,
-    hours: Vec<u8>,
+/// Training samples: feature rows and complete trajectories (model space).
+pub struct Samples {
+    pub x: Vec<f32>,
+    pub y: Vec<f32>,
+    pub times: Vec<i64>,
+    pub hours: Vec<u8>,
 }
 
 fn origin_hour(time: i64) -> u8 {
@@ -1138,7 +1152,8 @@ pub fn truths(data: &Dataset, fz: &Featurizer, keys: &[(usize, usize)]) -> Vec<f
     out
 }
 
-fn build_samples(data: &Dataset, fz: &Featurizer, from: i64, to: i64, hour: Option<u32>) -> Samples {
+/// The origins in `[from, to)` (at `hour` UTC when given) with every feature and a complete trajectory.
+pub fn build_samples(data: &Dataset, fz: &Featurizer, from: i64, to: i64, hour: Option<u32>) -> Samples {
     let mut s = Samples {
         x: Vec::new(),
         y: Vec::new(),
