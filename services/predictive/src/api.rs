@@ -409,12 +409,18 @@ async fn list_versions(
     Ok(Json(versions))
 }
 
-/// The periods of an evaluation, as local days.
+/// The periods of an evaluation, as local days. With `version`, that stored version is tested as it is on the test
+/// period; without, the model's spec is fitted, calibrated and tested with the protocol's three periods.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EvaluateRequest {
-    pub fit_from: String,
-    pub calibrate_from: String,
+    /// A stored version to test (`v1`…).
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub fit_from: Option<String>,
+    #[serde(default)]
+    pub calibrate_from: Option<String>,
     pub test_from: String,
     pub test_to: String,
     /// Local hour of the daily forecasts (default 23).
@@ -430,6 +436,14 @@ async fn evaluate(
     Path(name): Path<String>,
     Json(body): Json<EvaluateRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(version) = &body.version {
+        return test_version(&state, &name, version, &body).await.map(Json);
+    }
+    let (Some(fit_from), Some(calibrate_from)) = (&body.fit_from, &body.calibrate_from) else {
+        return Err(ApiError::invalid(
+            "give fitFrom and calibrateFrom (to train and test the spec), or version (to test a stored version)",
+        ));
+    };
     let stored = state
         .registry
         .spec(&name)
@@ -438,8 +452,8 @@ async fn evaluate(
         .ok_or_else(|| ApiError::not_found(format!("model {name:?} has no spec to evaluate")))?;
     let spec = parse_spec(&stored)?;
     let protocol = Protocol::from_days(
-        &body.fit_from,
-        &body.calibrate_from,
+        fit_from,
+        calibrate_from,
         &body.test_from,
         &body.test_to,
         body.origin_hour.unwrap_or(23),
@@ -472,6 +486,54 @@ async fn evaluate(
     Ok(Json(
         json!({ "id": id, "name": name, "protocol": protocol, "metrics": metrics }),
     ))
+}
+
+/// Tests a stored version as it is on `body`'s test period and stores the scores with the version.
+async fn test_version(state: &ApiState, name: &str, version: &str, body: &EvaluateRequest) -> Result<Value, ApiError> {
+    let number =
+        parse_version(version).ok_or_else(|| ApiError::invalid(format!("version {version:?} is not v1, v2…")))?;
+    let loaded = state.model(name, Some(number)).await?;
+    let offset = body.utc_offset.unwrap_or(0);
+    // Local midnight at the offset, in Unix seconds.
+    let midnight = |field: &str, day: &str| {
+        chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+            .map(|d| d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp()) - i64::from(offset) * 3600)
+            .map_err(|e| ApiError::invalid(format!("{field}: {day:?} is not a YYYY-MM-DD date: {e}")))
+    };
+    let from = midnight("testFrom", &body.test_from)?;
+    let to = midnight("testTo", &body.test_to)?;
+    if from >= to {
+        return Err(ApiError::invalid("testFrom must be before testTo"));
+    }
+    let hour = (i64::from(body.origin_hour.unwrap_or(23)) - i64::from(offset)).rem_euclid(24) as u32;
+    let model = &loaded.1;
+    let pollutant = model.meta.spec.pollutant().map_err(|e| ApiError::internal(&e))?;
+    let history = crate::forecast::history_hours(model) * HOUR;
+    let data = Dataset::from_store(
+        &state.store,
+        pollutant,
+        &model.meta.stations,
+        from - history,
+        to + 2 * 86_400,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::data::DataError::Store(e) => ApiError::internal(&e),
+        other => ApiError::invalid(format!("cannot test {name:?} {version}: {other}")),
+    })?;
+    let task = loaded.clone();
+    let evaluation = tokio::task::spawn_blocking(move || crate::evaluate::test_model(&task.1, &data, from, to, hour))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::invalid(format!("cannot test {name:?} {version}: {e}")))?;
+    let protocol = json!({ "version": format!("v{number}"), "testFrom": from, "testTo": to, "originHourUtc": hour });
+    let metrics = serde_json::to_value(&evaluation).map_err(|e| ApiError::internal(&e))?;
+    let id = state
+        .registry
+        .save_evaluation(name, Some(number), &protocol, &metrics)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(json!({ "id": id, "name": name, "version": format!("v{number}"), "protocol": protocol, "metrics": metrics }))
 }
 
 async fn list_evaluations(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {

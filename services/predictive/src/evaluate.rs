@@ -228,6 +228,15 @@ fn score_with(
     })
 }
 
+/// The daily origins of a test period `[from, to)` at `hour` (UTC); the last days' targets past the data are unknown
+/// and left out of the scores.
+pub fn test_origins(data: &Dataset, from: i64, to: i64, horizon: usize, hour: u32) -> Vec<(usize, usize)> {
+    origins(data, from, to + horizon as i64 * HOUR, horizon, Some(hour))
+        .into_iter()
+        .filter(|(_, o)| data.time(*o) < to)
+        .collect()
+}
+
 /// Trains `spec` on `data` with `protocol`'s periods and scores it on the test period.
 pub fn run(
     data: &Dataset,
@@ -237,19 +246,28 @@ pub fn run(
 ) -> Result<(Model, Evaluation), ModelError> {
     let model = Model::train(data, spec, protocol.plan(), progress)?;
     progress.phase("test");
-    // Origins in the test period; the last days' targets past the data are unknown and left out.
-    let keys = origins(
+    let keys = test_origins(
         data,
         protocol.test_from,
-        protocol.test_to + model.horizon() as i64 * HOUR,
+        protocol.test_to,
         model.horizon(),
-        Some(protocol.origin_hour_utc),
-    )
-    .into_iter()
-    .filter(|(_, o)| data.time(*o) < protocol.test_to)
-    .collect::<Vec<_>>();
+        protocol.origin_hour_utc,
+    );
     let evaluation = score(&model, data, &keys, &protocol.levels)?;
     Ok((model, evaluation))
+}
+
+/// Scores a trained model, as it is, on a test period: daily forecasts at `hour` (UTC) from `from` to `to`.
+pub fn test_model(model: &Model, data: &Dataset, from: i64, to: i64, hour: u32) -> Result<Evaluation, ModelError> {
+    let keys = test_origins(data, from, to, model.horizon(), hour);
+    if keys.is_empty() {
+        return Err(ModelError::EmptyWindow(format!(
+            "no forecast origin between {} and {}",
+            crate::model::fmt_time(from),
+            crate::model::fmt_time(to)
+        )));
+    }
+    score(model, data, &keys, &model.meta.spec.confidence_levels)
 }
 
 #[cfg(test)]

@@ -264,8 +264,28 @@ async fn train_version_and_forecast_over_http() {
     let evaluation: Value = response.json().await.unwrap();
     assert!(evaluation["metrics"]["mae"].as_f64().unwrap() > 0.0, "{evaluation}");
     assert_eq!(evaluation["metrics"]["forecasts"], 2 * 61);
+    // A stored version tested as it is on a period; its scores are stored with the version.
+    let response = http
+        .post(format!("{base}/models/{name}/evaluate"))
+        .json(&json!({ "version": "v1", "testFrom": "2016-05-01", "testTo": "2016-06-01", "utcOffset": 8 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let tested: Value = response.json().await.unwrap();
+    assert_eq!(tested["version"], "v1");
+    assert_eq!(tested["metrics"]["forecasts"], 2 * 31);
+    assert!(tested["metrics"]["crps"].as_f64().unwrap() > 0.0, "{tested}");
+    let response = http
+        .post(format!("{base}/models/{name}/evaluate"))
+        .json(&json!({ "testFrom": "2016-05-01", "testTo": "2016-06-01" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422, "neither a version nor the fitting periods");
     let (_, stored) = get(&http, format!("{base}/models/{name}/evaluations")).await;
-    assert_eq!(stored.as_array().unwrap().len(), 1);
+    assert_eq!(stored.as_array().unwrap().len(), 2);
+    assert_eq!(stored[0]["version"], "v1");
 
     // The OpenAPI description names every route.
     let (_, document) = get(&http, format!("{base}/openapi.json")).await;
