@@ -125,12 +125,12 @@ impl ApiState {
         {
             return Ok(*v);
         }
-        let versions = self
+        let newest = self
             .registry
-            .versions(Some(name))
+            .latest_version(name)
             .await
             .map_err(|e| ApiError::internal(&e))?;
-        let Some(newest) = versions.first().and_then(|v| parse_version(&v.version)) else {
+        let Some(newest) = newest else {
             let spec = self.registry.spec(name).await.map_err(|e| ApiError::internal(&e))?;
             return Err(match spec {
                 Some(_) => ApiError::new(

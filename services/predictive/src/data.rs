@@ -3,11 +3,10 @@
 //! or uploaded bytes) through the ETL's CSV reader, so a file is read the same way as a load would read it.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use airq_api::etl::CsvFormat;
 use airq_core::parameter::Parameter;
-use airq_core::store::Store;
+use airq_core::store::{Station, Store};
 use airq_etl::source::csv::{self, Input};
 use airq_etl::source::{Chunk, TimeRange};
 use tokio::sync::mpsc;
@@ -181,11 +180,23 @@ impl Dataset {
                 return Err(DataError::UnknownStation(code.clone()));
             }
         }
-        let mut collected = Collected::new();
-        for station in known
-            .iter()
+        let chosen: Vec<Station> = known
+            .into_iter()
             .filter(|s| stations.is_empty() || stations.contains(&s.code))
-        {
+            .collect();
+        Self::from_stored_stations(store, pollutant, &chosen, from, to).await
+    }
+
+    /// [`Dataset::from_store`] for stations already looked up.
+    pub async fn from_stored_stations(
+        store: &Store,
+        pollutant: Parameter,
+        stations: &[Station],
+        from: i64,
+        to: i64,
+    ) -> Result<Self, DataError> {
+        let mut collected = Collected::new();
+        for station in stations {
             let entry = collected.entry(station.code.clone()).or_default();
             for parameter in std::iter::once(pollutant).chain(WEATHER) {
                 let points = store.series(station.id, parameter, from, to).await?;
@@ -247,24 +258,6 @@ impl Dataset {
         let collected = collect(rx).await;
         reader.await.map_err(|e| DataError::Empty(e.to_string()))??;
         Self::from_collected(pollutant, collected, name)
-    }
-
-    /// Reads from any reader (used by tests with in-memory files).
-    pub async fn from_reader(
-        name: &str,
-        reader: impl Read + Send + 'static,
-        format: CsvFormat,
-        pollutant: Parameter,
-    ) -> Result<Self, DataError> {
-        let mut bytes = Vec::new();
-        let mut reader = reader;
-        reader
-            .read_to_end(&mut bytes)
-            .map_err(|e| airq_etl::source::SourceError::Read {
-                input: name.to_owned(),
-                detail: e.to_string(),
-            })?;
-        Self::from_csv_bytes(name, bytes, format, pollutant).await
     }
 }
 

@@ -140,22 +140,16 @@ pub async fn context(store: &Store, model: &Model, request: &Request) -> Result<
         None => latest,
     };
     let from = origin - history_hours(model) * HOUR;
-    let mut data = Dataset::from_store(
-        store,
-        pollutant,
-        std::slice::from_ref(&request.station),
-        from,
-        origin + HOUR,
-    )
-    .await
-    .map_err(|e| match e {
-        DataError::Empty(_) => ForecastError::NoData {
-            station: request.station.clone(),
-            pollutant,
-            detail: format!(" between {} and {}", fmt_time(from), fmt_time(origin)),
-        },
-        other => other.into(),
-    })?;
+    let mut data = Dataset::from_stored_stations(store, pollutant, std::slice::from_ref(station), from, origin + HOUR)
+        .await
+        .map_err(|e| match e {
+            DataError::Empty(_) => ForecastError::NoData {
+                station: request.station.clone(),
+                pollutant,
+                detail: format!(" between {} and {}", fmt_time(from), fmt_time(origin)),
+            },
+            other => other.into(),
+        })?;
     // The origin itself may have no value (its inputs are then filled from the hours before, or the fallback answers).
     data.extend_to(origin);
     Ok((data, origin))

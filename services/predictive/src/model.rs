@@ -894,21 +894,29 @@ impl Model {
         let fz = &self.meta.featurizer;
         let horizon = fz.horizon;
         let dim = fz.dim();
+        // The climatology's forecast (model space) from origin `o` of station `s`, `h` hours ahead: the fallback.
+        let climatology = |s: usize, o: usize, h: usize| {
+            fz.forward(
+                self.climatology
+                    .value(&data.stations[s].code, data.time(o) + h as i64 * HOUR),
+            )
+        };
         let mut out: Vec<RawForecast> = keys
             .iter()
-            .map(|(s, o)| {
-                let code = &data.stations[*s].code;
-                RawForecast {
-                    points: (1..=horizon)
-                        .map(|h| fz.forward(self.climatology.value(code, data.time(*o) + h as i64 * HOUR)))
-                        .collect(),
-                    fallback: true,
-                }
+            .map(|_| RawForecast {
+                points: vec![f32::NAN; horizon],
+                fallback: true,
             })
             .collect();
         match &self.estimator {
             Estimator::Climatology => {
-                out.iter_mut().for_each(|f| f.fallback = false);
+                for (f, (s, o)) in out.iter_mut().zip(keys) {
+                    f.points
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(h, p)| *p = climatology(*s, *o, h + 1));
+                    f.fallback = false;
+                }
             }
             Estimator::Persistence => {
                 for (f, (s, o)) in out.iter_mut().zip(keys) {
@@ -924,10 +932,13 @@ impl Model {
                     let mut all = true;
                     for h in 1..=horizon {
                         let back = season * h.div_ceil(*season);
-                        match (o + h).checked_sub(back).and_then(|i| Featurizer::recent(series, i)) {
-                            Some(v) => f.points[h - 1] = fz.forward(v),
-                            None => all = false,
-                        }
+                        f.points[h - 1] = match (o + h).checked_sub(back).and_then(|i| Featurizer::recent(series, i)) {
+                            Some(v) => fz.forward(v),
+                            None => {
+                                all = false;
+                                climatology(*s, *o, h)
+                            }
+                        };
                     }
                     f.fallback = !all;
                 }
@@ -957,6 +968,16 @@ impl Model {
                         out[*i].fallback = false;
                     }
                 }
+            }
+        }
+        // Only the forecasts the model could not give pay for the climatology (a partial seasonal-naive fallback
+        // filled its own hours above).
+        for (f, (s, o)) in out.iter_mut().zip(keys) {
+            if f.fallback && f.points.iter().all(|p| p.is_nan()) {
+                f.points
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(h, p)| *p = climatology(*s, *o, h + 1));
             }
         }
         Ok(out)

@@ -222,27 +222,33 @@ impl Registry {
         rows.into_iter().map(version_from).collect()
     }
 
+    /// The newest version number of `name`, if it has one.
+    pub async fn latest_version(&self, name: &str) -> Result<Option<i64>> {
+        let what = "reading the newest model version";
+        Ok(match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar::<_, Option<i64>>("select max(version)::bigint from model_versions where name = $1")
+                    .bind(name)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(sql(what))?
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar::<_, Option<i64>>("select max(version) from model_versions where name = $1")
+                    .bind(name)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(sql(what))?
+            }
+        })
+    }
+
     /// Loads a version (the newest when `version` is absent) with its model.
     pub async fn load(&self, name: &str, version: Option<i64>) -> Result<Option<(StoredVersion, Model)>> {
         let what = "loading a model";
         let number = match version {
             Some(v) => Some(v),
-            None => match &self.db {
-                Database::Postgres(pool) => sqlx::query_scalar::<_, Option<i64>>(
-                    "select max(version)::bigint from model_versions where name = $1",
-                )
-                .bind(name)
-                .fetch_one(pool)
-                .await
-                .map_err(sql(what))?,
-                Database::Sqlite(pool) => {
-                    sqlx::query_scalar::<_, Option<i64>>("select max(version) from model_versions where name = $1")
-                        .bind(name)
-                        .fetch_one(pool)
-                        .await
-                        .map_err(sql(what))?
-                }
-            },
+            None => self.latest_version(name).await?,
         };
         let Some(number) = number else {
             return Ok(None);
