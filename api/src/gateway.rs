@@ -40,6 +40,43 @@ pub struct Route {
     pub retries: u32,
     /// Who may call the route.
     pub access: Access,
+    /// A token bucket per caller (API key, token subject, or client address for anonymous calls) on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Cross-origin requests allowed from browsers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+}
+
+/// A token bucket: `requests_per_second` on average, up to `burst` at once.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+/// Which browser origins may call a route, and how.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    /// Origins allowed, e.g. `https://dashboard.example.org`; `*` allows any (never with credentials).
+    pub allowed_origins: Vec<String>,
+    /// Methods a preflight may ask for; empty means GET, HEAD and POST.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_methods: Vec<String>,
+    /// Request headers a preflight may ask for, besides the CORS-safelisted ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_headers: Vec<String>,
+    /// Response headers scripts may read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Allow cookies and `Authorization` on cross-origin requests.
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<u32>,
 }
 
 impl RouteTable {

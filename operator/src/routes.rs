@@ -83,6 +83,8 @@ pub fn table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> Route
             timeout_seconds: 30,
             retries: 1,
             access: spec.front.access.clone().unwrap_or_else(Access::public),
+            rate_limit: None,
+            cors: None,
         },
         Route {
             id: "predictive".to_owned(),
@@ -97,6 +99,8 @@ pub fn table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> Route
                 .access
                 .clone()
                 .unwrap_or_else(|| Access::groups(&["developers"])),
+            rate_limit: None,
+            cors: None,
         },
         Route {
             id: "etl".to_owned(),
@@ -111,6 +115,8 @@ pub fn table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> Route
                 .access
                 .clone()
                 .unwrap_or_else(|| Access::groups(&["operators"])),
+            rate_limit: None,
+            cors: None,
         },
     ];
     let losers = conflicts(adhoc_services);
@@ -131,6 +137,8 @@ pub fn table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> Route
             timeout_seconds: adhoc.spec.route.timeout_seconds,
             retries: 1,
             access: adhoc.spec.access.clone(),
+            rate_limit: None,
+            cors: None,
         });
     }
     let mut table = RouteTable { routes };

@@ -171,13 +171,22 @@ impl RunningService {
         }
         let (status, metrics) = self.get("/metrics").await?;
         let build_info = format!("airq_{service}_build_info");
-        let requests =
-            format!("airq_{service}_http_requests_total{{method=\"GET\",route=\"/healthz\",status=\"200\"}}");
+        let requests = format!("airq_{service}_http_requests_total{{");
         let latency = format!("airq_{service}_http_request_duration_seconds_bucket");
         for expected in [&build_info, &requests, &latency] {
             if status != 200 || !metrics.contains(expected.as_str()) {
                 return fail(format!("/metrics ({status}) lacks {expected}:\n{metrics}"));
             }
+        }
+        // The requests just made were counted (labels differ: the gateway labels by route id and status class).
+        let counted = metrics.lines().filter(|line| line.starts_with(&requests)).any(|line| {
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)
+        });
+        if !counted {
+            return fail(format!("/metrics counts no request in {requests}…}}:\n{metrics}"));
         }
         let log = std::fs::read_to_string(&self.log).map_err(io(format!("cannot read {}", self.log.display())))?;
         let json_lines = log
@@ -198,8 +207,15 @@ impl RunningService {
 /// endpoints, stops cleanly on SIGTERM, and refuses to start on an unreachable database with an error that names it
 /// without its password.
 pub async fn check_database_service(binary: &Path, service: &str) -> Result<()> {
+    check_database_service_with(binary, service, &[]).await
+}
+
+/// [`check_database_service`] for a service that needs more settings than the database (`env`).
+pub async fn check_database_service_with(binary: &Path, service: &str, env: &[(&str, &str)]) -> Result<()> {
     let db = crate::database().await?;
-    let running = RunningService::start(binary, &[], &[("AIRQ_DATABASE_URL", &db.url)]).await?;
+    let mut with_database = vec![("AIRQ_DATABASE_URL", db.url.as_str())];
+    with_database.extend_from_slice(env);
+    let running = RunningService::start(binary, &[], &with_database).await?;
     running.check_operational_endpoints(service).await?;
     let (pollutants,): (i64,) = sqlx::query_as("select count(*) from parameters where kind = 'pollutant'")
         .fetch_one(&db.pool)
@@ -216,16 +232,13 @@ pub async fn check_database_service(binary: &Path, service: &str) -> Result<()> 
     }
 
     let unreachable = format!("postgres://airq:hunter2@127.0.0.1:{}/airq", free_port()?);
-    let (status, output) = run_to_exit(
-        binary,
-        &["--listen", "127.0.0.1:0"],
-        &[
-            ("AIRQ_DATABASE_URL", &unreachable),
-            ("AIRQ_DATABASE_CONNECT_TIMEOUT", "1"),
-            ("AIRQ_LOG_FORMAT", "json"),
-        ],
-    )
-    .await?;
+    let mut unreachable_env = vec![
+        ("AIRQ_DATABASE_URL", unreachable.as_str()),
+        ("AIRQ_DATABASE_CONNECT_TIMEOUT", "1"),
+        ("AIRQ_LOG_FORMAT", "json"),
+    ];
+    unreachable_env.extend_from_slice(env);
+    let (status, output) = run_to_exit(binary, &["--listen", "127.0.0.1:0"], &unreachable_env).await?;
     let shown = unreachable.replace("hunter2", "***");
     if status.success()
         || !output.contains(&format!("cannot connect to the database at {shown}"))

@@ -1,26 +1,275 @@
 //! The only entrance: routes requests to the services, with API keys, users, groups, rate limits, logs and metrics.
+//!
+//! A request passes, in order: [`access::edge`] (header limit, canonical path, trace context, access log and
+//! metrics), the router (the admin API under `/admin/`, the operational endpoints, or else [`proxy::handle`]), then
+//! for proxied requests: route match, CORS preflight, authentication, access by group, rate limits and quota, body
+//! limit, circuit breaker, and the upstream.
 
+pub mod access;
+pub mod admin;
 pub mod config;
+pub mod cors;
+pub mod error;
+pub mod identity;
+pub mod limits;
+pub mod path;
+pub mod proxy;
+pub mod routes;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use airq_core::db::Database;
+use airq_core::http::{ReadinessCheck, ops_router, shutdown_signal};
 use axum::Router;
+use axum::http::HeaderName;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use config::Config;
+
+use crate::identity::{Identities, JwtSettings, JwtVerifier, KeyHasher};
+use crate::limits::{Bucket, Limits};
+use crate::routes::{BreakerSettings, RouteMetrics, Routes};
+use crate::store::Store;
+
+/// Settings the request path reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub trust_forwarded_for: bool,
+}
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub db: Database,
+    pub store: Store,
+    pub identities: Identities,
+    pub limits: Arc<Limits>,
+    pub routes: Arc<Routes>,
+    pub client: proxy::UpstreamClient,
+    pub settings: Arc<Settings>,
+    pub admin_metrics: RouteMetrics,
+    pub ops_metrics: RouteMetrics,
+    pub unmatched_metrics: RouteMetrics,
 }
 
-/// The service's API routes; the operational endpoints and common layers are added by [`run`].
+/// The gateway's router: the admin API, then everything else proxied. [`app`] adds the edge and the operational
+/// endpoints.
 pub fn router(state: AppState) -> Router {
-    Router::new().with_state(state)
+    Router::new()
+        .merge(admin::router(state.clone()))
+        .fallback(proxy::handle)
+        .with_state(state)
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole service as served: request ids, the edge (wrapped around the router, so that routing sees the
+/// canonical path), the router and the operational endpoints.
+pub fn app(
+    state: AppState,
+    ops: Router,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let routed = router(state.clone()).merge(ops);
+    ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(axum::middleware::from_fn_with_state(state, access::edge))
+        .service(routed)
+}
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Telemetry(#[from] airq_core::telemetry::Error),
+    #[error(transparent)]
+    Database(#[from] airq_core::db::Error),
+    #[error(transparent)]
+    Routes(#[from] routes::Error),
+    #[error(transparent)]
+    Serve(#[from] airq_core::http::ServeError),
+}
+
+/// The secret keys are hashed with: given, from a file, or (SQLite only) generated once beside the database.
+fn key_hash_secret(config: &Config) -> Result<Vec<u8>, StartError> {
+    if let Some(secret) = &config.key_hash_secret {
+        return non_empty(secret.as_bytes().to_vec(), "--key-hash-secret");
+    }
+    if let Some(file) = &config.key_hash_secret_file {
+        let bytes = std::fs::read(file).map_err(|e| {
+            StartError::Config(format!(
+                "cannot read the key hashing secret from {}: {e}",
+                file.display()
+            ))
+        })?;
+        return non_empty(bytes.trim_ascii().to_vec(), &file.display().to_string());
+    }
+    let Some(database) = sqlite_file(&config.database.url) else {
+        return Err(StartError::Config(
+            "the gateway needs a key hashing secret (--key-hash-secret, AIRQ_KEY_HASH_SECRET or \
+             --key-hash-secret-file), the same for every replica"
+                .to_owned(),
+        ));
+    };
+    let mut file = database.into_os_string();
+    file.push(".key-hash-secret");
+    let file = PathBuf::from(file);
+    match std::fs::read(&file) {
+        Ok(bytes) => non_empty(bytes.trim_ascii().to_vec(), &file.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (_, fresh) = identity::generate_key();
+            write_private(&file, fresh.as_bytes())
+                .map_err(|e| StartError::Config(format!("cannot write {}: {e}", file.display())))?;
+            tracing::info!(file = %file.display(), "generated a key hashing secret for this SQLite database");
+            Ok(fresh.into_bytes())
+        }
+        Err(e) => Err(StartError::Config(format!("cannot read {}: {e}", file.display()))),
+    }
+}
+
+fn non_empty(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>, StartError> {
+    if bytes.len() < 16 {
+        return Err(StartError::Config(format!(
+            "the key hashing secret from {what} is too short: use at least 16 bytes (32 random bytes is best)"
+        )));
+    }
+    Ok(bytes)
+}
+
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+fn write_private(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(file)?.write_all(bytes)
+}
+
+fn jwt_verifier(config: &Config) -> Result<Option<JwtVerifier>, StartError> {
+    let args = &config.jwt;
+    let (Some(issuer), Some(audience)) = (&args.issuer, &args.audience) else {
+        return Ok(None);
+    };
+    let public_key_pem = match &args.public_key_file {
+        Some(file) => Some(
+            std::fs::read(file)
+                .map_err(|e| StartError::Config(format!("cannot read the JWT public key {}: {e}", file.display())))?,
+        ),
+        None => None,
+    };
+    let settings = JwtSettings {
+        issuer: issuer.clone(),
+        audience: audience.clone(),
+        public_key_pem,
+        hs256_secret: args.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+        groups_claim: args.groups_claim.clone(),
+    };
+    JwtVerifier::new(&settings).map(Some).map_err(StartError::Config)
+}
+
+/// Everything the gateway needs, from its configuration and a connected database.
+pub async fn state(config: &Config, db: Database) -> Result<AppState, StartError> {
+    let store = Store::new(db);
+    let hasher = KeyHasher::new(&key_hash_secret(config)?);
+    if let Some(key) = &config.admin_key {
+        let id = admin::bootstrap(&store, &hasher, key)
+            .await
+            .map_err(StartError::Config)?;
+        tracing::info!(key_id = %id, "bootstrap admin key in place");
+    }
+    let identities = Identities::new(store.clone(), hasher, jwt_verifier(config)?);
+    let limits = Arc::new(Limits::new(
+        Bucket {
+            per_second: config.key_rate_per_second,
+            burst: config.key_burst,
+        },
+        config.key_daily_quota.and_then(|q| i64::try_from(q).ok()),
+    ));
+    let routes = Arc::new(Routes::load(
+        config.routes_file.clone(),
+        BreakerSettings {
+            failures: config.breaker_failures,
+            open_for: Duration::from_secs(config.breaker_open_seconds),
+        },
+    )?);
+    Ok(AppState {
+        store,
+        identities,
+        limits,
+        routes,
+        client: proxy::upstream_client(),
+        settings: Arc::new(Settings {
+            max_body_bytes: config.max_body_bytes,
+            max_header_bytes: config.max_header_bytes,
+            trust_forwarded_for: config.trust_forwarded_for,
+        }),
+        admin_metrics: RouteMetrics::new("admin"),
+        ops_metrics: RouteMetrics::new("ops"),
+        unmatched_metrics: RouteMetrics::new("none"),
+    })
 }
 
 /// Connects to the database, then serves until Ctrl-C or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    airq_core::service::run_with_database("gateway", &config.serve, &config.database, |db| router(AppState { db }))
-        .await?;
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let telemetry = airq_core::telemetry::init("gateway", &config.serve.log)?;
+    let db = Database::connect(&config.database).await?;
+    tracing::info!(database = %db.describe(), "database ready");
+    let state = state(&config, db.clone()).await?;
+    let background = [
+        tokio::spawn(state.identities.clone().follow_changes()),
+        tokio::spawn(
+            state
+                .routes
+                .clone()
+                .follow(Duration::from_millis(config.routes_poll_ms.max(50))),
+        ),
+        tokio::spawn(limits::flush_forever(
+            state.limits.clone(),
+            state.store.clone(),
+            Duration::from_secs(config.usage_flush_seconds.max(1)),
+        )),
+    ];
+    let checks: Vec<(&'static str, ReadinessCheck)> = vec![("database", db.readiness_check())];
+    let service = app(state.clone(), ops_router(telemetry, checks));
+    let listen = config.serve.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| airq_core::http::ServeError::Bind { addr: listen, source })?;
+    let local = listener.local_addr().map_err(airq_core::http::ServeError::Serve)?;
+    tracing::info!(service = "gateway", %local, "listening");
+    let served = axum::serve(
+        listener,
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await;
+    for task in background {
+        task.abort();
+    }
+    // What this replica counted since the last flush is not lost on a rolling update.
+    state.limits.flush(&state.store, chrono::Utc::now().timestamp()).await;
+    db.close().await;
+    served.map_err(airq_core::http::ServeError::Serve)?;
     Ok(())
 }

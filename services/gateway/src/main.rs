@@ -1,6 +1,13 @@
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    airq_gateway::run(airq_gateway::Config::parse()).await
+async fn main() -> std::process::ExitCode {
+    match airq_gateway::run(airq_gateway::Config::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "the gateway stopped");
+            eprintln!("airq-gateway: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,178 @@
+//! The edge of every request: header size limit, the canonical path (routing, access checks and the upstream all
+//! see it), the trace context, and when the answer's body has been sent, one JSON access log line and the route's
+//! metrics. The log line names the key by its id, never the key.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+
+use crate::AppState;
+use crate::error::GatewayError;
+use crate::identity::Principal;
+use crate::routes::{RouteEntry, RouteMetrics};
+
+/// What the handlers learn about a request, for its access log line.
+#[derive(Default)]
+pub struct AccessRecord {
+    route: OnceLock<(Arc<str>, RouteMetrics)>,
+    caller: OnceLock<(Arc<str>, Option<Arc<str>>)>,
+    bytes_in: AtomicU64,
+}
+
+impl AccessRecord {
+    pub fn set_route(&self, entry: &RouteEntry) {
+        let _ = self.route.set((entry.route.id.as_str().into(), entry.metrics.clone()));
+    }
+
+    /// The gateway's own endpoints (the admin API).
+    pub fn set_internal_route(&self, id: &'static str, metrics: &RouteMetrics) {
+        let _ = self.route.set((id.into(), metrics.clone()));
+    }
+
+    pub fn set_caller(&self, principal: &Principal) {
+        let _ = self.caller.set((principal.user.clone(), principal.key_id.clone()));
+    }
+}
+
+/// Logs the request and records its metrics when dropped: when the answer's body has been sent, or the client went
+/// away.
+struct Finish {
+    record: Arc<AccessRecord>,
+    started: Instant,
+    method: axum::http::Method,
+    path: String,
+    request_id: String,
+    trace_id: String,
+    status: u16,
+    bytes_out: u64,
+    unmatched: RouteMetrics,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let (route, metrics) = match self.record.route.get() {
+            Some((id, metrics)) => (id.as_ref(), metrics),
+            None => ("none", &self.unmatched),
+        };
+        metrics.count(self.status);
+        metrics.duration.record(elapsed.as_secs_f64());
+        let (user, key_id) = match self.record.caller.get() {
+            Some((user, key)) => (Some(user.as_ref()), key.as_deref()),
+            None => (None, None),
+        };
+        tracing::info!(
+            target: "airq_gateway::access",
+            request_id = %self.request_id,
+            trace_id = %self.trace_id,
+            route,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes_in = self.record.bytes_in.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out,
+            user,
+            key_id,
+            "request"
+        );
+    }
+}
+
+/// The outermost layer, wrapped around the router so that routing sees the canonical path.
+pub async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let record = Arc::new(AccessRecord::default());
+    let method = request.method().clone();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let trace_id = crate::proxy::trace_id(request.headers_mut());
+    // The path as received, without the query (which may hold anything), for the log line of refused paths.
+    let raw_path = request.uri().path().to_owned();
+    let refused = if header_bytes(&request) > state.settings.max_header_bytes {
+        Some(GatewayError::HeadersTooLarge {
+            limit: state.settings.max_header_bytes,
+        })
+    } else {
+        match crate::path::canonical(&raw_path) {
+            Ok(path) if path == raw_path => None,
+            Ok(path) => replace_path(&mut request, &path).err(),
+            Err(e) => Some(GatewayError::Path(e)),
+        }
+    };
+    let path = request.uri().path().to_owned();
+    let response = match refused {
+        Some(error) => error.into_response(),
+        None => {
+            if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+                record.set_internal_route("ops", &state.ops_metrics);
+            }
+            request.extensions_mut().insert(record.clone());
+            let counted = record.clone();
+            let request = request.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    if let Some(data) = frame.data_ref() {
+                        counted.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    frame
+                }))
+            });
+            next.run(request).await
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        parts.headers.insert("x-request-id", value);
+    }
+    let mut finish = Finish {
+        record,
+        started,
+        method,
+        path,
+        request_id,
+        trace_id,
+        status: parts.status.as_u16(),
+        bytes_out: 0,
+        unmatched: state.unmatched_metrics.clone(),
+    };
+    let body = body.map_frame(move |frame| {
+        // The whole `finish` moves into the closure (not just the counter), so that it is dropped with the body.
+        let finish = &mut finish;
+        if let Some(data) = frame.data_ref() {
+            finish.bytes_out += data.len() as u64;
+        }
+        frame
+    });
+    Response::from_parts(parts, Body::new(body))
+}
+
+fn header_bytes(request: &Request) -> usize {
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + request.uri().path_and_query().map_or(0, |p| p.as_str().len())
+}
+
+fn replace_path(request: &mut Request, path: &str) -> Result<(), GatewayError> {
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().map_err(|e| GatewayError::internal(&e))?);
+    *request.uri_mut() = axum::http::Uri::from_parts(parts).map_err(|e| GatewayError::internal(&e))?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Every answer the gateway gives itself (rather than the upstream's), as JSON with a stable `code`, in the shape
+//! every airq API uses: `{"error": {"code": "...", "message": "..."}}`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::path::PathError;
+
+/// Why the gateway answered instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid path: {0}")]
+    Path(#[from] PathError),
+    #[error("no route serves {0}")]
+    NoRoute(String),
+    #[error("this route needs an API key (header 'Authorization: Bearer <key>' or 'X-Api-Key') or a bearer token")]
+    Unauthenticated,
+    #[error("{0}")]
+    BadCredentials(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the request headers are larger than the limit of {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("{what}; retry after {} s", retry_after.as_secs())]
+    RateLimited { what: String, retry_after: Duration },
+    #[error("the upstream of route {route} cannot be reached")]
+    UpstreamUnreachable { route: String },
+    #[error("the upstream of route {route} is failing; the gateway stopped calling it for a while")]
+    CircuitOpen { route: String, retry_after: Duration },
+    #[error("the upstream of route {route} did not answer within {seconds} s")]
+    UpstreamTimeout { route: String, seconds: u32 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request failed in the gateway; its log has the details")]
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Path(_) => StatusCode::BAD_REQUEST,
+            Self::NoRoute(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthenticated | Self::BadCredentials(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Path(_) => "invalid_path",
+            Self::NoRoute(_) => "no_route",
+            Self::Unauthenticated => "unauthenticated",
+            Self::BadCredentials(_) => "invalid_credentials",
+            Self::Forbidden(_) => "forbidden",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Self::CircuitOpen { .. } => "upstream_unavailable",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::Invalid(_) => "invalid_request",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// An internal failure: logged in full, answered without details.
+    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %error, "gateway request failed");
+        Self::Internal
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthenticated | Self::BadCredentials(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"airq\""),
+                );
+            }
+            Self::RateLimited { retry_after, .. } | Self::CircuitOpen { retry_after, .. } => {
+                // Whole seconds, rounded up: "retry after 0 s" would invite an immediate retry that fails again.
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<crate::store::Error> for GatewayError {
+    fn from(error: crate::store::Error) -> Self {
+        match error {
+            crate::store::Error::NotFound(message) => Self::NotFound(message),
+            crate::store::Error::Conflict(message) => Self::Conflict(message),
+            crate::store::Error::Invalid(message) => Self::Invalid(message),
+            other => Self::internal(&other),
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Who is calling: API keys (`airq_<id>_<secret>`, stored as a keyed hash and compared in constant time) and,
+//! when configured, JWT bearer tokens. Verified keys are cached briefly; every change made through the admin API
+//! empties the cache of every replica at once (PostgreSQL `NOTIFY`), so a revoked key is refused on the next request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airq_core::db::Database;
+use axum::http::{HeaderMap, header};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use rand::RngCore as _;
+use sha2::Sha256;
+
+use crate::error::GatewayError;
+use crate::store::{self, KeyOwner, Store};
+
+/// The PostgreSQL channel on which replicas tell each other that users, groups or keys changed.
+pub const CHANGES_CHANNEL: &str = "airq_gateway_identity";
+/// The header an API key may come in, besides `Authorization: Bearer`.
+pub const API_KEY_HEADER: &str = "x-api-key";
+const KEY_PREFIX: &str = "airq_";
+const ID_LENGTH: usize = 12;
+
+/// How long a verified key's record is trusted without asking the database again. Changes made through the admin
+/// API do not wait for it (they empty the caches at once); it bounds what a change made straight in SQL would take.
+const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// An API key split into its visible id and its secret part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresentedKey<'a> {
+    pub id: &'a str,
+    pub whole: &'a str,
+}
+
+/// Splits `airq_<id>_<secret>`; `None` when the text does not have that shape.
+pub fn parse_key(text: &str) -> Option<PresentedKey<'_>> {
+    let rest = text.strip_prefix(KEY_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let id_ok = (4..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let secret_ok = secret.len() >= 20
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (id_ok && secret_ok).then_some(PresentedKey { id, whole: text })
+}
+
+/// A fresh key: 12 random lowercase letters and digits as its id, 32 random bytes (base64url) as its secret.
+pub fn generate_key() -> (String, String) {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let id: String = (0..ID_LENGTH)
+        .map(|_| char::from(ALPHABET[(rng.next_u32() as usize) % ALPHABET.len()]))
+        .collect();
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut secret);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let key = format!("{KEY_PREFIX}{id}_{secret}");
+    (id, key)
+}
+
+/// The keyed hash of API keys: HMAC-SHA256 under the gateway's hashing secret. A copy of the database alone does
+/// not let anyone test guesses of keys.
+#[derive(Clone)]
+pub struct KeyHasher {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHasher(..)")
+    }
+}
+
+impl KeyHasher {
+    pub fn new(secret: &[u8]) -> Self {
+        // HMAC accepts keys of any length.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+        Self { mac }
+    }
+
+    pub fn hash(&self, key: &str) -> Vec<u8> {
+        let mut mac = self.mac.clone();
+        mac.update(key.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Compares in constant time.
+    pub fn verify(&self, key: &str, stored: &[u8]) -> bool {
+        let mut mac = self.mac.clone();
+        mac.update(key.as_bytes());
+        mac.verify_slice(stored).is_ok()
+    }
+}
+
+/// A caller the gateway has recognised.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The user name, or `jwt:<subject>` for a token.
+    pub user: Arc<str>,
+    /// The API key's id; `None` for a token.
+    pub key_id: Option<Arc<str>>,
+    pub groups: Arc<[String]>,
+    /// Per-key limits (None: the gateway's defaults).
+    pub rate_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub daily_quota: Option<i64>,
+    /// Requests counted in the database today when the key was read.
+    pub used_today: i64,
+}
+
+impl Principal {
+    pub fn in_any(&self, groups: &[String]) -> bool {
+        self.groups.iter().any(|g| groups.contains(g))
+    }
+
+    /// What rate limits and quotas are counted against: the key, or the token's subject.
+    pub fn limit_key(&self) -> &str {
+        self.key_id.as_deref().unwrap_or(&self.user)
+    }
+}
+
+/// JWT bearer tokens accepted besides API keys.
+pub struct JwtVerifier {
+    key: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+    groups_claim: String,
+}
+
+/// How to verify JWT bearer tokens.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub issuer: String,
+    pub audience: String,
+    /// A PEM public key (RSA or EC), or `None` to use `hs256_secret`.
+    pub public_key_pem: Option<Vec<u8>>,
+    pub hs256_secret: Option<Vec<u8>>,
+    pub groups_claim: String,
+}
+
+impl JwtVerifier {
+    pub fn new(settings: &JwtSettings) -> Result<Self, String> {
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        let (key, algorithms) = match (&settings.public_key_pem, &settings.hs256_secret) {
+            (Some(pem), _) => match DecodingKey::from_rsa_pem(pem) {
+                Ok(key) => (key, vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512]),
+                Err(_) => match DecodingKey::from_ec_pem(pem) {
+                    Ok(key) => (key, vec![Algorithm::ES256, Algorithm::ES384]),
+                    Err(e) => return Err(format!("the JWT public key is neither an RSA nor an EC PEM key: {e}")),
+                },
+            },
+            (None, Some(secret)) => (DecodingKey::from_secret(secret), vec![Algorithm::HS256]),
+            (None, None) => return Err("JWT verification needs a public key file or a shared secret".to_owned()),
+        };
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        Ok(Self {
+            key,
+            validation,
+            groups_claim: settings.groups_claim.clone(),
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<Principal, GatewayError> {
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.key, &self.validation)
+                .map_err(|e| GatewayError::BadCredentials(format!("the bearer token is not valid: {e}")))?;
+        let claims = data.claims;
+        let subject = claims.get("sub").and_then(|s| s.as_str()).unwrap_or_default();
+        let groups: Vec<String> = match claims.get(&self.groups_claim) {
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect()
+            }
+            Some(serde_json::Value::String(one)) => vec![one.clone()],
+            _ => Vec::new(),
+        };
+        Ok(Principal {
+            user: format!("jwt:{subject}").into(),
+            key_id: None,
+            groups: groups.into(),
+            rate_per_second: None,
+            burst: None,
+            daily_quota: None,
+            used_today: 0,
+        })
+    }
+}
+
+/// A key record as cached: `None` when no key has the id (so that guessing ids does not reach the database each
+/// time either).
+type Cached = Option<Arc<KeyOwner>>;
+
+/// Recognises callers.
+#[derive(Clone)]
+pub struct Identities {
+    store: Store,
+    hasher: KeyHasher,
+    cache: moka::future::Cache<String, Cached>,
+    jwt: Option<Arc<JwtVerifier>>,
+}
+
+impl Identities {
+    pub fn new(store: Store, hasher: KeyHasher, jwt: Option<JwtVerifier>) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(CACHE_TTL)
+            .build();
+        Self {
+            store,
+            hasher,
+            cache,
+            jwt: jwt.map(Arc::new),
+        }
+    }
+
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.hasher
+    }
+
+    /// The caller of a request: `Ok(None)` when it brings no credentials, an error when they are not valid.
+    pub async fn authenticate(&self, headers: &HeaderMap, now: i64) -> Result<Option<Principal>, GatewayError> {
+        let presented = headers
+            .get(API_KEY_HEADER)
+            .or_else(|| headers.get(header::AUTHORIZATION))
+            .map(|value| value.to_str().unwrap_or_default().trim());
+        let Some(presented) = presented else {
+            return Ok(None);
+        };
+        let credential = presented
+            .strip_prefix("Bearer ")
+            .or_else(|| presented.strip_prefix("bearer "))
+            .unwrap_or(presented)
+            .trim();
+        if credential.starts_with(KEY_PREFIX) {
+            return self.api_key(credential, now).await.map(Some);
+        }
+        match &self.jwt {
+            Some(jwt) if credential.matches('.').count() == 2 => jwt.verify(credential).map(Some),
+            Some(_) => Err(GatewayError::BadCredentials(
+                "the credentials are neither an airq API key (airq_…) nor a JWT".to_owned(),
+            )),
+            None => Err(GatewayError::BadCredentials(
+                "the credentials are not an airq API key (airq_…); bearer tokens are not enabled".to_owned(),
+            )),
+        }
+    }
+
+    async fn api_key(&self, text: &str, now: i64) -> Result<Principal, GatewayError> {
+        let Some(key) = parse_key(text) else {
+            return Err(GatewayError::BadCredentials(
+                "the API key is malformed (expected airq_<id>_<secret>)".to_owned(),
+            ));
+        };
+        let store = self.store.clone();
+        let id = key.id.to_owned();
+        let day = day_of(now);
+        let owner = self
+            .cache
+            .try_get_with(id.clone(), async move {
+                store.key_owner(&id, &day).await.map(|o| o.map(Arc::new))
+            })
+            .await
+            .map_err(|e| GatewayError::internal(&e))?;
+        // The same answer for an unknown id and a wrong secret: the difference would help guessing.
+        let invalid = || GatewayError::BadCredentials(format!("API key airq_{}… is not valid", key.id));
+        let Some(owner) = owner else {
+            return Err(invalid());
+        };
+        if !self.hasher.verify(key.whole, &owner.key.hash) {
+            return Err(invalid());
+        }
+        if owner.key.revoked_at.is_some() {
+            return Err(GatewayError::BadCredentials(format!(
+                "API key airq_{}… has been revoked",
+                key.id
+            )));
+        }
+        if let Some(expires_at) = owner.key.expires_at
+            && expires_at <= now
+        {
+            return Err(GatewayError::BadCredentials(format!(
+                "API key airq_{}… expired at {}",
+                key.id,
+                chrono::DateTime::from_timestamp(expires_at, 0)
+                    .map_or_else(|| expires_at.to_string(), |t| t.to_rfc3339())
+            )));
+        }
+        if owner.user_disabled {
+            return Err(GatewayError::Forbidden(format!("user {} is disabled", owner.key.user)));
+        }
+        Ok(Principal {
+            user: owner.key.user.as_str().into(),
+            key_id: Some(owner.key.id.as_str().into()),
+            groups: owner.groups.clone().into(),
+            rate_per_second: owner.key.rate_per_second,
+            burst: owner.key.burst.and_then(|b| u32::try_from(b).ok()),
+            daily_quota: owner.key.daily_quota,
+            used_today: owner.used_today,
+        })
+    }
+
+    /// Forgets every cached key here, and tells the other replicas to do the same.
+    pub async fn changed(&self) -> Result<(), store::Error> {
+        self.cache.invalidate_all();
+        if let Database::Postgres(pool) = self.store.database() {
+            sqlx::query("select pg_notify($1, 'changed')")
+                .bind(CHANGES_CHANNEL)
+                .execute(pool)
+                .await
+                .map_err(|source| store::Error::Sql {
+                    what: "telling the other replicas about a change",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Empties the cache whenever another replica reports a change, or the connection that listens is lost (a
+    /// change may have been missed). Runs until the process stops; SQLite has one process, so nothing to listen to.
+    pub async fn follow_changes(self) {
+        let Database::Postgres(pool) = self.store.database().clone() else {
+            return;
+        };
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for identity changes; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(CHANGES_CHANNEL).await {
+                tracing::warn!(error = %e, "cannot listen for identity changes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            // Changes made while nobody listened are unknown: start afresh.
+            self.cache.invalidate_all();
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(_)) => self.cache.invalidate_all(),
+                    Ok(None) => {
+                        tracing::warn!("the identity change listener lost its connection; reconnecting");
+                        self.cache.invalidate_all();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the identity change listener failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The UTC day of a Unix time, as `YYYY-MM-DD`.
+pub fn day_of(now: i64) -> String {
+    chrono::DateTime::from_timestamp(now, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_and_verify_against_their_hash_only() {
+        let (id, key) = generate_key();
+        let parsed = parse_key(&key).expect("a generated key parses");
+        assert_eq!(parsed.id, id);
+        let hasher = KeyHasher::new(b"pepper");
+        let stored = hasher.hash(&key);
+        assert!(hasher.verify(&key, &stored));
+        let (_, other) = generate_key();
+        assert!(!hasher.verify(&other, &stored));
+        // Another hashing secret gives another hash: the database alone does not verify keys.
+        assert!(!KeyHasher::new(b"other").verify(&key, &stored));
+    }
+
+    #[test]
+    fn malformed_keys_are_refused() {
+        for text in [
+            "",
+            "airq_",
+            "airq_abc_short",
+            "airq_ABCDEFGH_0123456789012345678901",
+            "key_abcd1234_x",
+        ] {
+            assert!(parse_key(text).is_none(), "{text}");
+        }
+    }
+}

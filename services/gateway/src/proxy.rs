@@ -1,0 +1,474 @@
+//! Forwarding a request to its route's upstream: access check, limits, the circuit breaker, headers (hop-by-hop
+//! removed, `X-Forwarded-*`, the caller's identity), streamed bodies both ways, WebSocket and other upgrades,
+//! timeouts and retries of idempotent requests that failed to connect.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{LengthLimitError, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::AppState;
+use crate::access::AccessRecord;
+use crate::error::GatewayError;
+use crate::identity::{API_KEY_HEADER, Principal};
+use crate::routes::RouteEntry;
+
+/// Headers the gateway sets for the upstream; a caller's own values are removed so they cannot be forged.
+pub const USER_HEADER: HeaderName = HeaderName::from_static("x-airq-user");
+pub const GROUPS_HEADER: HeaderName = HeaderName::from_static("x-airq-groups");
+pub const KEY_ID_HEADER: HeaderName = HeaderName::from_static("x-airq-key-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The HTTP client to upstreams: one pool of kept-alive connections for every route.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+pub fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
+fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// The request's host, lower-case and without its port.
+fn request_host(request: &Request) -> Option<String> {
+    let raw = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())?;
+    Some(strip_port(raw).to_ascii_lowercase())
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split_once(']').map_or(host, |(address, _)| address);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The caller's address: the connection's peer, or, behind a trusted ingress, the last address it appended.
+pub fn client_address(headers: &HeaderMap, peer: SocketAddr, trust_forwarded: bool) -> IpAddr {
+    if trust_forwarded
+        // Only the last entry: the ones before it came from the client and prove nothing.
+        && let Some(last) = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|a| a.trim().parse::<IpAddr>().ok())
+    {
+        return last;
+    }
+    peer.ip()
+}
+
+/// A W3C trace context: the caller's when it sent a valid one, otherwise a new trace.
+fn trace_parent(headers: &HeaderMap) -> (HeaderValue, String) {
+    if let Some(value) = headers.get(&TRACEPARENT)
+        && let Ok(text) = value.to_str()
+    {
+        let parts: Vec<&str> = text.split('-').collect();
+        if parts.len() == 4 && parts[1].len() == 32 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()) {
+            return (value.clone(), parts[1].to_owned());
+        }
+    }
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let value =
+        HeaderValue::from_str(&format!("00-{trace}-{span}-01")).unwrap_or_else(|_| HeaderValue::from_static(""));
+    (value, trace)
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+fn limit_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Every request no gateway endpoint answers.
+pub async fn handle(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let record = request.extensions().get::<Arc<AccessRecord>>().cloned();
+    let host = request_host(&request);
+    let table = state.routes.current();
+    let path = request.uri().path();
+    let reserved = crate::routes::RESERVED_PREFIXES
+        .iter()
+        .any(|r| path.starts_with(r) || path == r.trim_end_matches('/'));
+    let found = if reserved {
+        None
+    } else {
+        table.find(host.as_deref(), path).cloned()
+    };
+    let Some(entry) = found else {
+        let path = request.uri().path().to_owned();
+        return GatewayError::NoRoute(path).into_response();
+    };
+    if let Some(record) = &record {
+        record.set_route(&entry);
+    }
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let mut response = match forward(&state, &entry, peer, request, record.as_deref()).await {
+        Ok(response) => response,
+        Err(error) => {
+            match &error {
+                GatewayError::RateLimited { .. } => entry.metrics.rate_limited.increment(1),
+                GatewayError::UpstreamUnreachable { .. } => entry.metrics.upstream_connect_errors.increment(1),
+                GatewayError::UpstreamTimeout { .. } => entry.metrics.upstream_timeouts.increment(1),
+                GatewayError::CircuitOpen { .. } => entry.metrics.circuit_open.increment(1),
+                _ => {}
+            }
+            error.into_response()
+        }
+    };
+    if let (Some(cors), Some(origin)) = (&entry.route.cors, origin) {
+        crate::cors::decorate(cors, &origin, response.headers_mut());
+    }
+    response
+}
+
+async fn forward(
+    state: &AppState,
+    entry: &Arc<RouteEntry>,
+    peer: SocketAddr,
+    mut request: Request,
+    record: Option<&AccessRecord>,
+) -> Result<Response, GatewayError> {
+    let route = &entry.route;
+    if let Some(cors) = &route.cors
+        && let Some(preflight) = crate::cors::preflight(cors, request.method(), request.headers())
+    {
+        return Ok(preflight);
+    }
+    let now = chrono::Utc::now().timestamp();
+    let principal = state.identities.authenticate(request.headers(), now).await?;
+    if let (Some(record), Some(principal)) = (record, &principal) {
+        record.set_caller(principal);
+    }
+    if !route.access.public {
+        let Some(principal) = &principal else {
+            return Err(GatewayError::Unauthenticated);
+        };
+        if !principal.in_any(&route.access.groups) {
+            return Err(GatewayError::Forbidden(format!(
+                "{} may not use route {}: it is open to the group(s) {}",
+                principal.user,
+                route.id,
+                route.access.groups.join(", ")
+            )));
+        }
+    }
+    let client = client_address(request.headers(), peer, state.settings.trust_forwarded_for);
+    if let Some(principal) = &principal {
+        state.limits.admit(principal, now)?;
+    }
+    if let Some(limiter) = &entry.limiter {
+        let caller = match &principal {
+            Some(p) => p.limit_key().to_owned(),
+            None => format!("ip:{client}"),
+        };
+        limiter
+            .check(&caller)
+            .map_err(|retry_after| GatewayError::RateLimited {
+                what: format!(
+                    "route {} allows {} requests per second per caller (burst {})",
+                    route.id,
+                    limiter.bucket().per_second,
+                    limiter.bucket().burst
+                ),
+                retry_after,
+            })?;
+    }
+    let max_body = state.settings.max_body_bytes;
+    if let Some(length) = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        && length > max_body
+    {
+        return Err(GatewayError::BodyTooLarge { limit: max_body });
+    }
+    entry.breaker.admit().map_err(|retry_after| GatewayError::CircuitOpen {
+        route: route.id.clone(),
+        retry_after,
+    })?;
+
+    let upgrade = is_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (parts, body) = request.into_parts();
+    let headers = upstream_headers(state, entry, &parts.headers, &principal, client, upgrade);
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{}?{query}", entry.upstream_path(parts.uri.path())),
+        None => entry.upstream_path(parts.uri.path()),
+    };
+    let uri = Uri::builder()
+        .scheme(entry.upstream.scheme.clone())
+        .authority(entry.upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| GatewayError::internal(&e))?;
+    let retriable = idempotent(&parts.method) && !has_body(&parts.headers) && !upgrade;
+    let attempts = if retriable { 1 + route.retries } else { 1 };
+    let mut body = Some(if upgrade {
+        Body::empty()
+    } else {
+        Body::new(Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)))
+    });
+    let timeout = Duration::from_secs(u64::from(route.timeout_seconds));
+    let mut attempt = 0;
+    let upstream_response = loop {
+        attempt += 1;
+        let mut outgoing = axum::http::Request::new(body.take().unwrap_or_default());
+        *outgoing.method_mut() = parts.method.clone();
+        *outgoing.uri_mut() = uri.clone();
+        *outgoing.headers_mut() = headers.clone();
+        match tokio::time::timeout(timeout, state.client.request(outgoing)).await {
+            Ok(Ok(response)) => break response,
+            Ok(Err(error)) => {
+                if limit_error(&error) {
+                    return Err(GatewayError::BodyTooLarge { limit: max_body });
+                }
+                if error.is_connect() && attempt < attempts {
+                    tracing::debug!(route = %route.id, attempt, "retrying an idempotent request after a connect error");
+                    continue;
+                }
+                entry.breaker.record(false);
+                tracing::warn!(route = %route.id, error = %error, error_source = ?std::error::Error::source(&error), "upstream request failed");
+                return Err(GatewayError::UpstreamUnreachable {
+                    route: route.id.clone(),
+                });
+            }
+            Err(_) => {
+                entry.breaker.record(false);
+                return Err(GatewayError::UpstreamTimeout {
+                    route: route.id.clone(),
+                    seconds: route.timeout_seconds,
+                });
+            }
+        }
+    };
+    let status = upstream_response.status();
+    entry.breaker.record(!matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    ));
+    let (mut response_parts, response_body) = upstream_response.into_parts();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let mut upstream = axum::http::Response::from_parts(response_parts.clone(), ());
+            let upstream_upgrade = hyper::upgrade::on(&mut upstream);
+            let route_id = route.id.clone();
+            tokio::spawn(async move {
+                match (client_upgrade.await, upstream_upgrade.await) {
+                    (Ok(client), Ok(upstream)) => {
+                        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                            tracing::debug!(route = %route_id, error = %e, "upgraded connection ended");
+                        }
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(route = %route_id, error = %e, "cannot upgrade the connection");
+                    }
+                }
+            });
+        }
+        return Ok(Response::from_parts(response_parts, Body::empty()));
+    }
+    remove_hop_by_hop(&mut response_parts.headers, false);
+    Ok(Response::from_parts(response_parts, Body::new(response_body)))
+}
+
+fn upstream_headers(
+    state: &AppState,
+    entry: &RouteEntry,
+    incoming: &HeaderMap,
+    principal: &Option<Principal>,
+    client: IpAddr,
+    upgrade: bool,
+) -> HeaderMap {
+    let mut headers = incoming.clone();
+    remove_hop_by_hop(&mut headers, upgrade);
+    // The caller's credentials were for the gateway; upstreams get the identity instead.
+    headers.remove(API_KEY_HEADER);
+    if principal.is_some() {
+        headers.remove(header::AUTHORIZATION);
+    }
+    for name in [USER_HEADER, GROUPS_HEADER, KEY_ID_HEADER] {
+        headers.remove(&name);
+    }
+    if let Some(principal) = principal {
+        if let Ok(value) = HeaderValue::from_str(&principal.user) {
+            headers.insert(USER_HEADER, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&principal.groups.join(",")) {
+            headers.insert(GROUPS_HEADER, value);
+        }
+        if let Some(id) = &principal.key_id
+            && let Ok(value) = HeaderValue::from_str(id)
+        {
+            headers.insert(KEY_ID_HEADER, value);
+        }
+    }
+    let forwarded_for = match incoming.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) if state.settings.trust_forwarded_for => format!("{previous}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    let proto = match incoming.get(X_FORWARDED_PROTO) {
+        Some(value) if state.settings.trust_forwarded_for => value.clone(),
+        _ => HeaderValue::from_static("http"),
+    };
+    headers.insert(X_FORWARDED_PROTO, proto);
+    if let Some(host) = incoming.get(header::HOST) {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    if let Ok(value) = HeaderValue::from_str(entry.upstream.authority.as_str()) {
+        headers.insert(header::HOST, value);
+    }
+    let (traceparent, _) = trace_parent(incoming);
+    headers.insert(TRACEPARENT, traceparent);
+    headers
+}
+
+/// The trace id a request carries or will be given (the access log shows it).
+pub fn trace_id(headers: &mut HeaderMap) -> String {
+    let (value, trace) = trace_parent(headers);
+    headers.insert(TRACEPARENT, value);
+    trace
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(strip_port("example.org:8080"), "example.org");
+        assert_eq!(strip_port("example.org"), "example.org");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn the_client_address_comes_from_the_ingress_only_when_trusted() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1, 10.0.0.7"));
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(client_address(&headers, peer, false).to_string(), "10.0.0.2");
+        assert_eq!(client_address(&headers, peer, true).to_string(), "10.0.0.7");
+    }
+
+    #[test]
+    fn a_valid_trace_context_is_kept_and_a_missing_one_made() {
+        let mut headers = HeaderMap::new();
+        let (made, trace) = trace_parent(&headers);
+        assert_eq!(trace.len(), 32);
+        assert!(made.to_str().is_ok_and(|v| v.starts_with("00-") && v.contains(&trace)));
+        let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert(TRACEPARENT, HeaderValue::from_static(given));
+        let (kept, trace) = trace_parent(&headers);
+        assert_eq!(kept, given);
+        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}

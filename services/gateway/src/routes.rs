@@ -1,0 +1,518 @@
+//! The route table: read from the file the operator writes into a ConfigMap, checked, and swapped in whole when the
+//! file changes. A request holds the table it started with, so a reload never disturbs requests in flight; a file
+//! that does not parse leaves the table in use as it is.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use airq_api::gateway::{Route, RouteTable};
+use arc_swap::ArcSwap;
+use axum::http::uri::{Authority, Scheme};
+use metrics::{Counter, Histogram};
+
+use crate::limits::{Bucket, RouteLimiter};
+
+/// Paths the gateway answers itself; a route under them is refused.
+pub const RESERVED_PREFIXES: [&str; 4] = ["/admin/", "/healthz", "/readyz", "/metrics"];
+
+/// Why a route table cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the route table {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the route table {path} is not valid YAML for a route table: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("the route table {path}: route {index} ({id}): {message}")]
+    Invalid {
+        path: PathBuf,
+        index: usize,
+        id: String,
+        message: String,
+    },
+}
+
+/// Where a route's requests go.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The upstream URL's path without its trailing `/` (usually empty).
+    pub base_path: String,
+}
+
+/// The circuit breaker of one route: after `threshold` failures in a row the upstream is not called for
+/// `open_for`; then one trial request decides whether it closes again.
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    open_for: Duration,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BreakerState {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// A trial request is on its way.
+    Trial,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, open_for: Duration) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            open_for,
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// May a request go to the upstream now? If not, how long until it may.
+    pub fn admit(&self) -> Result<(), Duration> {
+        let mut state = self.lock();
+        match *state {
+            BreakerState::Closed { .. } => Ok(()),
+            BreakerState::Open { until } => {
+                let now = Instant::now();
+                if now >= until {
+                    *state = BreakerState::Trial;
+                    Ok(())
+                } else {
+                    Err(until - now)
+                }
+            }
+            BreakerState::Trial => Err(Duration::from_secs(1)),
+        }
+    }
+
+    /// Records how a request the breaker admitted ended.
+    pub fn record(&self, success: bool) {
+        let mut state = self.lock();
+        *state = match (*state, success) {
+            (_, true) => BreakerState::Closed { failures: 0 },
+            (BreakerState::Closed { failures }, false) if failures + 1 < self.threshold => {
+                BreakerState::Closed { failures: failures + 1 }
+            }
+            (BreakerState::Open { until }, false) => BreakerState::Open { until },
+            (_, false) => {
+                tracing::warn!(
+                    open_seconds = self.open_for.as_secs(),
+                    "circuit opened after upstream failures"
+                );
+                BreakerState::Open {
+                    until: Instant::now() + self.open_for,
+                }
+            }
+        };
+    }
+
+    pub fn is_open(&self) -> bool {
+        !matches!(*self.lock(), BreakerState::Closed { .. })
+    }
+}
+
+/// A route's metric handles, registered once when the route is loaded (not looked up per request).
+#[derive(Clone)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    pub duration: Histogram,
+    pub upstream_connect_errors: Counter,
+    pub upstream_timeouts: Counter,
+    pub circuit_open: Counter,
+    pub rate_limited: Counter,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        let class = |c: &'static str| metrics::counter!("airq_gateway_http_requests_total", "route" => route.to_owned(), "status_class" => c);
+        let upstream_error = |kind: &'static str| metrics::counter!("airq_gateway_upstream_errors_total", "route" => route.to_owned(), "kind" => kind);
+        Self {
+            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            duration: metrics::histogram!("airq_gateway_http_request_duration_seconds", "route" => route.to_owned()),
+            upstream_connect_errors: upstream_error("connect"),
+            upstream_timeouts: upstream_error("timeout"),
+            circuit_open: upstream_error("circuit_open"),
+            rate_limited: metrics::counter!("airq_gateway_route_rate_limited_total", "route" => route.to_owned()),
+        }
+    }
+
+    pub fn count(&self, status: u16) {
+        let index = usize::from((status / 100).clamp(1, 5) - 1);
+        self.by_class[index].increment(1);
+    }
+}
+
+/// A route with what serving it needs.
+pub struct RouteEntry {
+    pub route: Route,
+    pub upstream: Upstream,
+    pub limiter: Option<RouteLimiter>,
+    pub breaker: Arc<Breaker>,
+    pub metrics: RouteMetrics,
+    host: Option<String>,
+    /// The prefix without its trailing `/`: `/api/etl/` also serves `/api/etl`.
+    bare_prefix: String,
+}
+
+impl RouteEntry {
+    /// The path to forward for `path` (canonical, matched by this route).
+    pub fn upstream_path(&self, path: &str) -> String {
+        let rest = if self.route.strip_prefix {
+            let stripped = path.strip_prefix(&self.bare_prefix).unwrap_or(path);
+            if stripped.starts_with('/') {
+                stripped.to_owned()
+            } else {
+                format!("/{stripped}")
+            }
+        } else {
+            path.to_owned()
+        };
+        format!("{}{rest}", self.upstream.base_path)
+    }
+
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        if let Some(wanted) = &self.host
+            && host.is_none_or(|h| !h.eq_ignore_ascii_case(wanted))
+        {
+            return false;
+        }
+        let prefix = &self.route.path_prefix;
+        if prefix.ends_with('/') {
+            path.starts_with(prefix.as_str()) || path == self.bare_prefix
+        } else {
+            path.strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        }
+    }
+}
+
+/// A loaded route table.
+#[derive(Default)]
+pub struct Table {
+    pub entries: Vec<Arc<RouteEntry>>,
+    source: Vec<u8>,
+}
+
+impl Table {
+    /// The most specific route for a host (without port) and canonical path.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<RouteEntry>> {
+        self.entries.iter().find(|entry| entry.matches(host, path))
+    }
+}
+
+/// Settings every route's breaker gets.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerSettings {
+    pub failures: u32,
+    pub open_for: Duration,
+}
+
+fn upstream_of(url: &str) -> Result<Upstream, String> {
+    let uri: axum::http::Uri = url.parse().map_err(|e| format!("upstream {url:?} is not a URL: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("upstream {url:?} has no scheme"))?;
+    if scheme != Scheme::HTTP {
+        return Err(format!(
+            "upstream {url:?}: only http:// upstreams are supported (TLS ends at the ingress)"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("upstream {url:?} has no host"))?;
+    Ok(Upstream {
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+fn check(route: &Route) -> Result<(), String> {
+    if route.id.trim().is_empty() {
+        return Err("the id is empty".to_owned());
+    }
+    if !route.path_prefix.starts_with('/') {
+        return Err(format!("pathPrefix {:?} must start with '/'", route.path_prefix));
+    }
+    if crate::path::canonical(&route.path_prefix).as_deref() != Ok(route.path_prefix.as_str()) {
+        return Err(format!(
+            "pathPrefix {:?} is not a plain path (no '//', '.', '..' or escapes of plain characters)",
+            route.path_prefix
+        ));
+    }
+    if let Some(reserved) = RESERVED_PREFIXES.iter().find(|r| {
+        route.path_prefix.starts_with(*r) || r.trim_end_matches('/') == route.path_prefix.trim_end_matches('/')
+    }) {
+        return Err(format!(
+            "pathPrefix {:?} is under {reserved}, which the gateway serves itself",
+            route.path_prefix
+        ));
+    }
+    if route.timeout_seconds == 0 {
+        return Err("timeoutSeconds must be at least 1".to_owned());
+    }
+    if let Some(limit) = &route.rate_limit
+        && (Bucket {
+            per_second: limit.requests_per_second,
+            burst: limit.burst,
+        })
+        .quota_is_valid()
+        .is_err()
+    {
+        return Err("rateLimit needs requestsPerSecond > 0 and burst ≥ 1".to_owned());
+    }
+    if let Some(cors) = &route.cors
+        && cors.allow_credentials
+        && cors.allowed_origins.iter().any(|o| o == "*")
+    {
+        return Err("cors: allowCredentials cannot be used with the origin '*'".to_owned());
+    }
+    Ok(())
+}
+
+/// Parses and checks a route table. Routes that did not change keep their limiter and breaker from `previous`.
+pub fn build(path: &Path, text: &[u8], previous: &Table, breaker: BreakerSettings) -> Result<Table, Error> {
+    let text_str = std::str::from_utf8(text).map_err(|e| Error::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut table: RouteTable = if text_str.trim().is_empty() {
+        RouteTable::default()
+    } else {
+        serde_saphyr::from_str(text_str).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (index, route) in table.routes.iter().enumerate() {
+        let invalid = |message: String| Error::Invalid {
+            path: path.to_owned(),
+            index,
+            id: route.id.clone(),
+            message,
+        };
+        check(route).map_err(invalid)?;
+        if !seen.insert(route.id.as_str()) {
+            return Err(invalid("another route has the same id".to_owned()));
+        }
+    }
+    table.sort();
+    let mut entries = Vec::with_capacity(table.routes.len());
+    for (index, route) in table.routes.into_iter().enumerate() {
+        let upstream = upstream_of(&route.upstream).map_err(|message| Error::Invalid {
+            path: path.to_owned(),
+            index,
+            id: route.id.clone(),
+            message,
+        })?;
+        let old = previous.entries.iter().find(|e| e.route.id == route.id);
+        let bucket = route.rate_limit.as_ref().map(|l| Bucket {
+            per_second: l.requests_per_second,
+            burst: l.burst,
+        });
+        let entry = match old {
+            // Same route: keep its state (open circuit, buckets) across the reload.
+            Some(old) if old.route == route => RouteEntry {
+                route,
+                upstream,
+                limiter: bucket.and_then(RouteLimiter::new),
+                breaker: old.breaker.clone(),
+                metrics: old.metrics.clone(),
+                host: old.host.clone(),
+                bare_prefix: old.bare_prefix.clone(),
+            },
+            _ => RouteEntry {
+                host: route.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                bare_prefix: route.path_prefix.trim_end_matches('/').to_owned(),
+                metrics: RouteMetrics::new(&route.id),
+                breaker: Arc::new(Breaker::new(breaker.failures, breaker.open_for)),
+                limiter: bucket.and_then(RouteLimiter::new),
+                upstream,
+                route,
+            },
+        };
+        entries.push(Arc::new(entry));
+    }
+    Ok(Table {
+        entries,
+        source: text.to_vec(),
+    })
+}
+
+/// The table in use, and where it comes from.
+pub struct Routes {
+    current: ArcSwap<Table>,
+    file: Option<PathBuf>,
+    breaker: BreakerSettings,
+}
+
+impl Routes {
+    /// Loads `file` (no file: no routes, the gateway serves only its own endpoints).
+    pub fn load(file: Option<PathBuf>, breaker: BreakerSettings) -> Result<Self, Error> {
+        let table = match &file {
+            Some(path) => {
+                let text = std::fs::read(path).map_err(|source| Error::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                build(path, &text, &Table::default(), breaker)?
+            }
+            None => Table::default(),
+        };
+        tracing::info!(routes = table.entries.len(), "route table loaded");
+        Ok(Self {
+            current: ArcSwap::from_pointee(table),
+            file,
+            breaker,
+        })
+    }
+
+    pub fn current(&self) -> Arc<Table> {
+        self.current.load_full()
+    }
+
+    /// Reads the file again; swaps the table in when it changed and is valid. `Ok(true)` when a new table is in use.
+    pub fn reload(&self) -> Result<bool, Error> {
+        let Some(path) = &self.file else {
+            return Ok(false);
+        };
+        let text = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let current = self.current.load();
+        if current.source == text {
+            return Ok(false);
+        }
+        let table = build(path, &text, &current, self.breaker)?;
+        tracing::info!(routes = table.entries.len(), "route table reloaded");
+        self.current.store(Arc::new(table));
+        Ok(true)
+    }
+
+    /// Checks the file every `every`. A ConfigMap volume replaces the file through a symlink swap, which file
+    /// notifications report unreliably; reading a small file once a second is cheap and always right.
+    pub async fn follow(self: Arc<Self>, every: Duration) {
+        let mut ticker = tokio::time::interval(every);
+        let mut failing = false;
+        loop {
+            ticker.tick().await;
+            match self.reload() {
+                Ok(_) => failing = false,
+                Err(e) => {
+                    metrics::counter!("airq_gateway_route_reload_errors_total").increment(1);
+                    if !failing {
+                        tracing::error!(error = %e, "the route table was not reloaded; the previous one stays in use");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+impl Bucket {
+    fn quota_is_valid(self) -> Result<(), ()> {
+        if self.per_second.is_finite() && self.per_second > 0.0 && self.burst >= 1 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: BreakerSettings = BreakerSettings {
+        failures: 2,
+        open_for: Duration::from_millis(50),
+    };
+
+    fn table(yaml: &str) -> Result<Table, Error> {
+        build(Path::new("routes.yaml"), yaml.as_bytes(), &Table::default(), SETTINGS)
+    }
+
+    const TABLE: &str = "routes:
+- { id: front, pathPrefix: /, upstream: 'http://front:80', timeoutSeconds: 30, access: { public: true } }
+- { id: etl, pathPrefix: /api/etl/, upstream: 'http://etl:80', stripPrefix: true, timeoutSeconds: 60, access: { groups: [operators] } }
+- { id: reports, pathPrefix: /reports, host: Reports.Example.org, upstream: 'http://reports:8080/base/', timeoutSeconds: 5, access: { public: true } }
+";
+
+    #[test]
+    fn the_most_specific_route_wins_and_paths_are_rewritten() -> Result<(), Error> {
+        let table = table(TABLE)?;
+        let find = |host, path| table.find(host, path).map(|e| e.route.id.as_str());
+        assert_eq!(find(None, "/api/etl/loads"), Some("etl"));
+        assert_eq!(find(None, "/api/etl"), Some("etl"));
+        assert_eq!(find(None, "/api/etlx"), Some("front"));
+        assert_eq!(find(None, "/API/ETL/loads"), Some("front"));
+        assert_eq!(find(Some("reports.example.org"), "/reports/x"), Some("reports"));
+        assert_eq!(find(Some("reports.example.org"), "/reportsx"), Some("front"));
+        assert_eq!(find(Some("other.org"), "/reports/x"), Some("front"));
+        let etl = table
+            .find(None, "/api/etl/loads")
+            .map(|e| e.upstream_path("/api/etl/loads"));
+        assert_eq!(etl.as_deref(), Some("/loads"));
+        let reports = table.find(Some("reports.example.org"), "/reports/a");
+        assert_eq!(
+            reports.map(|e| e.upstream_path("/reports/a")).as_deref(),
+            Some("/base/reports/a")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_tables_are_refused_with_the_route_at_fault() {
+        let message = |yaml: &str| table(yaml).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message("routes: [ { id: x } ]").contains("not valid YAML"));
+        assert!(
+            message("routes:\n- { id: a, pathPrefix: api, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }")
+                .contains("route 0 (a): pathPrefix \"api\" must start with '/'")
+        );
+        assert!(
+            message("routes:\n- { id: a, pathPrefix: /admin/x, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }")
+                .contains("which the gateway serves itself")
+        );
+        assert!(
+            message("routes:\n- { id: a, pathPrefix: /a/../b, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }")
+                .contains("not a plain path")
+        );
+        assert!(
+            message("routes:\n- { id: a, pathPrefix: /a, upstream: 'https://a', timeoutSeconds: 1, access: { public: true } }")
+                .contains("only http://")
+        );
+        assert!(
+            message("routes:\n- { id: a, pathPrefix: /a, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }\n- { id: a, pathPrefix: /b, upstream: 'http://b', timeoutSeconds: 1, access: { public: true } }")
+                .contains("same id")
+        );
+    }
+
+    #[test]
+    fn the_breaker_opens_after_failures_then_lets_one_trial_through() {
+        let breaker = Breaker::new(2, Duration::from_millis(50));
+        assert!(breaker.admit().is_ok());
+        breaker.record(false);
+        assert!(breaker.admit().is_ok());
+        breaker.record(false);
+        assert!(breaker.admit().is_err(), "open after two failures");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(breaker.admit().is_ok(), "one trial after the pause");
+        assert!(breaker.admit().is_err(), "only one trial at a time");
+        breaker.record(true);
+        assert!(breaker.admit().is_ok(), "closed after a successful trial");
+        assert!(!breaker.is_open());
+    }
+}
