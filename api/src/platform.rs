@@ -62,6 +62,10 @@ pub struct PlatformSpec {
     /// The Secret key holding the gateway's bootstrap admin API key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_key_secret: Option<SecretKeyRef>,
+    /// The Secret key holding the secret the gateway hashes API keys with (at least 16 bytes, the same for every
+    /// replica). By default the key `keyHashSecret` of the database Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hash_secret: Option<SecretKeyRef>,
     /// How the dashboard and the API are reached from outside.
     #[serde(default)]
     pub ingress: IngressSpec,

@@ -338,6 +338,7 @@ impl Operator {
                 referring(&platform_store, &secret, |p: &Platform| {
                     let mut names = vec![p.spec.database.secret_name.clone()];
                     names.extend(p.spec.admin_key_secret.as_ref().map(|s| s.name.clone()));
+                    names.extend(p.spec.key_hash_secret.as_ref().map(|s| s.name.clone()));
                     names
                 })
             })

@@ -31,6 +31,17 @@ use crate::workload::{HTTP_PORT, database_env, env, pod_template, secret_env, se
 /// The core services, in the order they are built.
 pub const COMPONENTS: [&str; 4] = ["gateway", "front", "predictive", "etl"];
 
+/// The key of the database Secret the gateway's key hashing secret is read from, unless the Platform names another.
+pub const DEFAULT_KEY_HASH_KEY: &str = "keyHashSecret";
+
+/// The Secret and key holding the gateway's key hashing secret.
+pub fn key_hash_secret(platform: &Platform) -> (&str, &str) {
+    match &platform.spec.key_hash_secret {
+        Some(secret) => (&secret.name, &secret.key),
+        None => (&platform.spec.database.secret_name, DEFAULT_KEY_HASH_KEY),
+    }
+}
+
 /// Where the gateway reads its route table.
 pub const ROUTES_MOUNT: &str = "/etc/airq/gateway";
 
@@ -79,6 +90,12 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
             environment.push(env("AIRQ_ROUTES_FILE", format!("{ROUTES_MOUNT}/{ROUTES_KEY}")));
             if let Some(secret) = &spec.admin_key_secret {
                 environment.push(secret_env("AIRQ_ADMIN_KEY", &secret.name, &secret.key));
+            }
+            let (hash_secret, hash_key) = key_hash_secret(platform);
+            environment.push(secret_env("AIRQ_KEY_HASH_SECRET", hash_secret, hash_key));
+            if spec.ingress.enabled {
+                // The ingress controller appends the client's address: rate limits per address need it.
+                environment.push(env("AIRQ_TRUST_FORWARDED_FOR", "true"));
             }
             mounts.push(VolumeMount {
                 name: "routes".to_owned(),
@@ -225,6 +242,11 @@ pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Act
         missing.push(platform.spec.database.secret_name.clone());
     }
     if let Some(secret) = &platform.spec.admin_key_secret
+        && !ctx.stores.secret_exists(&owner.namespace, &secret.name)
+    {
+        missing.push(secret.name.clone());
+    }
+    if let Some(secret) = &platform.spec.key_hash_secret
         && !ctx.stores.secret_exists(&owner.namespace, &secret.name)
     {
         missing.push(secret.name.clone());
@@ -383,6 +405,23 @@ mod tests {
             .and_then(|v| v.secret_key_ref.as_ref())
             .unwrap();
         assert_eq!((from.name.as_str(), from.key.as_str()), ("airq-database", "url"));
+        // The gateway hashes API keys with a secret from a Secret (by default the database Secret's keyHashSecret),
+        // and trusts X-Forwarded-For because the Ingress sits in front of it.
+        let env = container.env.as_ref().unwrap();
+        let hash = env.iter().find(|e| e.name == "AIRQ_KEY_HASH_SECRET").unwrap();
+        let from = hash
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!(
+            (from.name.as_str(), from.key.as_str()),
+            ("airq-database", "keyHashSecret")
+        );
+        assert!(
+            env.iter()
+                .any(|e| e.name == "AIRQ_TRUST_FORWARDED_FOR" && e.value.as_deref() == Some("true"))
+        );
         let security = container.security_context.as_ref().unwrap();
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.allow_privilege_escalation, Some(false));
