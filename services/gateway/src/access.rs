@@ -21,7 +21,7 @@ use crate::routes::{RouteEntry, RouteMetrics};
 /// What the handlers learn about a request, for its access log line.
 #[derive(Default)]
 pub struct AccessRecord {
-    route: OnceLock<(Arc<str>, RouteMetrics)>,
+    route: OnceLock<(Arc<str>, Arc<RouteMetrics>)>,
     caller: OnceLock<(Arc<str>, Option<Arc<str>>)>,
     bytes_in: AtomicU64,
 }
@@ -32,7 +32,7 @@ impl AccessRecord {
     }
 
     /// The gateway's own endpoints (the admin API).
-    pub fn set_internal_route(&self, id: &'static str, metrics: &RouteMetrics) {
+    pub fn set_internal_route(&self, id: &'static str, metrics: &Arc<RouteMetrics>) {
         let _ = self.route.set((id.into(), metrics.clone()));
     }
 
@@ -52,7 +52,7 @@ struct Finish {
     trace_id: String,
     status: u16,
     bytes_out: u64,
-    unmatched: RouteMetrics,
+    unmatched: Arc<RouteMetrics>,
 }
 
 impl Drop for Finish {

@@ -53,9 +53,9 @@ pub struct AppState {
     pub routes: Arc<Routes>,
     pub client: proxy::UpstreamClient,
     pub settings: Arc<Settings>,
-    pub admin_metrics: RouteMetrics,
-    pub ops_metrics: RouteMetrics,
-    pub unmatched_metrics: RouteMetrics,
+    pub admin_metrics: Arc<RouteMetrics>,
+    pub ops_metrics: Arc<RouteMetrics>,
+    pub unmatched_metrics: Arc<RouteMetrics>,
 }
 
 /// The gateway's router: the admin API, then everything else proxied. [`app`] adds the edge and the operational
@@ -224,15 +224,15 @@ pub async fn state(config: &Config, db: Database) -> Result<AppState, StartError
             max_header_bytes: config.max_header_bytes,
             trust_forwarded_for: config.trust_forwarded_for,
         }),
-        admin_metrics: RouteMetrics::new("admin"),
-        ops_metrics: RouteMetrics::new("ops"),
-        unmatched_metrics: RouteMetrics::new("none"),
+        admin_metrics: Arc::new(RouteMetrics::new("admin")),
+        ops_metrics: Arc::new(RouteMetrics::new("ops")),
+        unmatched_metrics: Arc::new(RouteMetrics::new("none")),
     })
 }
 
 /// Connects to the database, then serves until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let telemetry = airq_core::telemetry::init("gateway", &config.serve.log)?;
+    let telemetry = airq_core::telemetry::init_background_writer("gateway", &config.serve.log)?;
     let db = Database::connect(&config.database).await?;
     tracing::info!(database = %db.describe(), "database ready");
     let state = state(&config, db.clone()).await?;
@@ -251,13 +251,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         )),
     ];
     let checks: Vec<(&'static str, ReadinessCheck)> = vec![("database", db.readiness_check())];
-    let service = app(state.clone(), ops_router(telemetry, checks));
+    let service = app(state.clone(), ops_router(telemetry.clone(), checks));
     let listen = config.serve.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| airq_core::http::ServeError::Bind { addr: listen, source })?;
     let local = listener.local_addr().map_err(airq_core::http::ServeError::Serve)?;
     tracing::info!(service = "gateway", %local, "listening");
+    // Answers are written whole; Nagle's algorithm would only hold small ones back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(
         listener,
         axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service),
@@ -270,6 +276,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // What this replica counted since the last flush is not lost on a rolling update.
     state.limits.flush(&state.store, chrono::Utc::now().timestamp()).await;
     db.close().await;
+    tracing::info!("stopped");
+    // Flushes the log lines still queued.
+    drop(telemetry);
     served.map_err(airq_core::http::ServeError::Serve)?;
     Ok(())
 }

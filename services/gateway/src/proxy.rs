@@ -283,12 +283,12 @@ async fn forward(
     let upgrade = is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
-    let headers = upstream_headers(state, entry, &parts.headers, &principal, client, upgrade);
+    let mut headers = upstream_headers(state, entry, &parts.headers, &principal, client, upgrade);
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{}?{query}", entry.upstream_path(parts.uri.path())),
         None => entry.upstream_path(parts.uri.path()),
     };
-    let uri = Uri::builder()
+    let mut uri = Uri::builder()
         .scheme(entry.upstream.scheme.clone())
         .authority(entry.upstream.authority.clone())
         .path_and_query(path_and_query)
@@ -307,8 +307,14 @@ async fn forward(
         attempt += 1;
         let mut outgoing = axum::http::Request::new(body.take().unwrap_or_default());
         *outgoing.method_mut() = parts.method.clone();
-        *outgoing.uri_mut() = uri.clone();
-        *outgoing.headers_mut() = headers.clone();
+        // The last attempt takes the headers and URI; earlier ones (retries) copy them.
+        if attempt < attempts {
+            *outgoing.uri_mut() = uri.clone();
+            *outgoing.headers_mut() = headers.clone();
+        } else {
+            *outgoing.uri_mut() = std::mem::take(&mut uri);
+            *outgoing.headers_mut() = std::mem::take(&mut headers);
+        }
         match tokio::time::timeout(timeout, state.client.request(outgoing)).await {
             Ok(Ok(response)) => break response,
             Ok(Err(error)) => {

@@ -156,7 +156,7 @@ pub struct RouteEntry {
     pub upstream: Upstream,
     pub limiter: Option<RouteLimiter>,
     pub breaker: Arc<Breaker>,
-    pub metrics: RouteMetrics,
+    pub metrics: Arc<RouteMetrics>,
     host: Option<String>,
     /// The prefix without its trailing `/`: `/api/etl/` also serves `/api/etl`.
     bare_prefix: String,
@@ -335,7 +335,7 @@ pub fn build(path: &Path, text: &[u8], previous: &Table, breaker: BreakerSetting
             _ => RouteEntry {
                 host: route.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 bare_prefix: route.path_prefix.trim_end_matches('/').to_owned(),
-                metrics: RouteMetrics::new(&route.id),
+                metrics: Arc::new(RouteMetrics::new(&route.id)),
                 breaker: Arc::new(Breaker::new(breaker.failures, breaker.open_for)),
                 limiter: bucket.and_then(RouteLimiter::new),
                 upstream,
