@@ -86,6 +86,12 @@ pub struct RouteSpec {
     #[serde(default = "default_timeout")]
     #[schemars(range(min = 1, max = 3600))]
     pub timeout_seconds: u32,
+    /// A token bucket per caller (API key, token subject, or client address) on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::gateway::RateLimit>,
+    /// Browser origins allowed to call the route (CORS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<crate::gateway::Cors>,
 }
 
 fn default_timeout() -> u32 {

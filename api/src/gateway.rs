@@ -1,6 +1,7 @@
 //! The gateway's route table: what the operator writes into the `airq-gateway-routes` ConfigMap (key
 //! [`ROUTES_KEY`]) and the gateway reads. Adding a service needs a route here and nothing in any other service.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::Access;
@@ -49,15 +50,19 @@ pub struct Route {
 }
 
 /// A token bucket: `requests_per_second` on average, up to `burst` at once.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
+    /// Requests per second on average.
+    #[schemars(range(min = 0.001))]
     pub requests_per_second: f64,
+    /// Requests at once above that rate.
+    #[schemars(range(min = 1))]
     pub burst: u32,
 }
 
 /// Which browser origins may call a route, and how.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cors {
     /// Origins allowed, e.g. `https://dashboard.example.org`; `*` allows any (never with credentials).

@@ -54,6 +54,7 @@ pub const RESERVED_PREFIXES: &[&str] = &[
     "/api/etl/",
     "/api/front/",
     "/api/admin/",
+    "/admin/",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -171,6 +172,26 @@ pub fn adhoc_service(spec: &AdhocServiceSpec) -> Result<(), Problems> {
             format!("{prefix:?} overlaps {reserved:?}, which the platform's own routes use"),
         );
     }
+    if let Some(limit) = &spec.route.rate_limit {
+        if !(limit.requests_per_second.is_finite() && limit.requests_per_second > 0.0) {
+            problems.add(
+                "spec.route.rateLimit.requestsPerSecond",
+                format!("must be above 0, not {}", limit.requests_per_second),
+            );
+        }
+        if limit.burst == 0 {
+            problems.add("spec.route.rateLimit.burst", "must be at least 1");
+        }
+    }
+    if let Some(cors) = &spec.route.cors
+        && cors.allow_credentials
+        && cors.allowed_origins.iter().any(|o| o == "*")
+    {
+        problems.add(
+            "spec.route.cors",
+            "allowCredentials cannot be used with the origin \"*\": list the origins",
+        );
+    }
     if !spec.access.public && spec.access.groups.is_empty() {
         problems.add("spec.access", "set either public: true or a non-empty list of groups");
     }
@@ -183,6 +204,36 @@ pub fn adhoc_service(spec: &AdhocServiceSpec) -> Result<(), Problems> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn adhoc(route: &str) -> AdhocServiceSpec {
+        let yaml = format!("image: example/reports:1\nroute: {route}\naccess: {{ groups: [analysts] }}\n");
+        serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
+    }
+
+    fn adhoc_problems(route: &str) -> String {
+        adhoc_service(&adhoc(route))
+            .err()
+            .map(|p| p.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn adhoc_routes_with_limits_and_cors_are_checked() {
+        assert_eq!(
+            adhoc_problems(
+                "{ pathPrefix: /reports/, rateLimit: { requestsPerSecond: 5, burst: 10 }, cors: { allowedOrigins: [https://a.example] } }"
+            ),
+            ""
+        );
+        let message = adhoc_problems("{ pathPrefix: /reports/, rateLimit: { requestsPerSecond: 0, burst: 0 } }");
+        assert!(message.contains("spec.route.rateLimit.requestsPerSecond"), "{message}");
+        assert!(message.contains("spec.route.rateLimit.burst"), "{message}");
+        let message =
+            adhoc_problems("{ pathPrefix: /reports/, cors: { allowedOrigins: ['*'], allowCredentials: true } }");
+        assert!(message.contains("spec.route.cors"), "{message}");
+        let message = adhoc_problems("{ pathPrefix: /admin/reports/ }");
+        assert!(message.contains("overlaps \"/admin/\""), "{message}");
+    }
 
     #[test]
     fn cron_expressions_are_read_like_a_cron_job() {

@@ -137,8 +137,8 @@ pub fn table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> Route
             timeout_seconds: adhoc.spec.route.timeout_seconds,
             retries: 1,
             access: adhoc.spec.access.clone(),
-            rate_limit: None,
-            cors: None,
+            rate_limit: adhoc.spec.route.rate_limit.clone(),
+            cors: adhoc.spec.route.cors.clone(),
         });
     }
     let mut table = RouteTable { routes };

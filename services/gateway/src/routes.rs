@@ -280,8 +280,16 @@ fn check(route: &Route) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses and checks a route table. Routes that did not change keep their limiter and breaker from `previous`.
-pub fn build(path: &Path, text: &[u8], previous: &Table, breaker: BreakerSettings) -> Result<Table, Error> {
+/// A parsed table, and the routes left out of it because they are not valid.
+pub struct Built {
+    pub table: Table,
+    pub skipped: Vec<Error>,
+}
+
+/// Parses and checks a route table. A route that is not valid is left out (and reported) rather than the whole
+/// table refused: one bad entry must not stop every other route from being updated. Routes that did not change
+/// keep their limiter and breaker from `previous`.
+pub fn build(path: &Path, text: &[u8], previous: &Table, breaker: BreakerSettings) -> Result<Built, Error> {
     let text_str = std::str::from_utf8(text).map_err(|e| Error::Parse {
         path: path.to_owned(),
         message: e.to_string(),
@@ -294,28 +302,36 @@ pub fn build(path: &Path, text: &[u8], previous: &Table, breaker: BreakerSetting
             message: e.to_string(),
         })?
     };
+    let mut skipped = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (index, route) in table.routes.iter().enumerate() {
+    let mut valid = Vec::with_capacity(table.routes.len());
+    for (index, route) in std::mem::take(&mut table.routes).into_iter().enumerate() {
         let invalid = |message: String| Error::Invalid {
             path: path.to_owned(),
             index,
             id: route.id.clone(),
             message,
         };
-        check(route).map_err(invalid)?;
-        if !seen.insert(route.id.as_str()) {
-            return Err(invalid("another route has the same id".to_owned()));
+        let problem = match check(&route).and_then(|()| upstream_of(&route.upstream).map(|_| ())) {
+            Err(message) => Some(message),
+            Ok(()) if seen.contains(&route.id) => Some("another route has the same id".to_owned()),
+            Ok(()) => None,
+        };
+        match problem {
+            Some(message) => skipped.push(invalid(message)),
+            None => {
+                seen.insert(route.id.clone());
+                valid.push(route);
+            }
         }
     }
+    table.routes = valid;
     table.sort();
     let mut entries = Vec::with_capacity(table.routes.len());
-    for (index, route) in table.routes.into_iter().enumerate() {
-        let upstream = upstream_of(&route.upstream).map_err(|message| Error::Invalid {
-            path: path.to_owned(),
-            index,
-            id: route.id.clone(),
-            message,
-        })?;
+    for route in table.routes {
+        let Ok(upstream) = upstream_of(&route.upstream) else {
+            continue;
+        };
         let old = previous.entries.iter().find(|e| e.route.id == route.id);
         let bucket = route.rate_limit.as_ref().map(|l| Bucket {
             per_second: l.requests_per_second,
@@ -344,10 +360,20 @@ pub fn build(path: &Path, text: &[u8], previous: &Table, breaker: BreakerSetting
         };
         entries.push(Arc::new(entry));
     }
-    Ok(Table {
-        entries,
-        source: text.to_vec(),
+    Ok(Built {
+        table: Table {
+            entries,
+            source: text.to_vec(),
+        },
+        skipped,
     })
+}
+
+fn report_skipped(skipped: &[Error]) {
+    for error in skipped {
+        metrics::counter!("airq_gateway_route_reload_errors_total").increment(1);
+        tracing::error!(error = %error, "a route was left out of the table");
+    }
 }
 
 /// The table in use, and where it comes from.
@@ -366,7 +392,9 @@ impl Routes {
                     path: path.clone(),
                     source,
                 })?;
-                build(path, &text, &Table::default(), breaker)?
+                let built = build(path, &text, &Table::default(), breaker)?;
+                report_skipped(&built.skipped);
+                built.table
             }
             None => Table::default(),
         };
@@ -395,7 +423,9 @@ impl Routes {
         if current.source == text {
             return Ok(false);
         }
-        let table = build(path, &text, &current, self.breaker)?;
+        let built = build(path, &text, &current, self.breaker)?;
+        report_skipped(&built.skipped);
+        let table = built.table;
         tracing::info!(routes = table.entries.len(), "route table reloaded");
         self.current.store(Arc::new(table));
         Ok(true)
@@ -442,7 +472,7 @@ mod tests {
     };
 
     fn table(yaml: &str) -> Result<Table, Error> {
-        build(Path::new("routes.yaml"), yaml.as_bytes(), &Table::default(), SETTINGS)
+        build(Path::new("routes.yaml"), yaml.as_bytes(), &Table::default(), SETTINGS).map(|built| built.table)
     }
 
     const TABLE: &str = "routes:
@@ -475,29 +505,56 @@ mod tests {
     }
 
     #[test]
-    fn bad_tables_are_refused_with_the_route_at_fault() {
-        let message = |yaml: &str| table(yaml).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(message("routes: [ { id: x } ]").contains("not valid YAML"));
-        assert!(
-            message("routes:\n- { id: a, pathPrefix: api, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }")
-                .contains("route 0 (a): pathPrefix \"api\" must start with '/'")
-        );
-        assert!(
-            message("routes:\n- { id: a, pathPrefix: /admin/x, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }")
-                .contains("which the gateway serves itself")
-        );
-        assert!(
-            message("routes:\n- { id: a, pathPrefix: /a/../b, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }")
-                .contains("not a plain path")
-        );
-        assert!(
-            message("routes:\n- { id: a, pathPrefix: /a, upstream: 'https://a', timeoutSeconds: 1, access: { public: true } }")
-                .contains("only http://")
-        );
-        assert!(
-            message("routes:\n- { id: a, pathPrefix: /a, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }\n- { id: a, pathPrefix: /b, upstream: 'http://b', timeoutSeconds: 1, access: { public: true } }")
-                .contains("same id")
-        );
+    fn a_table_that_does_not_parse_is_refused() {
+        let message = table("routes: [ { id: x } ]")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("not valid YAML"), "{message}");
+    }
+
+    #[test]
+    fn invalid_routes_are_left_out_with_the_route_at_fault_and_the_others_kept() -> Result<(), Error> {
+        let good =
+            "- { id: good, pathPrefix: /good/, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }\n";
+        let cases = [
+            (
+                "- { id: a, pathPrefix: api, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }",
+                "route 1 (a): pathPrefix \"api\" must start with '/'",
+            ),
+            (
+                "- { id: a, pathPrefix: /admin/x, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }",
+                "which the gateway serves itself",
+            ),
+            (
+                "- { id: a, pathPrefix: /a/../b, upstream: 'http://a', timeoutSeconds: 1, access: { public: true } }",
+                "not a plain path",
+            ),
+            (
+                "- { id: a, pathPrefix: /a, upstream: 'https://a', timeoutSeconds: 1, access: { public: true } }",
+                "only http://",
+            ),
+            (
+                "- { id: good, pathPrefix: /b, upstream: 'http://b', timeoutSeconds: 1, access: { public: true } }",
+                "same id",
+            ),
+            (
+                "- { id: a, pathPrefix: /a, upstream: 'http://a', timeoutSeconds: 0, access: { public: true } }",
+                "timeoutSeconds",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let yaml = format!("routes:\n{good}{bad}\n");
+            let built = build(Path::new("routes.yaml"), yaml.as_bytes(), &Table::default(), SETTINGS)?;
+            let ids: Vec<&str> = built.table.entries.iter().map(|e| e.route.id.as_str()).collect();
+            assert_eq!(ids, ["good"], "{bad}");
+            let messages: Vec<String> = built.skipped.iter().map(ToString::to_string).collect();
+            assert!(
+                messages.len() == 1 && messages[0].contains(expected),
+                "{bad}: {messages:?}"
+            );
+        }
+        Ok(())
     }
 
     #[test]

@@ -424,16 +424,7 @@ async fn a_route_added_to_the_file_is_served_without_a_restart() {
         reports.url
     );
     gateway.write_routes(&table(&public, &private, &extra));
-    airq_testenv::eventually("the new route", Duration::from_secs(5), || async {
-        let (_, _, body) = gateway.get("/reports/monthly", None).await;
-        if body["upstream"] == "reports" {
-            Ok(())
-        } else {
-            Err(body.to_string())
-        }
-    })
-    .await
-    .unwrap();
+    gateway.wait_served_by("/reports/monthly", "reports").await;
     assert_eq!(reports.hits().last().unwrap().path_and_query, "/monthly");
     assert_eq!(slow.await.unwrap(), 200, "the request in flight during the reload");
     assert_eq!(gateway.service.pid(), pid, "no restart");
@@ -451,6 +442,24 @@ async fn a_route_added_to_the_file_is_served_without_a_restart() {
     let (status, body) = gateway.admin(Method::GET, "/admin/routes", None).await;
     assert_eq!(status, 200);
     assert_eq!(body["routes"].as_array().unwrap().len(), 3, "{body}");
+
+    // One invalid route is left out (and logged); the others, new ones included, are served.
+    let extra = format!(
+        "- {{ id: bad, pathPrefix: /admin/x/, upstream: '{0}', timeoutSeconds: 5, access: {{ public: true }} }}
+- {{ id: more, pathPrefix: /more/, upstream: '{0}', stripPrefix: true, timeoutSeconds: 5, access: {{ public: true }} }}",
+        reports.url
+    );
+    gateway.write_routes(&table(&public, &private, &extra));
+    gateway.wait_served_by("/more/x", "reports").await;
+    assert!(gateway.log().contains("a route was left out of the table"));
+    let (_, body) = gateway.admin(Method::GET, "/admin/routes", None).await;
+    let ids: Vec<&str> = body["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["route"]["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"more") && !ids.contains(&"bad"), "{ids:?}");
 }
 
 #[tokio::test]

@@ -257,6 +257,24 @@ impl Gateway {
         )
     }
 
+    /// Waits (at most 5 s) until `path` is answered by the upstream named `upstream`.
+    pub async fn wait_served_by(&self, path: &str, upstream: &str) {
+        airq_testenv::eventually(
+            &format!("{path} served by {upstream}"),
+            Duration::from_secs(5),
+            || async {
+                let (_, _, body) = self.get(path, None).await;
+                if body["upstream"] == upstream {
+                    Ok(())
+                } else {
+                    Err(body.to_string())
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.service.log).unwrap_or_default()
     }
