@@ -11,6 +11,17 @@ pub const ROUTES_CONFIG_MAP: &str = "airq-gateway-routes";
 /// The ConfigMap key holding the table, as YAML.
 pub const ROUTES_KEY: &str = "routes.yaml";
 
+/// Paths the gateway answers itself (its admin API and operational endpoints): never a route's.
+pub const GATEWAY_PATHS: [&str; 4] = ["/admin/", "/healthz", "/readyz", "/metrics"];
+
+/// The gateway path `path` falls under, if any (`/admin` counts as `/admin/`).
+pub fn gateway_path(path: &str) -> Option<&'static str> {
+    GATEWAY_PATHS
+        .iter()
+        .find(|own| path.starts_with(*own) || path.trim_end_matches('/') == own.trim_end_matches('/'))
+        .copied()
+}
+
 /// Every route of the gateway, most specific first.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -84,16 +95,22 @@ pub struct Cors {
     pub max_age_seconds: Option<u32>,
 }
 
+impl Route {
+    /// The order routes are tried in: the longest (most specific) prefix first, host-bound routes before the others,
+    /// then by id.
+    pub fn precedence(a: &Route, b: &Route) -> std::cmp::Ordering {
+        b.path_prefix
+            .len()
+            .cmp(&a.path_prefix.len())
+            .then_with(|| b.host.is_some().cmp(&a.host.is_some()))
+            .then_with(|| a.id.cmp(&b.id))
+    }
+}
+
 impl RouteTable {
-    /// Sorts the routes so that the longest (most specific) prefix comes first, host-bound routes before the others,
-    /// then by id: the table's text does not depend on the order its routes were gathered in.
+    /// Sorts the routes by [`Route::precedence`]: the table's text does not depend on the order its routes were
+    /// gathered in.
     pub fn sort(&mut self) {
-        self.routes.sort_by(|a, b| {
-            b.path_prefix
-                .len()
-                .cmp(&a.path_prefix.len())
-                .then_with(|| b.host.is_some().cmp(&a.host.is_some()))
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        self.routes.sort_by(Route::precedence);
     }
 }

@@ -49,16 +49,7 @@ impl fmt::Display for Problems {
 impl std::error::Error for Problems {}
 
 /// Path prefixes the platform's own routes use; an AdhocService may not take them over.
-pub const RESERVED_PREFIXES: &[&str] = &[
-    "/api/predictive/",
-    "/api/etl/",
-    "/api/front/",
-    "/api/admin/",
-    "/admin/",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-];
+pub const RESERVED_PREFIXES: &[&str] = &["/api/predictive/", "/api/etl/", "/api/front/", "/api/admin/"];
 
 /// Checks a cron expression the way a Kubernetes CronJob reads it: five fields (minute, hour, day of month, month,
 /// day of week) or a macro such as `@hourly`.
@@ -163,8 +154,10 @@ pub fn adhoc_service(spec: &AdhocServiceSpec) -> Result<(), Problems> {
             "\"/\" is the dashboard's; choose a prefix such as /adhoc/<name>/",
         );
     }
+    // The platform's routes, and the paths the gateway answers itself.
     if let Some(reserved) = RESERVED_PREFIXES
         .iter()
+        .chain(crate::gateway::GATEWAY_PATHS.iter())
         .find(|reserved| prefix.starts_with(*reserved) || reserved.starts_with(prefix))
     {
         problems.add(

@@ -309,9 +309,7 @@ async fn rotate_key(State(state): State<AppState>, Path(id): Path<String>, body:
     state.store.rotate_key(&id, &record, grace_end).await?;
     state.identities.changed().await?;
     tracing::info!(old_key_id = %id, key_id = %record.id, grace_seconds = rotation.grace_seconds, "API key rotated");
-    let mut response = issued(&record, &key);
-    *response.status_mut() = StatusCode::CREATED;
-    Ok(response)
+    Ok(issued(&record, &key))
 }
 
 #[derive(Deserialize)]

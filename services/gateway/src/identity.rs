@@ -190,9 +190,30 @@ impl JwtVerifier {
     }
 }
 
-/// A key record as cached: `None` when no key has the id (so that guessing ids does not reach the database each
-/// time either).
-type Cached = Option<Arc<KeyOwner>>;
+/// A key as cached: its record, and the caller it stands for (built once per load, not per request). `None` when
+/// no key has the id (so that guessing ids does not reach the database each time either).
+type Cached = Option<Arc<CachedKey>>;
+
+struct CachedKey {
+    owner: KeyOwner,
+    principal: Principal,
+}
+
+impl CachedKey {
+    fn new(owner: KeyOwner) -> Self {
+        let key = &owner.key;
+        let principal = Principal {
+            user: key.user.as_str().into(),
+            key_id: Some(key.id.as_str().into()),
+            groups: owner.groups.clone().into(),
+            rate_per_second: key.rate_per_second,
+            burst: key.burst.and_then(|b| u32::try_from(b).ok()),
+            daily_quota: key.daily_quota,
+            used_today: owner.used_today,
+        };
+        Self { owner, principal }
+    }
+}
 
 /// Recognises callers.
 #[derive(Clone)]
@@ -257,19 +278,22 @@ impl Identities {
         };
         let store = self.store.clone();
         let id = key.id.to_owned();
-        let day = day_of(now);
-        let owner = self
+        // Runs only when the key is not cached.
+        let load = async move {
+            let owner = store.key_owner(&id, &day_of(now)).await?;
+            Ok::<_, store::Error>(owner.map(|owner| Arc::new(CachedKey::new(owner))))
+        };
+        let cached = self
             .cache
-            .try_get_with(id.clone(), async move {
-                store.key_owner(&id, &day).await.map(|o| o.map(Arc::new))
-            })
+            .try_get_with(key.id.to_owned(), load)
             .await
             .map_err(|e| GatewayError::internal(&e))?;
         // The same answer for an unknown id and a wrong secret: the difference would help guessing.
         let invalid = || GatewayError::BadCredentials(format!("API key airq_{}… is not valid", key.id));
-        let Some(owner) = owner else {
+        let Some(cached) = cached else {
             return Err(invalid());
         };
+        let owner = &cached.owner;
         if !self.hasher.verify(key.whole, &owner.key.hash) {
             return Err(invalid());
         }
@@ -292,15 +316,7 @@ impl Identities {
         if owner.user_disabled {
             return Err(GatewayError::Forbidden(format!("user {} is disabled", owner.key.user)));
         }
-        Ok(Principal {
-            user: owner.key.user.as_str().into(),
-            key_id: Some(owner.key.id.as_str().into()),
-            groups: owner.groups.clone().into(),
-            rate_per_second: owner.key.rate_per_second,
-            burst: owner.key.burst.and_then(|b| u32::try_from(b).ok()),
-            daily_quota: owner.key.daily_quota,
-            used_today: owner.used_today,
-        })
+        Ok(cached.principal.clone())
     }
 
     /// Forgets every cached key here, and tells the other replicas to do the same.

@@ -24,7 +24,15 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    fn quota(self) -> Option<Quota> {
+    pub fn of(limit: &airq_api::gateway::RateLimit) -> Self {
+        Self {
+            per_second: limit.requests_per_second,
+            burst: limit.burst,
+        }
+    }
+
+    /// The governor quota; `None` when the bucket is not valid (rate not above 0, or burst 0).
+    pub fn quota(self) -> Option<Quota> {
         if !(self.per_second.is_finite() && self.per_second > 0.0) {
             return None;
         }
@@ -41,7 +49,8 @@ struct KeyBucket {
 
 /// Today's count for one key: what the database said at the last flush, plus what this replica served since.
 struct DailyCount {
-    day: String,
+    /// Days since the Unix epoch, UTC (formatted only when stored).
+    day: i64,
     stored: AtomicI64,
     pending: AtomicI64,
 }
@@ -154,11 +163,11 @@ impl Limits {
         if quota.is_none() && principal.key_id.is_none() {
             return Ok(());
         }
-        let today = day_of(now);
+        let today = now.div_euclid(86_400);
         let count = {
             let entry = self.daily.entry(key.clone()).or_insert_with(|| {
                 Arc::new(DailyCount {
-                    day: today.clone(),
+                    day: today,
                     stored: AtomicI64::new(principal.used_today),
                     pending: AtomicI64::new(0),
                 })
@@ -167,7 +176,7 @@ impl Limits {
                 // A new day: what is pending belongs to yesterday and is flushed under its own day.
                 drop(entry);
                 let fresh = Arc::new(DailyCount {
-                    day: today.clone(),
+                    day: today,
                     stored: AtomicI64::new(0),
                     pending: AtomicI64::new(0),
                 });
@@ -215,7 +224,7 @@ impl Limits {
                 count.stored.fetch_add(pending, Ordering::Relaxed);
                 continue;
             }
-            match store.add_usage(key_id, &count.day, pending, now).await {
+            match store.add_usage(key_id, &day_of(count.day * 86_400), pending, now).await {
                 Ok(total) => count.stored.store(total, Ordering::Relaxed),
                 Err(e) => {
                     // Kept for the next flush rather than lost.

@@ -178,13 +178,10 @@ pub async fn handle(
     let host = request_host(&request);
     let table = state.routes.current();
     let path = request.uri().path();
-    let reserved = crate::routes::RESERVED_PREFIXES
-        .iter()
-        .any(|r| path.starts_with(r) || path == r.trim_end_matches('/'));
-    let found = if reserved {
-        None
-    } else {
-        table.find(host.as_deref(), path).cloned()
+    // The gateway's own paths are never forwarded, even with a catch-all route.
+    let found = match airq_api::gateway::gateway_path(path) {
+        Some(_) => None,
+        None => table.find(host.as_deref(), path).cloned(),
     };
     let Some(entry) = found else {
         let path = request.uri().path().to_owned();
@@ -420,8 +417,7 @@ fn upstream_headers(
     if let Ok(value) = HeaderValue::from_str(entry.upstream.authority.as_str()) {
         headers.insert(header::HOST, value);
     }
-    let (traceparent, _) = trace_parent(incoming);
-    headers.insert(TRACEPARENT, traceparent);
+    // The trace context was set on the request by the edge (`trace_id`) and is copied with the other headers.
     headers
 }
 

@@ -13,9 +13,6 @@ use metrics::{Counter, Histogram};
 
 use crate::limits::{Bucket, RouteLimiter};
 
-/// Paths the gateway answers itself; a route under them is refused.
-pub const RESERVED_PREFIXES: [&str; 4] = ["/admin/", "/healthz", "/readyz", "/metrics"];
-
 /// Why a route table cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -154,7 +151,7 @@ impl RouteMetrics {
 pub struct RouteEntry {
     pub route: Route,
     pub upstream: Upstream,
-    pub limiter: Option<RouteLimiter>,
+    pub limiter: Option<Arc<RouteLimiter>>,
     pub breaker: Arc<Breaker>,
     pub metrics: Arc<RouteMetrics>,
     host: Option<String>,
@@ -250,9 +247,7 @@ fn check(route: &Route) -> Result<(), String> {
             route.path_prefix
         ));
     }
-    if let Some(reserved) = RESERVED_PREFIXES.iter().find(|r| {
-        route.path_prefix.starts_with(*r) || r.trim_end_matches('/') == route.path_prefix.trim_end_matches('/')
-    }) {
+    if let Some(reserved) = airq_api::gateway::gateway_path(&route.path_prefix) {
         return Err(format!(
             "pathPrefix {:?} is under {reserved}, which the gateway serves itself",
             route.path_prefix
@@ -262,12 +257,7 @@ fn check(route: &Route) -> Result<(), String> {
         return Err("timeoutSeconds must be at least 1".to_owned());
     }
     if let Some(limit) = &route.rate_limit
-        && (Bucket {
-            per_second: limit.requests_per_second,
-            burst: limit.burst,
-        })
-        .quota_is_valid()
-        .is_err()
+        && (limit.burst == 0 || Bucket::of(limit).quota().is_none())
     {
         return Err("rateLimit needs requestsPerSecond > 0 and burst ≥ 1".to_owned());
     }
@@ -304,62 +294,55 @@ pub fn build(path: &Path, text: &[u8], previous: &Table, breaker: BreakerSetting
     };
     let mut skipped = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let mut valid = Vec::with_capacity(table.routes.len());
+    let mut valid: Vec<(Route, Upstream)> = Vec::with_capacity(table.routes.len());
     for (index, route) in std::mem::take(&mut table.routes).into_iter().enumerate() {
-        let invalid = |message: String| Error::Invalid {
-            path: path.to_owned(),
-            index,
-            id: route.id.clone(),
-            message,
-        };
-        let problem = match check(&route).and_then(|()| upstream_of(&route.upstream).map(|_| ())) {
-            Err(message) => Some(message),
-            Ok(()) if seen.contains(&route.id) => Some("another route has the same id".to_owned()),
-            Ok(()) => None,
-        };
-        match problem {
-            Some(message) => skipped.push(invalid(message)),
-            None => {
-                seen.insert(route.id.clone());
-                valid.push(route);
-            }
+        let checked = check(&route)
+            .and_then(|()| upstream_of(&route.upstream))
+            .and_then(|upstream| {
+                if seen.insert(route.id.clone()) {
+                    Ok(upstream)
+                } else {
+                    Err("another route has the same id".to_owned())
+                }
+            });
+        match checked {
+            Ok(upstream) => valid.push((route, upstream)),
+            Err(message) => skipped.push(Error::Invalid {
+                path: path.to_owned(),
+                index,
+                id: route.id,
+                message,
+            }),
         }
     }
-    table.routes = valid;
-    table.sort();
-    let mut entries = Vec::with_capacity(table.routes.len());
-    for route in table.routes {
-        let Ok(upstream) = upstream_of(&route.upstream) else {
-            continue;
-        };
-        let old = previous.entries.iter().find(|e| e.route.id == route.id);
-        let bucket = route.rate_limit.as_ref().map(|l| Bucket {
-            per_second: l.requests_per_second,
-            burst: l.burst,
-        });
-        let entry = match old {
-            // Same route: keep its state (open circuit, buckets) across the reload.
-            Some(old) if old.route == route => RouteEntry {
-                route,
-                upstream,
-                limiter: bucket.and_then(RouteLimiter::new),
-                breaker: old.breaker.clone(),
-                metrics: old.metrics.clone(),
-                host: old.host.clone(),
-                bare_prefix: old.bare_prefix.clone(),
-            },
-            _ => RouteEntry {
+    valid.sort_by(|(a, _), (b, _)| Route::precedence(a, b));
+    let entries = valid
+        .into_iter()
+        .map(|(route, upstream)| {
+            // An unchanged route keeps its state (open circuit, buckets, metric handles) across the reload.
+            let (breaker, metrics, limiter) = match previous.entries.iter().find(|e| e.route == route) {
+                Some(old) => (old.breaker.clone(), old.metrics.clone(), old.limiter.clone()),
+                None => (
+                    Arc::new(Breaker::new(breaker.failures, breaker.open_for)),
+                    Arc::new(RouteMetrics::new(&route.id)),
+                    route
+                        .rate_limit
+                        .as_ref()
+                        .and_then(|limit| RouteLimiter::new(Bucket::of(limit)))
+                        .map(Arc::new),
+                ),
+            };
+            Arc::new(RouteEntry {
                 host: route.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 bare_prefix: route.path_prefix.trim_end_matches('/').to_owned(),
-                metrics: Arc::new(RouteMetrics::new(&route.id)),
-                breaker: Arc::new(Breaker::new(breaker.failures, breaker.open_for)),
-                limiter: bucket.and_then(RouteLimiter::new),
                 upstream,
+                limiter,
+                breaker,
+                metrics,
                 route,
-            },
-        };
-        entries.push(Arc::new(entry));
-    }
+            })
+        })
+        .collect();
     Ok(Built {
         table: Table {
             entries,
@@ -448,16 +431,6 @@ impl Routes {
                     failing = true;
                 }
             }
-        }
-    }
-}
-
-impl Bucket {
-    fn quota_is_valid(self) -> Result<(), ()> {
-        if self.per_second.is_finite() && self.per_second > 0.0 && self.burst >= 1 {
-            Ok(())
-        } else {
-            Err(())
         }
     }
 }

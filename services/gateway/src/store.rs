@@ -38,6 +38,24 @@ macro_rules! on_pool {
     };
 }
 
+/// Binds a [`KeyRecord`]'s fields in the order of [`KEY_COLUMNS`].
+macro_rules! bind_key {
+    ($query:expr, $key:expr) => {
+        $query
+            .bind(&$key.id)
+            .bind(&$key.user)
+            .bind(&$key.hash)
+            .bind(&$key.description)
+            .bind($key.created_at)
+            .bind($key.expires_at)
+            .bind($key.revoked_at)
+            .bind(&$key.replaced_by)
+            .bind($key.rate_per_second)
+            .bind($key.burst)
+            .bind($key.daily_quota)
+    };
+}
+
 /// A group, with how many users belong to it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -139,21 +157,17 @@ impl Store {
         &self.db
     }
 
-    /// Creates `name` unless it exists.
-    pub async fn ensure_group(&self, name: &str, description: &str, now: i64) -> Result<()> {
+    /// Creates `name` unless it exists; `true` when it was created.
+    pub async fn ensure_group(&self, name: &str, description: &str, now: i64) -> Result<bool> {
         let query = "insert into gateway_groups (name, description, created_at) values ($1, $2, $3) \
                      on conflict (name) do nothing";
-        on_pool!(&self.db, pool => sqlx::query(query).bind(name).bind(description).bind(now).execute(pool).await.map(|_| ()))
+        let created = on_pool!(&self.db, pool => sqlx::query(query).bind(name).bind(description).bind(now).execute(pool).await.map(|r| r.rows_affected()))
             .map_err(sql("creating a group"))?;
-        Ok(())
+        Ok(created > 0)
     }
 
     pub async fn create_group(&self, name: &str, description: &str, now: i64) -> Result<()> {
-        let query = "insert into gateway_groups (name, description, created_at) values ($1, $2, $3) \
-                     on conflict (name) do nothing";
-        let done = on_pool!(&self.db, pool => sqlx::query(query).bind(name).bind(description).bind(now).execute(pool).await.map(|r| r.rows_affected()))
-            .map_err(sql("creating a group"))?;
-        if done == 0 {
+        if !self.ensure_group(name, description, now).await? {
             return Err(Error::Conflict(format!("group {name} exists already")));
         }
         Ok(())
@@ -319,11 +333,8 @@ impl Store {
         self.user(&key.user).await?;
         let query =
             format!("insert into gateway_keys ({KEY_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
-        on_pool!(&self.db, pool => sqlx::query(&query)
-            .bind(&key.id).bind(&key.user).bind(&key.hash).bind(&key.description).bind(key.created_at)
-            .bind(key.expires_at).bind(key.revoked_at).bind(&key.replaced_by).bind(key.rate_per_second)
-            .bind(key.burst).bind(key.daily_quota).execute(pool).await.map(|_| ()))
-        .map_err(sql("storing a key"))?;
+        on_pool!(&self.db, pool => bind_key!(sqlx::query(&query), key).execute(pool).await.map(|_| ()))
+            .map_err(sql("storing a key"))?;
         Ok(())
     }
 
@@ -334,11 +345,8 @@ impl Store {
              on conflict (id) do update set user_name = excluded.user_name, hash = excluded.hash, \
              description = excluded.description, expires_at = null, revoked_at = null, replaced_by = null"
         );
-        on_pool!(&self.db, pool => sqlx::query(&query)
-            .bind(&key.id).bind(&key.user).bind(&key.hash).bind(&key.description).bind(key.created_at)
-            .bind(key.expires_at).bind(key.revoked_at).bind(&key.replaced_by).bind(key.rate_per_second)
-            .bind(key.burst).bind(key.daily_quota).execute(pool).await.map(|_| ()))
-        .map_err(sql("storing the bootstrap key"))?;
+        on_pool!(&self.db, pool => bind_key!(sqlx::query(&query), key).execute(pool).await.map(|_| ()))
+            .map_err(sql("storing the bootstrap key"))?;
         Ok(())
     }
 
@@ -403,10 +411,7 @@ impl Store {
                       where id = $1";
         on_pool!(&self.db, pool => {
             let mut tx = pool.begin().await.map_err(sql("rotating a key"))?;
-            sqlx::query(&insert)
-                .bind(&new.id).bind(&new.user).bind(&new.hash).bind(&new.description).bind(new.created_at)
-                .bind(new.expires_at).bind(new.revoked_at).bind(&new.replaced_by).bind(new.rate_per_second)
-                .bind(new.burst).bind(new.daily_quota).execute(&mut *tx).await.map_err(sql("rotating a key"))?;
+            bind_key!(sqlx::query(&insert), new).execute(&mut *tx).await.map_err(sql("rotating a key"))?;
             sqlx::query(update).bind(old_id).bind(&new.id).bind(old_expires_at)
                 .execute(&mut *tx).await.map_err(sql("rotating a key"))?;
             tx.commit().await.map_err(sql("rotating a key"))?;
