@@ -192,6 +192,15 @@ pub async fn run_service(
     serve(listener, app, shutdown_signal()).await.map_err(ServeError::Serve)
 }
 
+/// The start of every outgoing HTTP client of airq: rustls with the process's crypto provider (ring, installed
+/// here unless the process already has one), a connect timeout, and `service/version` as user agent.
+pub fn client_builder(user_agent: &str) -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(user_agent)
+}
+
 /// A JSON error answer: `{"error": {"code": "...", "message": "..."}}` with its status. Every API of airq answers
 /// errors this way, so a client reads them in one place.
 #[derive(Debug, Clone)]

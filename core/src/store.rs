@@ -189,6 +189,10 @@ pub struct SeriesCount {
     pub count: i64,
 }
 
+/// The range of times the store reads: years 0 to 9999 (Unix seconds).
+const TIME_MIN: i64 = -62_167_219_200;
+const TIME_MAX: i64 = 253_402_300_799;
+
 /// On SQLite, runs that have not written for this long while `running` are taken for dead (their process was
 /// killed) when a new run of the same load starts. On PostgreSQL a run holds an advisory lock for its lifetime, so a
 /// dead run is recognised at once.
@@ -637,6 +641,8 @@ impl Store {
     /// order.
     pub async fn series(&self, station_id: i64, parameter: Parameter, from: i64, to: i64) -> Result<Vec<Point>> {
         let what = "reading a series";
+        // Open ends are given as huge values; PostgreSQL's timestamps stop at year 294276.
+        let (from, to) = (from.clamp(TIME_MIN, TIME_MAX), to.clamp(TIME_MIN, TIME_MAX));
         let rows: Vec<(i64, f64, i64)> = match &self.db {
             Database::Postgres(pool) => sqlx::query_as(
                 "select extract(epoch from time)::bigint, value, flags::bigint from measurements

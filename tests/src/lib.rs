@@ -6,6 +6,8 @@
 //! started without the runner (`cargo test -p airq-gateway`) starts its own servers on first use, and the kernel stops
 //! them when it exits.
 
+pub mod browser;
+pub mod debian;
 pub mod error;
 pub mod kubernetes;
 pub mod postgres;
@@ -225,6 +227,30 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// GETs the JSON resource at `url` until its `status` is no longer `running` (a load, a training), and returns it.
+pub async fn wait_finished(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    eventually(what, timeout, || async {
+        let resource: serde_json::Value = http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        match resource["status"].as_str() {
+            Some("running") => Err(format!("still running: {resource}")),
+            _ => Ok(resource),
+        }
+    })
+    .await
 }
 
 fn runner_dir() -> Option<PathBuf> {

@@ -119,7 +119,8 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                     let _ = tokio::join!(
                         start_postgres(&dir, servers.clone()),
                         start_kubernetes(&dir, servers),
-                        build_helm(&dir)
+                        build_helm(&dir),
+                        prepare_browser()
                     );
                 }
             });
@@ -158,6 +159,18 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Installs Chromium and chromedriver for the dashboard's browser tests when they are missing, while the tests
+/// compile (each test starts its own chromedriver).
+async fn prepare_browser() {
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(airq_testenv::browser::binaries)
+        .await
+        .unwrap_or_else(|e| Err(airq_testenv::Error::Setup(format!("installing Chromium panicked: {e}"))));
+    report("Chromium", &result, started, |(chromium, _)| {
+        format!("at {}", chromium.display())
+    });
 }
 
 fn lock(servers: &Mutex<Servers>) -> std::sync::MutexGuard<'_, Servers> {

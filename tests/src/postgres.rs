@@ -196,32 +196,9 @@ fn find_binaries() -> Option<PathBuf> {
 
 fn install_debian_package() -> Result<()> {
     let package = format!("postgresql-{MAJOR_VERSION}");
-    eprintln!("airq-testenv: PostgreSQL binaries not found; installing the Debian package {package}");
-    let sudo: &[&str] = if Uid::effective().is_root() {
-        &[]
-    } else {
-        &["sudo", "-n"]
-    };
-    let log = std::env::temp_dir().join("airq-testenv-apt.log");
-    for args in [
-        vec!["apt-get", "update", "-q"],
-        vec![
-            "apt-get",
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            package.as_str(),
-        ],
-    ] {
-        let full: Vec<&str> = sudo.iter().copied().chain(args).collect();
-        let mut command = Command::new(full[0]);
-        command.args(&full[1..]).env("DEBIAN_FRONTEND", "noninteractive");
-        run_to_completion(command, &log).map_err(|e| {
-            Error::Setup(format!(
-                "PostgreSQL {MAJOR_VERSION} is not installed and installing {package} failed; install it, or set AIRQ_PG_BIN to a folder holding initdb: {e}"
-            ))
-        })?;
-    }
-    Ok(())
+    crate::debian::install(
+        &[package.as_str()],
+        &format!("PostgreSQL {MAJOR_VERSION} is not installed (or set AIRQ_PG_BIN to a folder holding initdb)"),
+        &std::env::temp_dir().join("airq-testenv-apt.log"),
+    )
 }

@@ -85,6 +85,14 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
             ..VolumeMount::default()
         }];
         let mut volumes = vec![tmp_volume()];
+        if name == "front" {
+            // The dashboard's forecasts come from the predictive service, inside the namespace.
+            let namespace = platform.metadata.namespace.as_deref().unwrap_or_default();
+            environment.push(env(
+                "AIRQ_PREDICTIVE_URL",
+                crate::routes::service_url("airq-predictive", namespace),
+            ));
+        }
         if name == "gateway" {
             // The route table is a mounted file: the gateway sees changes without a restart.
             environment.push(env("AIRQ_ROUTES_FILE", format!("{ROUTES_MOUNT}/{ROUTES_KEY}")));
@@ -422,6 +430,20 @@ mod tests {
             env.iter()
                 .any(|e| e.name == "AIRQ_TRUST_FORWARDED_FOR" && e.value.as_deref() == Some("true"))
         );
+        let front = deployments
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some("airq-front"))
+            .unwrap();
+        let front_env = front.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+            .env
+            .as_ref()
+            .unwrap();
+        assert!(front_env.iter().any(|e| {
+            e.name == "AIRQ_PREDICTIVE_URL"
+                && e.value
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with("http://airq-predictive."))
+        }));
         let security = container.security_context.as_ref().unwrap();
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.allow_privilege_escalation, Some(false));

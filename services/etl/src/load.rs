@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airq_api::etl::{Backfill, CsvFormat, EtlSource, LoadMode};
+use airq_api::etl::{Backfill, CsvFormat, CsvSource, EtlSource, LoadMode};
 use airq_api::reports::LoadReport;
 use airq_core::db::Database;
 use airq_core::store::{Batch, Measurement, NewRun, Store, WriteCounts};
@@ -41,6 +41,30 @@ pub struct LoadRequest {
     pub parallelism: usize,
     /// The OpenAQ API key, when the source is OpenAQ.
     pub openaq_api_key: Option<String>,
+}
+
+impl LoadRequest {
+    /// A one-off load of the CSV files at `url` (a file, a folder or an http(s) URL) in `format`, incremental from
+    /// the load's watermark.
+    pub fn csv(name: &str, url: &str, format: CsvFormat, requested_by: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            spec: LoadSpec {
+                source: EtlSource {
+                    csv: Some(CsvSource {
+                        url: url.to_owned(),
+                        format,
+                    }),
+                    ..EtlSource::default()
+                },
+                mode: LoadMode::Incremental,
+                backfill: None,
+            },
+            requested_by: requested_by.to_owned(),
+            parallelism: 2,
+            openaq_api_key: None,
+        }
+    }
 }
 
 /// Why a load failed.
@@ -238,6 +262,11 @@ pub async fn run(
     stop: &CancellationToken,
 ) -> Result<LoadOutcome, LoadError> {
     run_reporting_start(store, request, progress, stop, |_| ()).await
+}
+
+/// [`run`] without a progress bar or a way to stop it early: loads that a program (or a test) waits for.
+pub async fn run_to_end(store: &Store, request: &LoadRequest) -> Result<LoadOutcome, LoadError> {
+    run(store, request, &ProgressBar::hidden(), &CancellationToken::new()).await
 }
 
 /// [`run`], calling `on_start` with the run's id as soon as it is recorded.

@@ -68,24 +68,12 @@ async fn a_load_started_over_http_runs_to_the_end() {
         assert_eq!(body["error"]["code"], "conflict");
     }
 
-    let finished = airq_testenv::eventually("the load to finish", Duration::from_secs(120), || {
-        let http = http.clone();
-        let url = format!("{base}/loads/{id}");
-        async move {
-            let run: Value = http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            match run["status"].as_str() {
-                Some("running") => Err(format!("{} values read so far", run["rowsRead"])),
-                _ => Ok(run),
-            }
-        }
-    })
+    let finished = airq_testenv::wait_finished(
+        &http,
+        &format!("{base}/loads/{id}"),
+        "the load to finish",
+        Duration::from_secs(120),
+    )
     .await
     .unwrap();
     assert_eq!(finished["status"], "succeeded", "{finished}");
@@ -172,25 +160,12 @@ async fn bad_requests_get_json_errors_that_say_what_is_wrong() {
         .unwrap();
     assert_eq!(response.status(), 202);
     let id = response.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
-    let failed = airq_testenv::eventually("the load to fail", Duration::from_secs(30), || {
-        let http = http.clone();
-        let url = format!("{base}/loads/{id}");
-        async move {
-            let run: Value = http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            if run["status"] == "running" {
-                Err("still running".to_owned())
-            } else {
-                Ok(run)
-            }
-        }
-    })
+    let failed = airq_testenv::wait_finished(
+        &http,
+        &format!("{base}/loads/{id}"),
+        "the load to fail",
+        Duration::from_secs(30),
+    )
     .await
     .unwrap();
     assert_eq!(failed["status"], "failed");

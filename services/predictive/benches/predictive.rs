@@ -89,23 +89,13 @@ async fn main() -> anyhow::Result<()> {
             three.join(file.file_name().ok_or_else(|| anyhow::anyhow!("name"))?),
         )?;
     }
-    let spec: airq_etl::load::LoadSpec = serde_json::from_value(serde_json::json!({
-        "source": { "csv": { "url": three.display().to_string(), "format": "beijing" } }
-    }))?;
-    let request = airq_etl::load::LoadRequest {
-        name: "bench".to_owned(),
-        spec,
-        requested_by: "bench".to_owned(),
-        parallelism: 2,
-        openaq_api_key: None,
-    };
-    airq_etl::load::run(
-        &Store::new(db.clone()),
-        &request,
-        &indicatif::ProgressBar::hidden(),
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await?;
+    let request = airq_etl::load::LoadRequest::csv(
+        "bench",
+        &three.display().to_string(),
+        airq_api::etl::CsvFormat::Beijing,
+        "bench",
+    );
+    airq_etl::load::run_to_end(&Store::new(db.clone()), &request).await?;
     let stations: Vec<String> = Store::new(db.clone())
         .stations()
         .await?

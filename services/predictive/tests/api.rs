@@ -28,26 +28,10 @@ async fn get(http: &reqwest::Client, url: String) -> (u16, Value) {
 }
 
 async fn wait_trained(http: &reqwest::Client, base: &str, name: &str, id: i64) -> Value {
-    airq_testenv::eventually("the training to finish", Duration::from_secs(300), || {
-        let http = http.clone();
-        let url = format!("{base}/models/{name}/trainings/{id}");
-        async move {
-            let t: Value = http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            match t["status"].as_str() {
-                Some("running") => Err("still running".to_owned()),
-                _ => Ok(t),
-            }
-        }
-    })
-    .await
-    .unwrap()
+    let url = format!("{base}/models/{name}/trainings/{id}");
+    airq_testenv::wait_finished(http, &url, "the training to finish", Duration::from_secs(300))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

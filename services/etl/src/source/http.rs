@@ -16,13 +16,8 @@ const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// An HTTP client for the connectors, with timeouts.
 pub fn client() -> Result<Client, SourceError> {
-    // reqwest uses the process's rustls provider; ring is the one kube and sqlx already use. A provider installed
-    // before (by this function or another part of the process) is kept.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::builder()
-        .connect_timeout(Duration::from_secs(10))
+    airq_core::http::client_builder(concat!("airq-etl/", env!("CARGO_PKG_VERSION")))
         .timeout(Duration::from_secs(60))
-        .user_agent(concat!("airq-etl/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| SourceError::Http {
             input: "HTTP client".to_owned(),

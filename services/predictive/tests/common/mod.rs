@@ -49,25 +49,15 @@ pub async fn loaded_database(csv: &std::path::Path) -> (airq_testenv::TestDataba
     let test_db = airq_testenv::database().await.unwrap();
     let db = Database::connect_url(&test_db.url, 5).await.unwrap();
     db.migrate().await.unwrap();
-    let spec: airq_etl::load::LoadSpec = serde_json::from_value(serde_json::json!({
-        "source": { "csv": { "url": csv.display().to_string(), "format": "beijing" } }
-    }))
-    .unwrap();
-    let request = airq_etl::load::LoadRequest {
-        name: "slice".to_owned(),
-        spec,
-        requested_by: "test".to_owned(),
-        parallelism: 2,
-        openaq_api_key: None,
-    };
-    airq_etl::load::run(
-        &Store::new(db.clone()),
-        &request,
-        &indicatif::ProgressBar::hidden(),
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let request = airq_etl::load::LoadRequest::csv(
+        "slice",
+        &csv.display().to_string(),
+        airq_api::etl::CsvFormat::Beijing,
+        "test",
+    );
+    airq_etl::load::run_to_end(&Store::new(db.clone()), &request)
+        .await
+        .unwrap();
     (test_db, db)
 }
 
