@@ -306,3 +306,10 @@ impl ConditionedStatus for EtlScheduleStatus {
         &self.conditions
     }
 }
+
+impl EtlScheduleSpec {
+    /// What a load does: the part of the spec the ETL command reads (`AIRQ_LOAD_SPEC`).
+    pub fn load_spec(&self) -> serde_json::Value {
+        serde_json::json!({ "source": self.source, "mode": self.mode, "backfill": self.backfill })
+    }
+}

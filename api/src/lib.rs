@@ -31,3 +31,11 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
         Platform::crd(),
     ]
 }
+
+/// A short, stable fingerprint of `value` (8 hex digits of its SHA-256): names Jobs after what they do and marks the
+/// spec a model version was trained from.
+pub fn fingerprint(value: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(value.to_string().as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}

@@ -438,3 +438,24 @@ impl ConditionedStatus for PredictiveModelStatus {
         &self.conditions
     }
 }
+
+impl PredictiveModelSpec {
+    /// The part of the spec that training depends on (the serving replicas, for instance, are not): what the
+    /// training Job (or `airq up`) hands `airq-predictive train`.
+    pub fn training_spec(&self) -> serde_json::Value {
+        serde_json::json!({
+            "target": self.target,
+            "horizonHours": self.horizon_hours,
+            "confidenceLevels": self.confidence_levels,
+            "algorithm": self.algorithm,
+            "features": self.features,
+            "training": { "from": self.training.from, "to": self.training.to,
+                "calibrationFraction": self.training.calibration_fraction },
+        })
+    }
+
+    /// The revision of the training-relevant spec and the retrain request: a new one means a new training.
+    pub fn revision(&self) -> String {
+        crate::fingerprint(&serde_json::json!({ "spec": self.training_spec(), "retrainRequest": self.retrain_request }))
+    }
+}

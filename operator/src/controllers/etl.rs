@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use airq_api::etl::{EtlSchedule, EtlScheduleSpec, EtlScheduleStatus, LoadRunStatus};
+use airq_api::etl::{EtlSchedule, EtlScheduleStatus, LoadRunStatus};
 use airq_api::reports::LoadReport;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -28,17 +28,7 @@ pub fn cron_job_name(name: &str) -> String {
     format!("etl-{name}")
 }
 
-/// A short, stable fingerprint of `value`.
-pub fn fingerprint(value: &serde_json::Value) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(value.to_string().as_bytes());
-    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
-}
-
-/// What a load does: the part of the spec the ETL command reads.
-fn load_spec(spec: &EtlScheduleSpec) -> serde_json::Value {
-    json!({ "source": spec.source, "mode": spec.mode, "backfill": spec.backfill })
-}
+pub use airq_api::fingerprint;
 
 fn job_template(etl: &EtlSchedule, owner: &Owner, image: String) -> (ObjectMeta, JobSpec) {
     let spec = &etl.spec;
@@ -47,7 +37,7 @@ fn job_template(etl: &EtlSchedule, owner: &Owner, image: String) -> (ObjectMeta,
     let mut environment = vec![
         env("AIRQ_LOG_FORMAT", "json"),
         env("AIRQ_LOAD_NAME", format!("{}/{}", owner.namespace, owner.name)),
-        env("AIRQ_LOAD_SPEC", load_spec(spec).to_string()),
+        env("AIRQ_LOAD_SPEC", spec.load_spec().to_string()),
         database_env(&spec.database),
     ];
     if let Some(openaq) = &spec.source.openaq {
@@ -111,7 +101,7 @@ pub fn build(etl: &EtlSchedule, owner: &Owner, image: String, own_jobs: &[Arc<Jo
             status: None,
         })),
         // Run once: one Job per distinct load (a changed source or range is a new load).
-        None if !spec.suspend => children.push(job(format!("etl-{}-{}", owner.name, fingerprint(&load_spec(spec))))),
+        None if !spec.suspend => children.push(job(format!("etl-{}-{}", owner.name, fingerprint(&spec.load_spec())))),
         None => {}
     }
     if let Some(request) = &spec.run_request {

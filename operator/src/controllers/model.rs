@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use airq_api::model::{ModelMetrics, ModelPhase, PredictiveModel, PredictiveModelSpec, PredictiveModelStatus};
+use airq_api::model::{ModelMetrics, ModelPhase, PredictiveModel, PredictiveModelStatus};
 use airq_api::reports::TrainingReport;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
@@ -16,12 +16,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
 
 use crate::children::{self, Child, ChildKind, Desired, Owner};
 use crate::context::Context;
 use crate::controllers::adhoc::deployment_available;
-use crate::controllers::etl::fingerprint;
 use crate::controllers::jobs::{self, JobState};
 use crate::error::Result;
 use crate::status::{condition, event, update};
@@ -39,23 +37,6 @@ pub fn serving_name(model: &str) -> String {
     format!("model-{model}")
 }
 
-/// The part of the spec that training depends on (the serving replicas, for instance, are not).
-fn training_spec(spec: &PredictiveModelSpec) -> serde_json::Value {
-    json!({
-        "target": spec.target,
-        "horizonHours": spec.horizon_hours,
-        "confidenceLevels": spec.confidence_levels,
-        "algorithm": spec.algorithm,
-        "features": spec.features,
-        "training": { "from": spec.training.from, "to": spec.training.to, "calibrationFraction": spec.training.calibration_fraction },
-    })
-}
-
-/// The revision of the training-relevant spec and the retrain request: a new one means a new training.
-pub fn revision(spec: &PredictiveModelSpec) -> String {
-    fingerprint(&json!({ "spec": training_spec(spec), "retrainRequest": spec.retrain_request }))
-}
-
 fn training_job_spec(model: &PredictiveModel, owner: &Owner, image: String, revision: &str) -> (ObjectMeta, JobSpec) {
     let spec = &model.spec;
     let mut labels = owner.labels("airq-training");
@@ -65,7 +46,7 @@ fn training_job_spec(model: &PredictiveModel, owner: &Owner, image: String, revi
         env("AIRQ_LOG_FORMAT", "json"),
         env("AIRQ_MODEL", format!("{}/{}", owner.namespace, owner.name)),
         env("AIRQ_MODEL_REVISION", revision),
-        env("AIRQ_MODEL_SPEC", training_spec(spec).to_string()),
+        env("AIRQ_MODEL_SPEC", spec.training_spec().to_string()),
         database_env(&spec.database),
     ];
     let container = job_container(
@@ -285,7 +266,7 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
 
-    let revision = revision(&model.spec);
+    let revision = model.spec.revision();
     let all_jobs: Vec<Arc<Job>> = ctx.stores.jobs.state_filter(|job| {
         job.namespace().as_deref() == Some(owner.namespace.as_str())
             && job.labels().get(MODEL_LABEL) == Some(&owner.name)
@@ -502,7 +483,7 @@ mod tests {
     fn an_untrained_model_gets_a_training_job_with_its_node_placement() {
         let model =
             model("  training:\n    nodeSelector: { airq.dev/pool: big }\n    resources: { limits: { cpu: \"4\" } }\n");
-        let rev = revision(&model.spec);
+        let rev = model.spec.revision();
         let desired = build(&model, &owner(), "img/p:1".to_owned(), &rev, None, &[]);
         let [Child::Job(job)] = desired.children.as_slice() else {
             panic!("{:?}", desired.children)
@@ -524,16 +505,16 @@ mod tests {
 
     #[test]
     fn the_revision_follows_training_inputs_and_the_retrain_request_only() {
-        let base = revision(&model("").spec);
-        assert_eq!(base, revision(&model("  serving: { replicas: 5 }\n").spec));
-        assert_ne!(base, revision(&model("  retrainRequest: \"2026-11-29\"\n").spec));
-        assert_ne!(base, revision(&model("  horizonHours: 48\n").spec));
+        let base = model("").spec.revision();
+        assert_eq!(base, model("  serving: { replicas: 5 }\n").spec.revision());
+        assert_ne!(base, model("  retrainRequest: \"2026-11-29\"\n").spec.revision());
+        assert_ne!(base, model("  horizonHours: 48\n").spec.revision());
     }
 
     #[test]
     fn a_trained_model_is_served_and_not_trained_again() {
         let model = model("  serving: { replicas: 2 }\n  training: { schedule: \"0 3 * * *\" }\n");
-        let rev = revision(&model.spec);
+        let rev = model.spec.revision();
         let served = Served {
             version: "v7".to_owned(),
             revision: rev.clone(),
@@ -551,7 +532,7 @@ mod tests {
             Some(IntOrString::Int(0))
         );
         // A new revision trains while the old version keeps serving.
-        let retrain = revision(&self::model("  retrainRequest: again\n").spec);
+        let retrain = self::model("  retrainRequest: again\n").spec.revision();
         let desired = build(&model, &owner(), "img/p:1".to_owned(), &retrain, Some(&served), &[]);
         assert!(
             desired

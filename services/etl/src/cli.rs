@@ -79,7 +79,8 @@ fn report_path(args: &LoadArgs) -> Option<PathBuf> {
     })
 }
 
-fn progress_bar() -> ProgressBar {
+/// A load's progress bar (bytes read of the input) on a terminal; hidden otherwise (the load logs instead).
+pub fn progress_bar() -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
     }

@@ -235,7 +235,36 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let telemetry = airq_core::telemetry::init_background_writer("gateway", &config.serve.log)?;
     let db = Database::connect(&config.database).await?;
     tracing::info!(database = %db.describe(), "database ready");
-    let state = state(&config, db.clone()).await?;
+    let listen = config.serve.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| airq_core::http::ServeError::Bind { addr: listen, source })?;
+    let checks: Vec<(&'static str, ReadinessCheck)> = vec![("database", db.readiness_check())];
+    let served = serve(
+        &config,
+        db.clone(),
+        listener,
+        ops_router(telemetry.clone(), checks),
+        shutdown_signal(),
+    )
+    .await;
+    db.close().await;
+    tracing::info!("stopped");
+    // Flushes the log lines still queued.
+    drop(telemetry);
+    served
+}
+
+/// Serves the gateway on `listener` with `ops` (the operational endpoints) until `shutdown` completes, following
+/// the route file, identity changes and usage counts meanwhile; what [`run`] and the one-machine platform do.
+pub async fn serve(
+    config: &Config,
+    db: Database,
+    listener: tokio::net::TcpListener,
+    ops: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let state = state(config, db).await?;
     let background = [
         tokio::spawn(state.identities.clone().follow_changes()),
         tokio::spawn(
@@ -250,12 +279,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Duration::from_secs(config.usage_flush_seconds.max(1)),
         )),
     ];
-    let checks: Vec<(&'static str, ReadinessCheck)> = vec![("database", db.readiness_check())];
-    let service = app(state.clone(), ops_router(telemetry.clone(), checks));
-    let listen = config.serve.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| airq_core::http::ServeError::Bind { addr: listen, source })?;
+    let service = app(state.clone(), ops);
     let local = listener.local_addr().map_err(airq_core::http::ServeError::Serve)?;
     tracing::info!(service = "gateway", %local, "listening");
     // Answers are written whole; Nagle's algorithm would only hold small ones back.
@@ -268,17 +292,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         listener,
         axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(shutdown)
     .await;
     for task in background {
         task.abort();
     }
     // What this replica counted since the last flush is not lost on a rolling update.
     state.limits.flush(&state.store, chrono::Utc::now().timestamp()).await;
-    db.close().await;
-    tracing::info!("stopped");
-    // Flushes the log lines still queued.
-    drop(telemetry);
     served.map_err(airq_core::http::ServeError::Serve)?;
     Ok(())
 }

@@ -158,24 +158,27 @@ pub fn train_and_score(
     Ok((model, evaluation))
 }
 
-/// `train`: reads the data, trains, stores the version, writes the report.
-pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
-    airq_core::telemetry::init("predictive", &args.log)?;
-    let spec = read_spec(&args.spec)?;
-    let db = Database::connect(&args.database).await?;
-    let store = Store::new(db.clone());
-    let registry = Registry::new(db.clone());
+/// Trains a version of `name` with `spec` on the store's data (or the CSV files at `csv`), scores it on held-out
+/// data and stores it with `revision`; what `train` and the one-machine platform (`airq up`) do.
+pub async fn train_version(
+    store: &Store,
+    registry: &Registry,
+    name: &str,
+    spec: &ModelSpec,
+    revision: Option<&str>,
+    csv: Option<&str>,
+) -> anyhow::Result<(crate::registry::StoredVersion, Evaluation, f64)> {
     let (from, to) = spec.window()?;
     let data = dataset(
-        args.csv.as_deref(),
-        Some(&store),
-        &spec,
+        csv,
+        Some(store),
+        spec,
         from.unwrap_or(i64::MIN / 2),
         to.unwrap_or(i64::MAX / 2),
     )
     .await?;
-    let plan = plan_for(&spec, &data)?;
-    let progress = TerminalProgress::new(args.name.clone());
+    let plan = plan_for(spec, &data)?;
+    let progress = TerminalProgress::new(name.to_owned());
     let started = Instant::now();
     let task_spec = spec.clone();
     let (model, evaluation) =
@@ -189,14 +192,27 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
     metrics::histogram!("airq_predictive_training_duration_seconds", "algorithm" => spec.algorithm.name())
         .record(seconds);
     let stored = registry
-        .save(
-            &args.name,
-            &model,
-            args.revision.as_deref(),
-            &serde_json::to_value(&evaluation)?,
-            seconds,
-        )
+        .save(name, &model, revision, &serde_json::to_value(&evaluation)?, seconds)
         .await?;
+    Ok((stored, evaluation, seconds))
+}
+
+/// `train`: reads the data, trains, stores the version, writes the report.
+pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
+    airq_core::telemetry::init("predictive", &args.log)?;
+    let spec = read_spec(&args.spec)?;
+    let db = Database::connect(&args.database).await?;
+    let store = Store::new(db.clone());
+    let registry = Registry::new(db.clone());
+    let (stored, evaluation, seconds) = train_version(
+        &store,
+        &registry,
+        &args.name,
+        &spec,
+        args.revision.as_deref(),
+        args.csv.as_deref(),
+    )
+    .await?;
     tracing::info!(model = %args.name, version = %stored.version, mae = evaluation.mae, coverage90 = ?evaluation.coverage(0.9), seconds, "model stored");
     let report = TrainingReport {
         model_version: stored.version.clone(),

@@ -1,0 +1,294 @@
+//! `airq up`: the whole platform in one process on embedded SQLite. The gateway listens where asked; the front, the
+//! predictive service and the ETL API listen on loopback ports of their own behind it, with the route table the
+//! operator would write for a cluster. EtlSchedules run their loads (once, or on their cron schedule), then
+//! PredictiveModels whose spec has no trained version yet are trained and served. Ctrl-C stops everything between
+//! two stored chunks; the next `up` on the same data folder goes on from there.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airq_api::{AdhocService, EtlSchedule, Platform, PredictiveModel};
+use airq_core::config::{LogArgs, LogFormat};
+use airq_core::db::Database;
+use airq_core::store::Store;
+use airq_etl::load::{LoadRequest, LoadSpec};
+use airq_predictive::registry::Registry;
+use airq_predictive::spec::ModelSpec;
+use anyhow::Context;
+use clap::Args;
+use kube::ResourceExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::resources::{self, Resources};
+
+/// The namespace one machine stands for in the route table the operator's code builds.
+pub const NAMESPACE: &str = "local";
+/// Annotation of an AdhocService giving the URL it runs at on this machine (there are no Deployments here).
+pub const LOCAL_URL_ANNOTATION: &str = "airq.dev/local-url";
+
+/// `airq up`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Folder of the SQLite database (`airq.db`), the API-key hashing secret and the route table; created if missing.
+    #[arg(long, env = "AIRQ_DATA_DIR", default_value = "airq-data")]
+    pub data_dir: PathBuf,
+    /// Folder of EtlSchedule, PredictiveModel, AdhocService and Platform YAML files to act on.
+    #[arg(long, env = "AIRQ_RESOURCES", default_value = "examples")]
+    pub resources: PathBuf,
+    /// Address of the gateway: the dashboard and every API.
+    #[arg(long, env = "AIRQ_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Log filter in `tracing` syntax.
+    #[arg(long = "log-level", env = "AIRQ_LOG_LEVEL", default_value = "warn,airq=info")]
+    pub log_level: String,
+    /// The OpenAQ API key for EtlSchedules with an `openaq` source (their Secret in a cluster).
+    #[arg(long, env = "OPENAQ_API_KEY", hide_env_values = true)]
+    pub openaq_api_key: Option<String>,
+}
+
+/// Serves `app` on a free loopback port until `stop`; its base URL.
+async fn serve_internal(app: axum::Router, stop: CancellationToken, tasks: &mut JoinSet<()>) -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "an internal service stopped");
+        }
+    });
+    Ok(format!("http://{address}"))
+}
+
+/// The route table the operator would write for `platform` and `adhoc_services`, with this machine's URLs.
+fn route_table(
+    platform: &Platform,
+    adhoc_services: &[AdhocService],
+    front: &str,
+    predictive: &str,
+    etl: &str,
+) -> airq_api::gateway::RouteTable {
+    let adhoc: Vec<Arc<AdhocService>> = adhoc_services.iter().cloned().map(Arc::new).collect();
+    let mut table = airq_operator::routes::table(platform, &adhoc);
+    let service = |name: &str| airq_operator::routes::service_url(name, NAMESPACE);
+    table.routes.retain_mut(|route| {
+        let local = if route.upstream == service("airq-front") {
+            Some(front.to_owned())
+        } else if route.upstream == service("airq-predictive") {
+            Some(predictive.to_owned())
+        } else if route.upstream == service("airq-etl") {
+            Some(etl.to_owned())
+        } else {
+            let name = route.id.trim_start_matches("adhoc/");
+            let url = adhoc_services
+                .iter()
+                .find(|a| a.name_any() == name)
+                .and_then(|a| a.annotations().get(LOCAL_URL_ANNOTATION).cloned());
+            if url.is_none() {
+                tracing::warn!(
+                    adhoc_service = name,
+                    "no route on this machine: give the AdhocService the annotation {LOCAL_URL_ANNOTATION}: http://127.0.0.1:PORT (where it runs)"
+                );
+            }
+            url
+        };
+        match local {
+            Some(url) => {
+                route.upstream = url;
+                true
+            }
+            None => false,
+        }
+    });
+    table
+}
+
+/// The Platform of the resources folder, or the defaults a cluster's `platform.yaml` would have.
+fn platform(resources: &Resources) -> anyhow::Result<Platform> {
+    let mut platform = match &resources.platform {
+        Some(p) => p.clone(),
+        None => serde_json::from_value(serde_json::json!({
+            "apiVersion": "airq.dev/v1alpha1", "kind": "Platform", "metadata": { "name": "airq" },
+            "spec": {}
+        }))
+        .context("the default Platform")?,
+    };
+    platform.metadata.namespace = Some(NAMESPACE.to_owned());
+    Ok(platform)
+}
+
+/// Replaces the keys earlier `up`s printed with a new one, and lets the admin call every API of this machine.
+async fn admin_key(db: &Database) -> anyhow::Result<String> {
+    use airq_gateway::admin::{ADMIN_GROUP, BOOTSTRAP_USER};
+    let store = airq_gateway::store::Store::new(db.clone());
+    let now = chrono::Utc::now().timestamp();
+    if let Ok(keys) = store.keys_of(BOOTSTRAP_USER).await {
+        for key in keys.iter().filter(|k| k.revoked_at.is_none()) {
+            store.revoke_key(&key.id, now).await?;
+        }
+    }
+    store
+        .ensure_group(ADMIN_GROUP, "may use the gateway's admin API", now)
+        .await?;
+    for (group, description) in [
+        ("developers", "may call the predictive API"),
+        ("operators", "may call the ETL API"),
+    ] {
+        store.ensure_group(group, description, now).await?;
+        store.ensure_user_in_group(BOOTSTRAP_USER, group, now).await?;
+    }
+    let (_, key) = airq_gateway::identity::generate_key();
+    Ok(key)
+}
+
+/// Runs `airq up` until Ctrl-C or SIGTERM.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let telemetry = airq_core::telemetry::init(
+        "airq",
+        &LogArgs {
+            level: args.log_level.clone(),
+            format: LogFormat::Pretty,
+        },
+    )?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data folder {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let db_url = format!("sqlite://{}", data_dir.join("airq.db").display());
+    let db = Database::connect_url(&db_url, 8).await?;
+    db.migrate().await?;
+
+    let resources = resources::read_dir(&args.resources)?;
+    for invalid in &resources.invalid {
+        eprintln!("airq: left out: {invalid}");
+    }
+    for ignored in &resources.ignored {
+        tracing::info!("not for one machine: {ignored}");
+    }
+
+    let stop = CancellationToken::new();
+    let mut servers = JoinSet::new();
+    let store = Store::new(db.clone());
+    let registry = Registry::new(db.clone());
+    let predictive = serve_internal(
+        airq_predictive::api::router(airq_predictive::api::ApiState::new(
+            registry.clone(),
+            store.clone(),
+            None,
+        )),
+        stop.clone(),
+        &mut servers,
+    )
+    .await?;
+    let client = airq_front::predictive::Predictive::new(Some(&predictive), Duration::from_secs(5))
+        .map_err(anyhow::Error::msg)?;
+    let front = serve_internal(
+        airq_front::router(airq_front::AppState::new(db.clone(), client)),
+        stop.clone(),
+        &mut servers,
+    )
+    .await?;
+    let etl = serve_internal(
+        airq_etl::api::router(airq_etl::api::ApiState::new(store.clone(), args.openaq_api_key.clone())),
+        stop.clone(),
+        &mut servers,
+    )
+    .await?;
+
+    let table = route_table(
+        &platform(&resources)?,
+        &resources.adhoc_services,
+        &front,
+        &predictive,
+        &etl,
+    );
+    let routes_file = data_dir.join("routes.yaml");
+    std::fs::write(&routes_file, serde_saphyr::to_string(&table)?)?;
+    let key = admin_key(&db).await?;
+    let gateway_config = <airq_gateway::Config as clap::Parser>::try_parse_from([
+        "airq-gateway",
+        "--database-url",
+        &db_url,
+        "--routes-file",
+        &routes_file.display().to_string(),
+        "--admin-key",
+        &key,
+    ])?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let gateway = listener.local_addr()?;
+    let ops = airq_core::http::ops_router(telemetry.clone(), vec![("database", db.readiness_check())]);
+    let gateway_db = db.clone();
+    let gateway_stop = stop.clone();
+    servers.spawn(async move {
+        if let Err(e) = airq_gateway::serve(
+            &gateway_config,
+            gateway_db,
+            listener,
+            ops,
+            gateway_stop.clone().cancelled_owned(),
+        )
+        .await
+        {
+            eprintln!("airq: the gateway stopped: {e}");
+            gateway_stop.cancel();
+        }
+    });
+
+    println!("airq is up, its data in {}", data_dir.display());
+    println!("  dashboard:      http://{gateway}/");
+    println!("  admin API key:  {key}");
+    println!("  try:            curl -H 'Authorization: Bearer {key}' http://{gateway}/api/predictive/models");
+    println!("Stop with Ctrl-C; `airq up` again goes on where it stopped.");
+
+    let work = tokio::spawn(crate::work::run(
+        store.clone(),
+        registry.clone(),
+        resources,
+        args.openaq_api_key.clone(),
+        stop.clone(),
+    ));
+
+    tokio::select! {
+        () = airq_core::http::shutdown_signal() => {}
+        () = stop.cancelled() => {}
+    }
+    eprintln!("airq: stopping");
+    stop.cancel();
+    // Loads stop at their next chunk; a training in progress is abandoned (nothing of it is stored).
+    let _ = tokio::time::timeout(Duration::from_secs(30), work).await;
+    while servers.join_next().await.is_some() {}
+    db.close().await;
+    drop(telemetry);
+    eprintln!("airq: stopped");
+    Ok(())
+}
+
+/// The name a resource's load or model has here: its own name. (A cluster's are `<namespace>/<name>`; one machine
+/// has one namespace, and a plain name can be used in API paths through the gateway, which refuses encoded `/`.)
+pub fn local_name(name: &str) -> String {
+    name.to_owned()
+}
+
+/// The load an EtlSchedule asks for.
+pub fn load_request(schedule: &EtlSchedule, openaq_api_key: Option<String>) -> anyhow::Result<LoadRequest> {
+    let spec: LoadSpec = serde_json::from_value(schedule.spec.load_spec())?;
+    let parallelism = spec.backfill.as_ref().map_or(2, |b| b.parallelism as usize).max(1);
+    Ok(LoadRequest {
+        name: local_name(&schedule.name_any()),
+        spec,
+        requested_by: "airq up".to_owned(),
+        parallelism,
+        openaq_api_key,
+    })
+}
+
+/// The training spec of a PredictiveModel.
+pub fn model_spec(model: &PredictiveModel) -> anyhow::Result<ModelSpec> {
+    ModelSpec::from_json(&model.spec.training_spec()).map_err(|e| anyhow::anyhow!("{}: {e}", model.name_any()))
+}
