@@ -43,7 +43,11 @@ pub struct UpArgs {
     #[arg(long, env = "AIRQ_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Log filter in `tracing` syntax.
-    #[arg(long = "log-level", env = "AIRQ_LOG_LEVEL", default_value = "warn,airq::up=info,airq::work=info")]
+    #[arg(
+        long = "log-level",
+        env = "AIRQ_LOG_LEVEL",
+        default_value = "warn,airq::up=info,airq::work=info"
+    )]
     pub log_level: String,
     /// The OpenAQ API key for EtlSchedules with an `openaq` source (their Secret in a cluster).
     #[arg(long, env = "OPENAQ_API_KEY", hide_env_values = true)]
