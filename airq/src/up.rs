@@ -273,18 +273,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The name a resource's load or model has here: its own name. (A cluster's are `<namespace>/<name>`; one machine
-/// has one namespace, and a plain name can be used in API paths through the gateway, which refuses encoded `/`.)
-pub fn local_name(name: &str) -> String {
-    name.to_owned()
-}
-
 /// The load an EtlSchedule asks for.
 pub fn load_request(schedule: &EtlSchedule, openaq_api_key: Option<String>) -> anyhow::Result<LoadRequest> {
     let spec: LoadSpec = serde_json::from_value(schedule.spec.load_spec())?;
     let parallelism = spec.backfill.as_ref().map_or(2, |b| b.parallelism as usize).max(1);
     Ok(LoadRequest {
-        name: local_name(&schedule.name_any()),
+        // One machine has one namespace: loads and models keep their resources' plain names, which (unlike a
+        // cluster's `namespace/name`) can be used in API paths through the gateway.
+        name: schedule.name_any(),
         spec,
         requested_by: "airq up".to_owned(),
         parallelism,

@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::resources::Resources;
-use crate::up::{load_request, local_name, model_spec};
+use crate::up::{load_request, model_spec};
 
 /// Runs the loads, then the trainings; then keeps the scheduled loads going until `stop`.
 pub async fn run(
@@ -125,7 +125,7 @@ async fn run_load(
 
 /// Trains `model` when no stored version has its revision.
 async fn train_if_needed(store: &Store, registry: &Registry, model: &PredictiveModel) -> anyhow::Result<()> {
-    let name = local_name(&model.name_any());
+    let name = model.name_any();
     let revision = model.spec.revision();
     let versions = registry.versions(Some(&name)).await?;
     if let Some(current) = versions
@@ -135,17 +135,25 @@ async fn train_if_needed(store: &Store, registry: &Registry, model: &PredictiveM
         eprintln!("airq: {name} is trained ({}, revision {revision})", current.version);
         return Ok(());
     }
-    train(store, registry, model).await
+    train_as(store, registry, model, &name, &revision).await
 }
 
 /// Trains and stores a new version of `model`, with its revision.
 async fn train(store: &Store, registry: &Registry, model: &PredictiveModel) -> anyhow::Result<()> {
-    let name = local_name(&model.name_any());
-    let revision = model.spec.revision();
+    train_as(store, registry, model, &model.name_any(), &model.spec.revision()).await
+}
+
+async fn train_as(
+    store: &Store,
+    registry: &Registry,
+    model: &PredictiveModel,
+    name: &str,
+    revision: &str,
+) -> anyhow::Result<()> {
     let spec = model_spec(model)?;
     eprintln!("airq: training {name} ({})", spec.algorithm.name());
     let (stored, evaluation, seconds) =
-        airq_predictive::cli::train_version(store, registry, &name, &spec, Some(&revision), None).await?;
+        airq_predictive::cli::train_version(store, registry, name, &spec, Some(revision), None).await?;
     eprintln!(
         "airq: {name} {} trained in {seconds:.1} s: MAE {:.2}, 90 % coverage {:.3} on held-out data",
         stored.version,
