@@ -313,3 +313,8 @@ impl EtlScheduleSpec {
         serde_json::json!({ "source": self.source, "mode": self.mode, "backfill": self.backfill })
     }
 }
+
+/// The name of the Job that runs a load for `spec.runRequest` = `request` of EtlSchedule `schedule`.
+pub fn run_job_name(schedule: &str, request: &str) -> String {
+    format!("etl-{schedule}-run-{}", crate::fingerprint(&serde_json::json!(request)))
+}

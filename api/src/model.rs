@@ -459,3 +459,13 @@ impl PredictiveModelSpec {
         crate::fingerprint(&serde_json::json!({ "spec": self.training_spec(), "retrainRequest": self.retrain_request }))
     }
 }
+
+/// The name of the Deployment and the Service serving model `model`.
+pub fn serving_name(model: &str) -> String {
+    format!("model-{model}")
+}
+
+/// The name of the Job that trains model `model` for the spec with revision `revision` (`PredictiveModelSpec::revision`).
+pub fn training_job_name(model: &str, revision: &str) -> String {
+    format!("model-{model}-train-{revision}")
+}

@@ -23,14 +23,11 @@ fn committed_yaml_matches_the_rust_types() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn rejected<K>(client: &kube::Client, ns: &str, yaml: &str) -> anyhow::Result<String>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
+async fn rejected<K: airq_testenv::kubelet::Namespaced>(
+    client: &kube::Client,
+    ns: &str,
+    yaml: &str,
+) -> anyhow::Result<String> {
     let object: K = serde_saphyr::from_str(yaml)?;
     match Api::<K>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &object)

@@ -7,14 +7,12 @@ use airq_api::{AdhocService, EtlSchedule, Platform, PredictiveModel};
 use common::{secret, wait_for};
 use kube::api::{Api, PostParams};
 
-async fn apply_and_check<K>(client: &kube::Client, ns: &str, text: &str, name: &str) -> anyhow::Result<()>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
+async fn apply_and_check<K: airq_testenv::kubelet::Namespaced>(
+    client: &kube::Client,
+    ns: &str,
+    text: &str,
+    name: &str,
+) -> anyhow::Result<()> {
     let object: K = serde_saphyr::from_str(text)?;
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &object).await?;

@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod debian;
 pub mod error;
+pub mod kubelet;
 pub mod kubernetes;
 pub mod postgres;
 pub mod process;

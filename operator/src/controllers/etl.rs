@@ -11,7 +11,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
 
 use crate::children::{self, Child, ChildKind, Desired, Owner};
 use crate::context::Context;
@@ -105,7 +104,7 @@ pub fn build(etl: &EtlSchedule, owner: &Owner, image: String, own_jobs: &[Arc<Jo
         None => {}
     }
     if let Some(request) = &spec.run_request {
-        children.push(job(format!("etl-{}-run-{}", owner.name, fingerprint(&json!(request)))));
+        children.push(job(airq_api::etl::run_job_name(&owner.name, request)));
     }
     let keep: BTreeSet<(ChildKind, String)> = jobs::history(
         own_jobs,

@@ -32,10 +32,7 @@ pub const REVISION_LABEL: &str = "airq.dev/revision";
 /// Finished training Jobs kept as history.
 const TRAINING_HISTORY: usize = 3;
 
-/// The serving Deployment's and Service's name.
-pub fn serving_name(model: &str) -> String {
-    format!("model-{model}")
-}
+pub use airq_api::model::{serving_name, training_job_name};
 
 fn training_job_spec(model: &PredictiveModel, owner: &Owner, image: String, revision: &str) -> (ObjectMeta, JobSpec) {
     let spec = &model.spec;
@@ -98,7 +95,7 @@ pub fn build(
     let mut children = Vec::new();
     if served.map(|s| s.revision.as_str()) != Some(revision) {
         let mut metadata = owner.meta(
-            &format!("model-{}-train-{revision}", owner.name),
+            &training_job_name(&owner.name, revision),
             job_meta.labels.clone().unwrap_or_default(),
         );
         metadata.annotations = None;
@@ -353,7 +350,7 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
         .await;
     }
 
-    let training_job = format!("model-{}-train-{revision}", owner.name);
+    let training_job = training_job_name(&owner.name, &revision);
     let current_state = all_jobs
         .iter()
         .filter(|j| revision_of(j) == revision)

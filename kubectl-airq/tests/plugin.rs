@@ -1,0 +1,322 @@
+//! `kubectl-airq`, the real binary, against the test control plane with the operator running in the test process.
+//! The control plane has no kubelet: where a Job's pod must finish or a model server's pod must run, the test plays
+//! the kubelet's part (`airq_testenv::kubelet`), and kube-controller-manager and the operator do the rest.
+
+use std::process::Output;
+use std::time::Duration;
+
+use airq_api::{EtlSchedule, PredictiveModel};
+use airq_operator::Operator;
+use airq_operator::config::OperatorArgs;
+use airq_testenv::kubelet::{create, fail_job, finish_job, run_pods};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+async fn setup() -> anyhow::Result<(kube::Client, String, Operator)> {
+    let client = airq_testenv::kube_client().await?;
+    airq_testenv::kubelet::install_crds(&client, airq_api::crds()).await?;
+    let ns = airq_testenv::namespace(&client).await?;
+    let args = OperatorArgs {
+        namespace: Some(ns.clone()),
+        image_registry: "registry.invalid/airq".to_owned(),
+        image_version: "test".to_owned(),
+        concurrency: 4,
+        leader_election: false,
+        lease_namespace: "default".to_owned(),
+        lease_name: "airq-operator".to_owned(),
+        identity: Some(format!("test-{ns}")),
+    };
+    let operator = Operator::start(client.clone(), args).await?;
+    Ok((client, ns, operator))
+}
+
+async fn secret(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "stringData": { "url": "postgres://airq:pw@db/airq", "keyHashSecret": "0123456789abcdef0123" },
+    }))?;
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    Ok(())
+}
+
+/// The plugin, as kubectl would start it, talking to the test control plane.
+async fn plugin_command(args: &[&str]) -> anyhow::Result<tokio::process::Command> {
+    let kubeconfig = airq_testenv::kubernetes().await?.kubeconfig;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-airq"));
+    command.args(args).env("KUBECONFIG", kubeconfig).kill_on_drop(true);
+    Ok(command)
+}
+
+/// Starts the plugin with its output captured, to run while the test plays the kubelet.
+async fn spawn_plugin(args: &[&str]) -> anyhow::Result<tokio::process::Child> {
+    Ok(plugin_command(args)
+        .await?
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?)
+}
+
+async fn plugin(args: &[&str]) -> anyhow::Result<Output> {
+    Ok(plugin_command(args).await?.output().await?)
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+const MODEL: &str = "apiVersion: airq.dev/v1alpha1\nkind: PredictiveModel\nmetadata: { name: pm25 }\nspec:\n  target: { pollutant: pm25 }\n  algorithm: { persistence: {} }\n";
+
+/// The training Job of the model's current spec.
+async fn training_job(models: &Api<PredictiveModel>, name: &str) -> anyhow::Result<String> {
+    let model = models.get(name).await?;
+    Ok(airq_api::model::training_job_name(name, &model.spec.revision()))
+}
+
+/// Plays the kubelet for the model's serving pods until the model is Ready with `version`.
+async fn serve(client: &kube::Client, ns: &str, models: &Api<PredictiveModel>, version: &str) -> anyhow::Result<()> {
+    airq_testenv::eventually("the model to be Ready", Duration::from_secs(90), || async {
+        run_pods(
+            client,
+            ns,
+            "app.kubernetes.io/name=airq-model,app.kubernetes.io/instance=pm25",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let model = models.get("pm25").await.map_err(|e| e.to_string())?;
+        let status = model.status.unwrap_or_default();
+        let ready = airq_api::common::condition(&status.conditions, "Ready").map(|c| c.status.clone());
+        match (status.model_version.as_deref(), ready.as_deref()) {
+            (Some(v), Some("True")) if v == version => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_lists_every_resource_and_says_why_a_broken_one_is_not_ready() -> anyhow::Result<()> {
+    let (client, ns, _operator) = setup().await?;
+    // No database Secret: the Platform and the schedule cannot work, and say so.
+    create::<airq_api::Platform>(
+        &client,
+        &ns,
+        "apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: { name: airq }\nspec: {}\n",
+    )
+    .await?;
+    create::<EtlSchedule>(&client, &ns, "apiVersion: airq.dev/v1alpha1\nkind: EtlSchedule\nmetadata: { name: nightly }\nspec:\n  source: { csv: { url: https://data.example.org/x.csv } }\n  schedule: \"0 3 * * *\"\n").await?;
+    create::<PredictiveModel>(&client, &ns, MODEL).await?;
+
+    let output = airq_testenv::eventually("the status to show the reasons", Duration::from_secs(30), || async {
+        let output = plugin(&["status", "-n", &ns]).await.map_err(|e| e.to_string())?;
+        let (stdout, _) = text(&output);
+        if stdout.contains("SecretNotFound") && stdout.matches("NotObserved").count() == 0 {
+            Ok(output)
+        } else {
+            Err(stdout)
+        }
+    })
+    .await?;
+    let (stdout, stderr) = text(&output);
+    // Not everything is Ready: exit code 3, and a count on stderr.
+    assert_eq!(output.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stderr.contains("3 of 3 resources are not Ready"), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("KIND") && lines[0].contains("READY") && lines[0].contains("REASON"),
+        "{stdout}"
+    );
+    let platform = lines
+        .iter()
+        .find(|l| l.starts_with("Platform"))
+        .copied()
+        .unwrap_or_default();
+    assert!(platform.contains("airq") && platform.contains("False"), "{stdout}");
+    assert!(
+        platform.contains("SecretNotFound") && platform.contains("airq-database"),
+        "{platform}"
+    );
+    let schedule = lines
+        .iter()
+        .find(|l| l.starts_with("EtlSchedule"))
+        .copied()
+        .unwrap_or_default();
+    assert!(
+        schedule.contains("nightly") && schedule.contains("airq-database"),
+        "{schedule}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("PredictiveModel") && l.contains("pm25")),
+        "{stdout}"
+    );
+
+    // Every namespace: the namespace column.
+    let all = plugin(&["status", "-A"]).await?;
+    let (stdout, _) = text(&all);
+    assert!(stdout.starts_with("NAMESPACE"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&ns) && l.contains("SecretNotFound")),
+        "{stdout}"
+    );
+
+    // An empty namespace.
+    let empty = airq_testenv::namespace(&client).await?;
+    let output = plugin(&["status", "-n", &empty]).await?;
+    assert!(output.status.success());
+    assert!(text(&output).0.contains("No airq resources in namespace"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn retrain_sets_the_request_reports_the_job_and_waits_for_the_new_version() -> anyhow::Result<()> {
+    let (client, ns, _operator) = setup().await?;
+    secret(&client, &ns, "airq-database").await?;
+    create::<PredictiveModel>(&client, &ns, MODEL).await?;
+    let models: Api<PredictiveModel> = Api::namespaced(client.clone(), &ns);
+    let first = training_job(&models, "pm25").await?;
+    finish_job(&client, &ns, &first, true, r#"{"modelVersion":"v1","mae":20.0}"#).await?;
+    serve(&client, &ns, &models, "v1").await?;
+
+    // Retrain and wait: the plugin follows the new Job until v2 is served.
+    let child = spawn_plugin(&["retrain", "pm25", "-n", &ns, "--timeout", "2m"]).await?;
+    let second = airq_testenv::eventually("the retrain request", Duration::from_secs(30), || async {
+        let model = models.get("pm25").await.map_err(|e| e.to_string())?;
+        model.spec.retrain_request.clone().ok_or("not yet")?;
+        training_job(&models, "pm25").await.map_err(|e| e.to_string())
+    })
+    .await?;
+    assert_ne!(first, second, "a retrain request is a new training Job");
+    finish_job(
+        &client,
+        &ns,
+        &second,
+        true,
+        r#"{"modelVersion":"v2","mae":12.0,"rmse":18.5,"coverage90":0.9}"#,
+    )
+    .await?;
+    serve(&client, &ns, &models, "v2").await?;
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("training Job {second}")), "{stdout}");
+    assert!(
+        stdout.contains("pm25 v2 is Ready (was v1): MAE 12.00, RMSE 18.50, 90% coverage 0.90"),
+        "{stdout}"
+    );
+    // Without a terminal, each step is a line on stderr.
+    assert!(stderr.contains(&format!("training Job {second}:")), "{stderr}");
+
+    // --no-wait: the request is set and the Job named, which the operator then creates.
+    let output = plugin(&["retrain", "pm25", "-n", &ns, "--no-wait"]).await?;
+    let (stdout, _) = text(&output);
+    assert!(output.status.success(), "{stdout}");
+    let third = training_job(&models, "pm25").await?;
+    assert!(stdout.contains(&third), "{stdout} should name {third}");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns);
+    airq_testenv::eventually("the Job the plugin named", Duration::from_secs(30), || async {
+        jobs.get_opt(&third)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .ok_or("not created".to_owned())
+    })
+    .await?;
+
+    // A failing training: the plugin says so and exits non-zero.
+    let child = spawn_plugin(&["retrain", "pm25", "-n", &ns, "--timeout", "3m"]).await?;
+    let fourth = airq_testenv::eventually("the next retrain request", Duration::from_secs(30), || async {
+        let job = training_job(&models, "pm25").await.map_err(|e| e.to_string())?;
+        if job == third {
+            Err("not yet".to_owned())
+        } else {
+            Ok(job)
+        }
+    })
+    .await?;
+    fail_job(&client, &ns, &fourth, "no measurements of pm25 in the training period").await?;
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("error:") && stderr.contains("fail"), "{stderr}");
+
+    // An unknown model.
+    let output = plugin(&["retrain", "nope", "-n", &ns]).await?;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output)
+            .1
+            .contains(&format!("PredictiveModel \"nope\" not found in namespace {ns}"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn load_runs_the_schedule_now_and_reports_the_rows() -> anyhow::Result<()> {
+    let (client, ns, _operator) = setup().await?;
+    secret(&client, &ns, "airq-database").await?;
+    create::<EtlSchedule>(&client, &ns, "apiVersion: airq.dev/v1alpha1\nkind: EtlSchedule\nmetadata: { name: nightly }\nspec:\n  source: { csv: { url: https://data.example.org/x.csv } }\n  schedule: \"0 3 * * *\"\n").await?;
+    let schedules: Api<EtlSchedule> = Api::namespaced(client.clone(), &ns);
+    let child = spawn_plugin(&["load", "nightly", "-n", &ns, "--timeout", "2m"]).await?;
+    let job = airq_testenv::eventually("the run request", Duration::from_secs(30), || async {
+        let schedule = schedules.get("nightly").await.map_err(|e| e.to_string())?;
+        let request = schedule.spec.run_request.ok_or("not yet")?;
+        Ok::<_, String>(airq_api::etl::run_job_name("nightly", &request))
+    })
+    .await?;
+    finish_job(
+        &client,
+        &ns,
+        &job,
+        true,
+        r#"{"rowsInserted":1200,"rowsUpdated":3,"rowsRejected":2}"#,
+    )
+    .await?;
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("load requested: Job {job}")), "{stdout}");
+    assert!(stdout.contains("1200 rows inserted, 3 updated, 2 rejected"), "{stdout}");
+
+    let output = plugin(&["load", "missing", "-n", &ns]).await?;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output)
+            .1
+            .contains(&format!("EtlSchedule \"missing\" not found in namespace {ns}"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn forecast_of_a_model_without_a_trained_version_says_so() -> anyhow::Result<()> {
+    let (client, ns, _operator) = setup().await?;
+    create::<PredictiveModel>(&client, &ns, MODEL).await?;
+    let output = airq_testenv::eventually("the model's status", Duration::from_secs(30), || async {
+        let output = plugin(&["forecast", "pm25", "-n", &ns, "--station", "Dongsi"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let (_, stderr) = text(&output);
+        if stderr.contains("SecretNotFound") {
+            Ok(output)
+        } else {
+            Err(stderr)
+        }
+    })
+    .await?;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output)
+            .1
+            .contains("predictivemodel/pm25 has no trained version to ask yet")
+    );
+    Ok(())
+}
