@@ -78,18 +78,26 @@ pub async fn run(
         "/api/v1/namespaces/{namespace}/services/{service}:http/proxy/forecast?{}",
         query.finish()
     );
-    let http_request = http::Request::get(path).body(Vec::new())?;
-    let text = client.request_text(http_request).await.map_err(|e| match e {
-        // The model server's own error (JSON with a message), or the API server's (no ready pod behind the Service).
-        kube::Error::Api(status) => {
-            let message = serde_json::from_str::<serde_json::Value>(&status.message)
-                .ok()
-                .and_then(|v| v["message"].as_str().or(v["error"].as_str()).map(str::to_owned))
-                .unwrap_or(status.message);
-            anyhow::anyhow!("model {name} answered {}: {message}", status.code)
-        }
-        other => anyhow::anyhow!("cannot reach model {name} through service {service}: {other}"),
-    })?;
+    let http_request = http::Request::get(path).body(kube::client::Body::empty())?;
+    let response = client
+        .send(http_request)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach model {name} through service {service}: {e}"))?;
+    let code = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|e| anyhow::anyhow!("reading model {name}'s answer: {e}"))?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if !code.is_success() {
+        // The model server's own error ({"error": …, "message": …}), or the API server's Status (e.g. no ready pod
+        // behind the Service).
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().or(v["error"].as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        anyhow::bail!("model {name} answered {}: {}", code.as_u16(), message.trim());
+    }
     if json {
         println!("{text}");
         return Ok(());

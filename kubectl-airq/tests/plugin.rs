@@ -320,3 +320,144 @@ async fn forecast_of_a_model_without_a_trained_version_says_so() -> anyhow::Resu
     );
     Ok(())
 }
+
+/// This machine's address on its first non-loopback interface: the API server refuses to proxy to loopback
+/// addresses, as it would to any pod claiming one.
+fn host_address() -> anyhow::Result<std::net::IpAddr> {
+    // Connecting a UDP socket sends nothing; it only picks the interface of the route.
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect("203.0.113.1:9")?;
+    let ip = socket.local_addr()?.ip();
+    anyhow::ensure!(!ip.is_loopback(), "no non-loopback interface to serve the model on");
+    Ok(ip)
+}
+
+#[tokio::test]
+async fn forecast_asks_the_served_model_through_the_api_servers_service_proxy() -> anyhow::Result<()> {
+    use airq_core::db::Database;
+    use airq_core::store::Store;
+    use airq_predictive::registry::Registry;
+
+    let (client, ns, _operator) = setup().await?;
+    secret(&client, &ns, "airq-database").await?;
+    let model: PredictiveModel = create(&client, &ns, "apiVersion: airq.dev/v1alpha1\nkind: PredictiveModel\nmetadata: { name: pm25 }\nspec:\n  target: { pollutant: pm25 }\n  horizonHours: 12\n  algorithm: { persistence: {} }\n  training: { from: \"2016-09-01\" }\n").await?;
+
+    // What the training Job would do: load Dongsi's file with the ETL and train the model's spec, on SQLite.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data)?;
+    for entry in std::fs::read_dir(airq_testenv::shared_data("beijing-multisite")?)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("_Dongsi_"))
+        {
+            std::fs::copy(&path, data.join(path.file_name().unwrap_or_default()))?;
+        }
+    }
+    let db = Database::connect_url(&format!("sqlite://{}", dir.path().join("airq.db").display()), 4).await?;
+    db.migrate().await?;
+    let store = Store::new(db.clone());
+    let load = airq_etl::load::LoadRequest::csv(
+        "beijing",
+        &data.display().to_string(),
+        airq_api::etl::CsvFormat::Beijing,
+        "test",
+    );
+    airq_etl::load::run_to_end(&store, &load).await?;
+    let registry = Registry::new(db.clone());
+    let spec = airq_predictive::spec::ModelSpec::from_json(&serde_json::to_value(&model.spec)?)?;
+    let revision = model.spec.revision();
+    let (stored, _, _) =
+        airq_predictive::cli::train_version(&store, &registry, "pm25", &spec, Some(&revision), None).await?;
+    let version = stored.version.clone();
+    let report = json!({ "modelVersion": version, "mae": 30.0 }).to_string();
+    finish_job(
+        &client,
+        &ns,
+        &airq_api::model::training_job_name("pm25", &revision),
+        true,
+        &report,
+    )
+    .await?;
+
+    // What the serving pod would do: the predictive service serving pm25, on the port its container declares.
+    let ip = host_address()?;
+    let listener = tokio::net::TcpListener::bind((ip, 8080))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve the model on {ip}:8080 (the serving container's port): {e}"))?;
+    let state = airq_predictive::api::ApiState::new(registry, store, Some(("pm25".to_owned(), None)));
+    let server = tokio::spawn(async move { axum::serve(listener, airq_predictive::api::router(state)).await });
+    let models: Api<PredictiveModel> = Api::namespaced(client.clone(), &ns);
+    airq_testenv::eventually("the model to be Ready", Duration::from_secs(90), || async {
+        let selector = "app.kubernetes.io/name=airq-model,app.kubernetes.io/instance=pm25";
+        airq_testenv::kubelet::run_pods_at(&client, &ns, selector, Some(&ip.to_string()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let model = models.get("pm25").await.map_err(|e| e.to_string())?;
+        let ready = model.status.map(|s| s.conditions).unwrap_or_default();
+        match airq_api::common::condition(&ready, "Ready") {
+            Some(c) if c.status == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+
+    // The whole horizon, as a table; the Service's endpoints lead the API server's proxy to the server above.
+    let output = airq_testenv::eventually("the forecast through the proxy", Duration::from_secs(60), || async {
+        let output = plugin(&["forecast", "pm25", "-n", &ns, "--station", "Dongsi"])
+            .await
+            .map_err(|e| e.to_string())?;
+        if output.status.success() {
+            Ok(output)
+        } else {
+            Err(text(&output).1)
+        }
+    })
+    .await?;
+    let (stdout, _) = text(&output);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("pm25 {version} at Dongsi from 2017-02-28T15:00:00Z")),
+        "{stdout}"
+    );
+    assert!(lines[1].starts_with("TIME") && lines[1].contains("80% INTERVAL") && lines[1].contains("90% INTERVAL"));
+    assert_eq!(lines.len(), 2 + 12, "{stdout}");
+    assert!(lines[2].starts_with("2017-02-28T16:00:00Z"), "{stdout}");
+
+    // One hour, as JSON, with other confidence levels.
+    let output = plugin(&[
+        "forecast",
+        "pm25",
+        "-n",
+        &ns,
+        "--station",
+        "Dongsi",
+        "--at",
+        "2017-02-28T20:00:00Z",
+        "--confidence",
+        "0.5",
+        "-o",
+        "json",
+    ])
+    .await?;
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    let forecast: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert_eq!(forecast["version"], json!(version));
+    let points = forecast["points"].as_array().cloned().unwrap_or_default();
+    assert_eq!(points.len(), 1, "{forecast}");
+    assert_eq!(points[0]["time"], "2017-02-28T20:00:00Z");
+    assert_eq!(points[0]["intervals"][0]["confidence"], 0.5);
+
+    // The model server's own error comes back as the plugin's.
+    let output = plugin(&["forecast", "pm25", "-n", &ns, "--station", "Atlantis"]).await?;
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr.contains("model pm25 answered 404") && stderr.contains("Atlantis"),
+        "{stderr}"
+    );
+    server.abort();
+    Ok(())
+}

@@ -53,6 +53,16 @@ fn now() -> String {
 
 /// Plays the kubelet for every pod matching `selector`: binds it and reports it running and ready.
 pub async fn run_pods(client: &kube::Client, namespace: &str, selector: &str) -> anyhow::Result<usize> {
+    run_pods_at(client, namespace, selector, None).await
+}
+
+/// [`run_pods`], giving each pod the address `ip` (so that its Service's endpoints lead to a real server there).
+pub async fn run_pods_at(
+    client: &kube::Client,
+    namespace: &str,
+    selector: &str,
+    ip: Option<&str>,
+) -> anyhow::Result<usize> {
     ensure_node(client).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods.list(&ListParams::default().labels(selector)).await?;
@@ -81,6 +91,12 @@ pub async fn run_pods(client: &kube::Client, namespace: &str, selector: &str) ->
             ],
             "containerStatuses": containers,
         }});
+        let mut status = status;
+        if let Some(ip) = ip {
+            status["status"]["podIP"] = json!(ip);
+            status["status"]["podIPs"] = json!([{ "ip": ip }]);
+            status["status"]["hostIP"] = json!(ip);
+        }
         pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
             .await?;
         started += 1;
