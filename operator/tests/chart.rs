@@ -227,19 +227,22 @@ async fn every_rendered_object_is_accepted_by_the_api_server_with_server_side_dr
                     refused.push(e);
                 }
             }
-            kinds.push(types.kind);
+            kinds.push(format!("{}/{name}", types.kind));
         }
         assert!(refused.is_empty(), "objects refused:\n{}", refused.join("\n"));
         for expected in ["Deployment", "ServiceAccount", "Role", "RoleBinding"] {
             assert!(
-                kinds.iter().any(|k| k == expected),
+                kinds.iter().any(|k| k.starts_with(&format!("{expected}/"))),
                 "{case}: no {expected} rendered: {kinds:?}"
             );
         }
-        let platform = kinds.iter().any(|k| k == "Platform");
-        let postgres = kinds.iter().any(|k| k == "StatefulSet");
-        let policies = kinds.iter().filter(|k| *k == "NetworkPolicy").count();
-        let cluster_role = kinds.iter().any(|k| k == "ClusterRole");
+        let platform = kinds.iter().any(|k| k == "Platform/airq");
+        let postgres = kinds.iter().any(|k| k.starts_with("StatefulSet/"));
+        let policies = kinds.iter().filter(|k| k.starts_with("NetworkPolicy/")).count();
+        let cluster_role = kinds.iter().any(|k| k == "ClusterRole/airq-operator");
+        for role in ["ClusterRole/airq-viewer", "ClusterRole/airq-data-scientist"] {
+            assert!(kinds.iter().any(|k| k == role), "{case}: no {role}: {kinds:?}");
+        }
         match case.as_str() {
             "default values" => {
                 assert!(
