@@ -107,6 +107,11 @@ impl IntoResponse for GatewayError {
                 let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }
+            Self::BodyTooLarge { .. } => {
+                // The rest of the body is not read, so the connection cannot carry another request: say so, or a
+                // client reusing it from its pool sends the next request into a closing connection.
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response

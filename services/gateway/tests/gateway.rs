@@ -100,6 +100,11 @@ async fn every_status_the_gateway_answers_is_reached() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 413);
+    // The unread rest of the body ends the connection, and the answer says so (a pooled connection is not reused).
+    assert_eq!(
+        response.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     let small = gateway
         .http
         .post(gateway.url("/upload"))
