@@ -1,0 +1,6 @@
+//! Anomaly detection for airq's own metrics and for the measurements it loads.
+//!
+//! - [`nab`]: the Numenta Anomaly Benchmark's scoring, written from its published rules, to evaluate detectors on
+//!   labelled series.
+
+pub mod nab;
