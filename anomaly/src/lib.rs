@@ -2,5 +2,7 @@
 //!
 //! - [`nab`]: the Numenta Anomaly Benchmark's scoring, written from its published rules, to evaluate detectors on
 //!   labelled series.
+//! - [`detector`]: streaming detectors — a seasonal baseline with robust bands, and two simple baselines.
 
+pub mod detector;
 pub mod nab;
