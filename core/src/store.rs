@@ -413,7 +413,14 @@ impl Store {
                 Ok(counts)
             }
             Database::Sqlite(pool) => {
-                let mut tx = pool.begin().await.map_err(sql("starting a transaction"))?;
+                // IMMEDIATE: the batch counts rows before writing them, and a deferred transaction that read would
+                // fail to upgrade to a write (SQLITE_BUSY_SNAPSHOT, "database is locked") when another connection —
+                // the gateway's request log, another load — wrote in between; taking the write lock at the start
+                // waits for it instead (busy_timeout).
+                let mut tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(sql("starting a transaction"))?;
                 let mut counts = sqlite_upsert(&mut tx, &measurements).await?;
                 counts += known;
                 sqlite_reject(&mut tx, run_id, &rejected).await?;
