@@ -52,11 +52,7 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<()> {
     let models: Api<PredictiveModel> = Api::namespaced(client.clone(), namespace);
-    let model = models.get_opt(name).await?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "PredictiveModel {name:?} not found in namespace {namespace} (kubectl get predictivemodels -n {namespace})"
-        )
-    })?;
+    let model = crate::wait::get(&models, namespace, name).await?;
     let status = model.status.unwrap_or_default();
     if status.model_version.is_none() {
         let why = airq_api::common::condition(&status.conditions, "Ready")

@@ -58,7 +58,7 @@ impl Progress {
 }
 
 /// A namespaced airq resource by name, or an error that says where it was looked for.
-async fn get<K>(api: &Api<K>, namespace: &str, name: &str) -> anyhow::Result<K>
+pub async fn get<K>(api: &Api<K>, namespace: &str, name: &str) -> anyhow::Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
