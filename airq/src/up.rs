@@ -49,13 +49,27 @@ pub struct UpArgs {
         default_value = "warn,airq::up=info,airq::work=info"
     )]
     pub log_level: String,
+    /// Log line format: `pretty` for a terminal, `json` (one object per line, with each request's trace id) for a
+    /// log collector.
+    #[arg(long = "log-format", env = "AIRQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// Where OpenTelemetry traces are sent over OTLP/HTTP, e.g. `http://localhost:4318`; none by default.
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// The OpenAQ API key for EtlSchedules with an `openaq` source (their Secret in a cluster).
     #[arg(long, env = "OPENAQ_API_KEY", hide_env_values = true)]
     pub openaq_api_key: Option<String>,
 }
 
-/// Serves `app` on a free loopback port until `stop`; its base URL.
-async fn serve_internal(app: axum::Router, stop: CancellationToken, tasks: &mut JoinSet<()>) -> anyhow::Result<String> {
+/// Serves `app` on a free loopback port until `stop`, with the layers a service has in a cluster (request id, the
+/// trace continued from the gateway, a log line per request, `airq_<service>_http_…` metrics); its base URL.
+async fn serve_internal(
+    app: axum::Router,
+    telemetry: &airq_core::telemetry::Telemetry,
+    stop: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<String> {
+    let app = airq_core::http::with_common_layers(app, telemetry);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     tasks.spawn(async move {
@@ -155,8 +169,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let telemetry = airq_core::telemetry::init(
         "airq",
         &LogArgs {
-            level: args.log_level.clone(),
-            format: LogFormat::Pretty,
+            otlp_endpoint: args.otlp_endpoint.clone(),
+            ..LogArgs::new(args.log_level.clone(), args.log_format)
         },
     )?;
     std::fs::create_dir_all(&args.data_dir)
@@ -184,6 +198,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             store.clone(),
             None,
         )),
+        &telemetry.for_service("predictive"),
         stop.clone(),
         &mut servers,
     )
@@ -192,12 +207,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let front = serve_internal(
         airq_front::router(airq_front::AppState::new(db.clone(), client)),
+        &telemetry.for_service("front"),
         stop.clone(),
         &mut servers,
     )
     .await?;
     let etl = serve_internal(
         airq_etl::api::router(airq_etl::api::ApiState::new(store.clone(), args.openaq_api_key.clone())),
+        &telemetry.for_service("etl"),
         stop.clone(),
         &mut servers,
     )

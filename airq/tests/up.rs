@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,38 +20,51 @@ struct Up {
     url: String,
     key: String,
     stderr: std::path::PathBuf,
+    stdout: std::path::PathBuf,
 }
+
+/// Request lines (JSON, with their trace ids) as well as what `up` says by default.
+const LOG_LEVEL: &str = "warn,airq::up=info,airq::work=info,airq_core::http=info,airq_gateway::access=info";
 
 fn start(data: &Path, resources: &Path, log: &Path) -> Up {
     let port = airq_testenv::process::free_port().unwrap();
+    let stdout = log.with_extension("out");
     let mut child = Command::new(env!("CARGO_BIN_EXE_airq"))
         .args(["up", "--data-dir"])
         .arg(data)
         .arg("--resources")
         .arg(resources)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log-format", "json", "--log-level", LOG_LEVEL])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
     let (mut url, mut key) = (None, None);
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.trim().strip_prefix("dashboard:") {
-            url = Some(rest.trim().trim_end_matches('/').to_owned());
-        }
-        if let Some(rest) = line.trim().strip_prefix("admin API key:") {
-            key = Some(rest.trim().to_owned());
-        }
-        if line.starts_with("Stop with Ctrl-C") {
+    loop {
+        let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
+        if printed.lines().any(|line| line.starts_with("Stop with Ctrl-C")) {
+            for line in printed.lines() {
+                if let Some(rest) = line.trim().strip_prefix("dashboard:") {
+                    url = Some(rest.trim().trim_end_matches('/').to_owned());
+                }
+                if let Some(rest) = line.trim().strip_prefix("admin API key:") {
+                    key = Some(rest.trim().to_owned());
+                }
+            }
             break;
         }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
     let (Some(url), Some(key)) = (url, key) else {
         panic!(
-            "airq up printed no address or key:\n{}",
+            "airq up printed no address or key:\n{}\n{}",
+            std::fs::read_to_string(&stdout).unwrap_or_default(),
             std::fs::read_to_string(log).unwrap_or_default()
         );
     };
@@ -61,6 +73,7 @@ fn start(data: &Path, resources: &Path, log: &Path) -> Up {
         url,
         key,
         stderr: log.to_owned(),
+        stdout,
     }
 }
 
@@ -75,8 +88,20 @@ impl Up {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// What it wrote to stderr, then to stdout (the log lines).
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        let mut log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        log.push_str(&std::fs::read_to_string(&self.stdout).unwrap_or_default());
+        log
+    }
+
+    /// The JSON log lines so far.
+    fn json_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.stdout)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     /// Ctrl-C, then the exit status.
@@ -193,6 +218,7 @@ async fn up_loads_trains_serves_stops_and_starts_again() {
     );
     let (status, dashboard_forecast) = up.get("/api/stations/Dongsi/forecast?pollutant=pm25", None).await;
     assert_eq!((status, &dashboard_forecast["model"]), (200, &Value::from("pm25")));
+    trace_goes_through_the_gateway_and_the_front_to_the_predictive_service(&up).await;
     // The APIs need a key.
     let (status, body) = up.get("/api/predictive/models", None).await;
     assert_eq!(
@@ -240,4 +266,62 @@ async fn up_loads_trains_serves_stops_and_starts_again() {
     assert!(status.success(), "{status}\n{log}");
     // Nothing secret in what it wrote.
     assert!(!log.contains(&first_key[first_key.len() - 20..]));
+}
+
+/// A caller's trace context goes through the gateway to the front and from the front to the predictive service (each
+/// over HTTP): the gateway's access line and each upstream's request line name the caller's trace id.
+async fn trace_goes_through_the_gateway_and_the_front_to_the_predictive_service(up: &Up) {
+    let trace = "c0ffee00c0ffee00c0ffee00c0ffee00";
+    let response = airq_testenv::http_client()
+        .get(format!("{}/api/stations/Dongsi/forecast?pollutant=pm25", up.url))
+        .header("traceparent", format!("00-{trace}-aaaabbbbccccdddd-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let lines = airq_testenv::eventually("the request's log lines", Duration::from_secs(10), || async {
+        let lines: Vec<Value> = up
+            .json_lines()
+            .into_iter()
+            .filter(|line| line["trace_id"] == trace || line["span"]["trace_id"] == trace)
+            .collect();
+        let services: Vec<&str> = lines
+            .iter()
+            .filter_map(|line| line["span"]["service"].as_str())
+            .collect();
+        if services.contains(&"front")
+            && services.contains(&"predictive")
+            && lines.iter().any(|l| l["trace_id"] == trace)
+        {
+            Ok(lines)
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", up.log()));
+    let gateway = lines
+        .iter()
+        .find(|line| line["target"] == "airq_gateway::access")
+        .expect("the gateway's access line");
+    assert_eq!(gateway["path"], "/api/stations/Dongsi/forecast", "{gateway}");
+    let front = lines.iter().find(|line| line["span"]["service"] == "front").unwrap();
+    assert_eq!(
+        (front["message"].as_str(), front["status"].as_u64()),
+        (Some("answered"), Some(200)),
+        "{front}"
+    );
+    let predictive = lines
+        .iter()
+        .find(|line| line["span"]["service"] == "predictive")
+        .unwrap();
+    assert!(
+        predictive["span"]["path"].as_str().unwrap().ends_with("/forecast"),
+        "{predictive}"
+    );
+    // Each hop has a request id of its own or the one it was given, never none.
+    assert!(
+        front["span"]["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{front}"
+    );
 }

@@ -23,6 +23,26 @@ pub struct LogArgs {
     /// Log line format.
     #[arg(long = "log-format", env = "AIRQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub format: LogFormat,
+    /// Where OpenTelemetry traces are sent, over OTLP/HTTP (protobuf), e.g. `http://otel-collector:4318` (traces go
+    /// to `<endpoint>/v1/traces`). Without it nothing is exported, but trace ids are still made, logged and passed on.
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of the traces this process starts that are exported, from 0 to 1; a trace started by a caller keeps
+    /// the caller's decision.
+    #[arg(long = "trace-sample-ratio", env = "AIRQ_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
+}
+
+impl LogArgs {
+    /// Logging at `level` in `format`, no trace export.
+    pub fn new(level: impl Into<String>, format: LogFormat) -> Self {
+        Self {
+            level: level.into(),
+            format,
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
+        }
+    }
 }
 
 /// Flags of every long-running service: where it listens, and its logs.

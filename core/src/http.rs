@@ -90,23 +90,51 @@ struct RequestMetricNames {
 }
 
 /// Wraps `app` in the layers every service has: an `X-Request-Id` on each request and response (kept when the
-/// caller sent one), a trace span per request carrying that id, and request count and latency metrics per route.
+/// caller sent one); a span per request carrying that id and the trace it belongs to (the caller's W3C trace
+/// context continued, or a new trace), so that every log line written while serving it names both; one log line per
+/// answer (status and duration; at debug level for the operational endpoints); request count and latency metrics
+/// per route.
 pub fn with_common_layers(app: Router, telemetry: &Telemetry) -> Router {
     let names = RequestMetricNames {
         requests: telemetry.metric_name("http_requests_total").into(),
         duration: telemetry.metric_name("http_request_duration_seconds").into(),
     };
+    let service = telemetry.service;
     app.layer(middleware::from_fn_with_state(names, record_request_metrics))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let request_id = request
-                .headers()
-                .get(&REQUEST_ID)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(move |request: &Request| request_span(service, request))
+                .on_request(())
+                .on_response(|response: &Response, latency: Duration, span: &tracing::Span| {
+                    // Probes and scrapes have a debug-level span: no line for them at the usual levels.
+                    if span.metadata().is_some_and(|m| *m.level() == tracing::Level::INFO) {
+                        tracing::info!(
+                            status = response.status().as_u16(),
+                            duration_ms = latency.as_secs_f64() * 1000.0,
+                            "answered"
+                        );
+                    }
+                })
+                .on_failure(()),
+        )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+fn request_span(service: &'static str, request: &Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let path = request.uri().path();
+    let span = if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        tracing::debug_span!("request", service, method = %request.method(), path, request_id, trace_id = tracing::field::Empty)
+    } else {
+        tracing::info_span!("request", service, method = %request.method(), path, request_id, trace_id = tracing::field::Empty)
+    };
+    crate::telemetry::continue_trace(&span, request.headers());
+    span
 }
 
 async fn record_request_metrics(State(names): State<RequestMetricNames>, request: Request, next: Next) -> Response {

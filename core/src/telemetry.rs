@@ -1,10 +1,25 @@
-//! Telemetry shared by every binary: `tracing` logs (JSON lines by default) and a Prometheus recorder for the
-//! `metrics` facade. Metric names follow `airq_<service>_<what>_<unit>`.
+//! Telemetry shared by every binary: `tracing` logs (JSON lines by default), a Prometheus recorder for the
+//! `metrics` facade, and OpenTelemetry traces. Metric names follow `airq_<service>_<what>_<unit>`.
+//!
+//! Traces: every `tracing` span is an OpenTelemetry span too. A request's span continues the W3C trace context
+//! (`traceparent`) the caller sent, or starts a trace, and carries its `trace_id` as a field, so that every log line
+//! written while serving the request names the trace; outgoing calls pass the context on ([`inject_trace`]). Spans
+//! are exported over OTLP/HTTP when an endpoint is configured; without one, ids are still made and propagated
+//! (nothing is recorded for export, and a caller's sampling decision is passed on unchanged).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use axum::http::HeaderMap;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -29,6 +44,10 @@ pub enum Error {
     },
     #[error("cannot install the Prometheus recorder: {0}")]
     Prometheus(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("invalid OTLP endpoint {endpoint:?} (--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT): {reason}")]
+    OtlpEndpoint { endpoint: String, reason: String },
+    #[error("invalid trace sample ratio {0} (--trace-sample-ratio / AIRQ_TRACE_SAMPLE_RATIO): it must be from 0 to 1")]
+    SampleRatio(f64),
 }
 
 /// The handles a service keeps after set-up.
@@ -39,7 +58,9 @@ pub struct Telemetry {
     /// Renders the Prometheus text exposition for `/metrics`.
     pub prometheus: PrometheusHandle,
     /// Keeps the background log writer running; the last clone dropped flushes what is queued.
-    _log_writer: Option<std::sync::Arc<tracing_appender::non_blocking::WorkerGuard>>,
+    _log_writer: Option<Arc<tracing_appender::non_blocking::WorkerGuard>>,
+    /// Keeps the trace exporter running; the last clone dropped sends the spans still queued.
+    _traces: Option<Arc<TraceExport>>,
 }
 
 impl Telemetry {
@@ -47,6 +68,106 @@ impl Telemetry {
     pub fn metric_name(&self, name: &str) -> String {
         format!("airq_{}_{}", self.service, name)
     }
+
+    /// The same set-up under another service name, for a process that serves several services (`airq up`).
+    pub fn for_service(&self, service: &'static str) -> Self {
+        Self {
+            service,
+            ..self.clone()
+        }
+    }
+}
+
+/// Shuts the tracer provider down when the last [`Telemetry`] goes: the batch still queued is exported.
+struct TraceExport(SdkTracerProvider);
+
+impl Drop for TraceExport {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.shutdown() {
+            // The logger may be gone already.
+            eprintln!("airq: the last traces could not be exported: {e}");
+        }
+    }
+}
+
+/// Makes `span` continue the trace whose context `headers` carry (W3C `traceparent`/`tracestate`), or start a new
+/// one, records the trace id in the span's `trace_id` field (declare it `trace_id = tracing::field::Empty`), and
+/// returns it (empty when the span is disabled).
+pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) -> String {
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let _ = span.set_parent(parent);
+    let id = trace_id(span);
+    if !id.is_empty() {
+        span.record("trace_id", id.as_str());
+    }
+    id
+}
+
+/// The trace id of `span` in hex, or an empty string when it has none (disabled by the log filter).
+pub fn trace_id(span: &tracing::Span) -> String {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span_context.trace_id().to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// Writes `span`'s trace context into the headers of an outgoing request, so that the callee continues the trace
+/// as a child of `span`.
+pub fn inject_trace(span: &tracing::Span, headers: &mut HeaderMap) {
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+    }
+}
+
+/// The tracer provider for `service`: exporting over OTLP/HTTP when an endpoint is given.
+fn tracer_provider(service: &'static str, log: &LogArgs) -> Result<(SdkTracerProvider, bool), Error> {
+    let ratio = log.trace_sample_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(Error::SampleRatio(ratio));
+    }
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(format!("airq-{service}"))
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let Some(endpoint) = log.otlp_endpoint.as_deref().filter(|e| !e.trim().is_empty()) else {
+        // Nothing leaves the process: spans are not recorded, but ids are made and a caller's decision is kept.
+        return Ok((
+            builder
+                .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+                .build(),
+            false,
+        ));
+    };
+    let invalid = |reason: String| Error::OtlpEndpoint {
+        endpoint: endpoint.to_owned(),
+        reason,
+    };
+    let base = reqwest::Url::parse(endpoint.trim()).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(invalid("expected an http:// or https:// URL".to_owned()));
+    }
+    let url = format!("{}/v1/traces", base.as_str().trim_end_matches('/'));
+    // The exporter's HTTP client uses rustls with the process's crypto provider, as every airq client does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| invalid(e.to_string()))?;
+    let provider = builder
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
+        .build();
+    Ok((provider, true))
 }
 
 /// Sets logging up and installs the metrics recorder. Safe to call more than once in a process (tests mount several
@@ -77,22 +198,44 @@ fn install(service: &'static str, log: &LogArgs, background: bool) -> Result<Tel
     } else {
         (BoxMakeWriter::new(std::io::stdout), None)
     };
-    let registry = tracing_subscriber::registry().with(filter);
-    // A second initialisation in the same process fails harmlessly; the first subscriber keeps logging.
-    let _ = match log.format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(writer),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(writer))
-            .try_init(),
+    let (provider, exporting) = tracer_provider(service, log)?;
+    let fmt = match log.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+    };
+    // Traces take airq's own spans at info level and above whatever the log level (a request's trace id is made
+    // and passed on even when only warnings are logged); the log filter applies to log lines only.
+    let traced = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_span() && meta.target().starts_with("airq") && *meta.level() <= tracing::Level::INFO
+    });
+    let installed = tracing_subscriber::registry()
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("airq"))
+                .with_filter(traced),
+        )
+        .with(fmt.with_filter(filter))
+        .try_init()
+        .is_ok();
+    // A second initialisation in the same process (tests mount several services in one) fails harmlessly: the
+    // first subscriber keeps logging and tracing, and this provider is dropped unused.
+    let traces = if installed {
+        if exporting {
+            tracing::info!(
+                service,
+                endpoint = log.otlp_endpoint.as_deref(),
+                "exporting traces over OTLP"
+            );
+        }
+        Some(Arc::new(TraceExport(provider)))
+    } else {
+        None
     };
     let prometheus = prometheus_handle()?;
     metrics::gauge!(format!("airq_{service}_build_info"), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -100,6 +243,7 @@ fn install(service: &'static str, log: &LogArgs, background: bool) -> Result<Tel
         service,
         prometheus,
         _log_writer: guard,
+        _traces: traces,
     })
 }
 

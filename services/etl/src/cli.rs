@@ -96,7 +96,7 @@ pub fn progress_bar() -> ProgressBar {
 
 /// Runs `airq-etl load`.
 pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
-    airq_core::telemetry::init("etl", &args.log)?;
+    let _telemetry = airq_core::telemetry::init("etl", &args.log)?;
     let request = request(&args)?;
     let db = Database::connect(&args.database).await?;
     let store = Store::new(db.clone());

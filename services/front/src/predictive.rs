@@ -66,9 +66,13 @@ impl Predictive {
     }
 
     async fn get_json(&self, url: Url) -> Result<Value, PredictiveError> {
+        // The predictive service continues this request's trace.
+        let mut headers = reqwest::header::HeaderMap::new();
+        airq_core::telemetry::inject_trace(&tracing::Span::current(), &mut headers);
         let response = self
             .http
             .get(url)
+            .headers(headers)
             .send()
             .await
             .map_err(|e| PredictiveError::Unreachable(describe(&e)))?;

@@ -12,6 +12,7 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
+use tracing::Instrument;
 
 use crate::AppState;
 use crate::error::GatewayError;
@@ -50,6 +51,8 @@ struct Finish {
     path: String,
     request_id: String,
     trace_id: String,
+    /// The request's span ends (and is exported) when the answer's body has been sent.
+    _span: tracing::Span,
     status: u16,
     bytes_out: u64,
     unmatched: Arc<RouteMetrics>,
@@ -97,7 +100,17 @@ pub async fn edge(State(state): State<AppState>, mut request: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let trace_id = crate::proxy::trace_id(request.headers_mut());
+    // The request's span continues the caller's trace (or starts one); the upstream gets this span as its parent.
+    let span = tracing::info_span!(
+        "request",
+        service = "gateway",
+        method = %method,
+        path = request.uri().path(),
+        request_id = request_id.as_str(),
+        trace_id = tracing::field::Empty
+    );
+    let trace_id = airq_core::telemetry::continue_trace(&span, request.headers());
+    airq_core::telemetry::inject_trace(&span, request.headers_mut());
     // The path as received, without the query (which may hold anything), for the log line of refused paths.
     let raw_path = request.uri().path().to_owned();
     let refused = if header_bytes(&request) > state.settings.max_header_bytes {
@@ -128,7 +141,7 @@ pub async fn edge(State(state): State<AppState>, mut request: Request, next: Nex
                     frame
                 }))
             });
-            next.run(request).await
+            next.run(request).instrument(span.clone()).await
         }
     };
     let (mut parts, body) = response.into_parts();
@@ -142,6 +155,7 @@ pub async fn edge(State(state): State<AppState>, mut request: Request, next: Nex
         path,
         request_id,
         trace_id,
+        _span: span,
         status: parts.status.as_u16(),
         bytes_out: 0,
         unmatched: state.unmatched_metrics.clone(),

@@ -25,7 +25,6 @@ use crate::routes::RouteEntry;
 pub const USER_HEADER: HeaderName = HeaderName::from_static("x-airq-user");
 pub const GROUPS_HEADER: HeaderName = HeaderName::from_static("x-airq-groups");
 pub const KEY_ID_HEADER: HeaderName = HeaderName::from_static("x-airq-key-id");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -123,23 +122,6 @@ pub fn client_address(headers: &HeaderMap, peer: SocketAddr, trust_forwarded: bo
         return last;
     }
     peer.ip()
-}
-
-/// A W3C trace context: the caller's when it sent a valid one, otherwise a new trace.
-fn trace_parent(headers: &HeaderMap) -> (HeaderValue, String) {
-    if let Some(value) = headers.get(&TRACEPARENT)
-        && let Ok(text) = value.to_str()
-    {
-        let parts: Vec<&str> = text.split('-').collect();
-        if parts.len() == 4 && parts[1].len() == 32 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()) {
-            return (value.clone(), parts[1].to_owned());
-        }
-    }
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let value =
-        HeaderValue::from_str(&format!("00-{trace}-{span}-01")).unwrap_or_else(|_| HeaderValue::from_static(""));
-    (value, trace)
 }
 
 fn idempotent(method: &Method) -> bool {
@@ -417,15 +399,9 @@ fn upstream_headers(
     if let Ok(value) = HeaderValue::from_str(entry.upstream.authority.as_str()) {
         headers.insert(header::HOST, value);
     }
-    // The trace context was set on the request by the edge (`trace_id`) and is copied with the other headers.
+    // The trace context (`traceparent`, naming the gateway's span) was set on the request by the edge and is
+    // copied with the other headers.
     headers
-}
-
-/// The trace id a request carries or will be given (the access log shows it).
-pub fn trace_id(headers: &mut HeaderMap) -> String {
-    let (value, trace) = trace_parent(headers);
-    headers.insert(TRACEPARENT, value);
-    trace
 }
 
 #[cfg(test)]
@@ -459,18 +435,5 @@ mod tests {
         let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap_or_else(|_| unreachable!());
         assert_eq!(client_address(&headers, peer, false).to_string(), "10.0.0.2");
         assert_eq!(client_address(&headers, peer, true).to_string(), "10.0.0.7");
-    }
-
-    #[test]
-    fn a_valid_trace_context_is_kept_and_a_missing_one_made() {
-        let mut headers = HeaderMap::new();
-        let (made, trace) = trace_parent(&headers);
-        assert_eq!(trace.len(), 32);
-        assert!(made.to_str().is_ok_and(|v| v.starts_with("00-") && v.contains(&trace)));
-        let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        headers.insert(TRACEPARENT, HeaderValue::from_static(given));
-        let (kept, trace) = trace_parent(&headers);
-        assert_eq!(kept, given);
-        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

@@ -561,10 +561,16 @@ async fn headers_streams_websockets_and_cors_pass_as_a_proxy_should() {
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["x-forwarded-host"], gateway.addr());
     assert_eq!(headers["x-request-id"], "req-123");
-    assert_eq!(
-        headers["traceparent"],
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    // The caller's trace goes on, with the gateway's own span as the upstream's parent; the sampling flag is kept.
+    let traceparent: Vec<&str> = headers["traceparent"].as_str().unwrap().split('-').collect();
+    assert_eq!(traceparent.len(), 4, "{}", headers["traceparent"]);
+    assert_eq!(traceparent[..2], ["00", "4bf92f3577b34da6a3ce929d0e0e4736"]);
+    assert_eq!(traceparent[2].len(), 16);
+    assert_ne!(
+        traceparent[2], "00f067aa0ba902b7",
+        "the gateway's span, not the caller's"
     );
+    assert_eq!(traceparent[3], "01");
     // Without a trace context, the gateway starts one, and logs its id.
     let (_, _, body) = gateway.get("/echo", None).await;
     let traceparent = body["headers"]["traceparent"].as_str().unwrap().to_owned();

@@ -199,7 +199,7 @@ pub async fn train_version(
 
 /// `train`: reads the data, trains, stores the version, writes the report.
 pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
-    airq_core::telemetry::init("predictive", &args.log)?;
+    let _telemetry = airq_core::telemetry::init("predictive", &args.log)?;
     let spec = read_spec(&args.spec)?;
     let db = Database::connect(&args.database).await?;
     let store = Store::new(db.clone());
@@ -290,7 +290,7 @@ pub fn markdown(rows: &[Row]) -> String {
 
 /// `evaluate`: the protocol for one spec or for every algorithm.
 pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
-    airq_core::telemetry::init("predictive", &args.log)?;
+    let _telemetry = airq_core::telemetry::init("predictive", &args.log)?;
     let protocol = Protocol::from_days(
         &args.fit_from,
         &args.calibrate_from,
@@ -398,7 +398,7 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
 
 /// `forecast`: one forecast from a stored version, as JSON.
 pub async fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
-    airq_core::telemetry::init("predictive", &args.log)?;
+    let _telemetry = airq_core::telemetry::init("predictive", &args.log)?;
     let db = Database::connect(&args.database).await?;
     let registry = Registry::new(db.clone());
     let version = match &args.version {
