@@ -73,6 +73,22 @@ pub fn check_cron(expression: &str) -> Result<(), String> {
         .map_err(|e| format!("{expression:?} is not a valid cron expression: {e}"))
 }
 
+/// The time between the next two runs of a valid cron expression, in seconds (for "late" alerts); `None` when the
+/// expression is invalid or never runs again.
+pub fn cron_period_seconds(expression: &str) -> Option<i64> {
+    check_cron(expression).ok()?;
+    let cron = CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(expression.trim())
+        .ok()?;
+    let now = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC);
+    let first = cron.find_next_occurrence(&now, false).ok()?;
+    let second = cron.find_next_occurrence(&first, false).ok()?;
+    Some(second.timestamp().as_second() - first.timestamp().as_second())
+}
+
 fn check_date(problems: &mut Problems, field: &str, value: &str) {
     if value.parse::<jiff::civil::Date>().is_err() {
         problems.add(field, format!("{value:?} is not a calendar date (YYYY-MM-DD)"));
@@ -226,6 +242,14 @@ mod tests {
         assert!(message.contains("spec.route.cors"), "{message}");
         let message = adhoc_problems("{ pathPrefix: /admin/reports/ }");
         assert!(message.contains("overlaps \"/admin/\""), "{message}");
+    }
+
+    #[test]
+    fn a_schedules_period_is_the_time_between_its_next_two_runs() {
+        assert_eq!(cron_period_seconds("15 * * * *"), Some(3_600));
+        assert_eq!(cron_period_seconds("@daily"), Some(86_400));
+        assert_eq!(cron_period_seconds("*/5 * * * *"), Some(300));
+        assert_eq!(cron_period_seconds("every night"), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ async fn setup() -> anyhow::Result<(kube::Client, String, Operator)> {
         lease_namespace: "default".to_owned(),
         lease_name: "airq-operator".to_owned(),
         identity: Some(format!("test-{ns}")),
+        monitoring_recheck_seconds: 60,
     };
     let operator = Operator::start(client.clone(), args).await?;
     Ok((client, ns, operator))

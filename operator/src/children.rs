@@ -150,7 +150,7 @@ impl Child {
 
     /// The object as JSON with `apiVersion` and `kind`, and the hash of that JSON in [`HASH_ANNOTATION`].
     pub fn to_apply(&self) -> Result<(serde_json::Value, String)> {
-        let mut value = match self {
+        let value = match self {
             Self::ConfigMap(o) => typed_json(o)?,
             Self::Deployment(o) => typed_json(o)?,
             Self::Service(o) => typed_json(o)?,
@@ -158,19 +158,24 @@ impl Child {
             Self::CronJob(o) => typed_json(o)?,
             Self::Job(o) => typed_json(o)?,
         };
-        let bytes = serde_json::to_vec(&value).map_err(|e| Error::Serialize(self.kind().as_str(), e))?;
-        let digest = Sha256::digest(&bytes);
-        let hash: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-        if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            let annotations = metadata
-                .entry("annotations")
-                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-            if let Some(annotations) = annotations.as_object_mut() {
-                annotations.insert(HASH_ANNOTATION.to_owned(), hash.clone().into());
-            }
-        }
-        Ok((value, hash))
+        with_hash(value, self.kind().as_str())
     }
+}
+
+/// `value` (an object with `metadata`) with the hash of its JSON in [`HASH_ANNOTATION`], and that hash.
+pub fn with_hash(mut value: serde_json::Value, kind: &'static str) -> Result<(serde_json::Value, String)> {
+    let bytes = serde_json::to_vec(&value).map_err(|e| Error::Serialize(kind, e))?;
+    let digest = Sha256::digest(&bytes);
+    let hash: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        let annotations = metadata
+            .entry("annotations")
+            .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+        if let Some(annotations) = annotations.as_object_mut() {
+            annotations.insert(HASH_ANNOTATION.to_owned(), hash.clone().into());
+        }
+    }
+    Ok((value, hash))
 }
 
 fn typed_json<K: Resource<DynamicType = ()> + Serialize>(object: &K) -> Result<serde_json::Value> {

@@ -64,6 +64,10 @@ pub struct OperatorArgs {
     /// This replica's name in the Lease (the pod name in a cluster).
     #[arg(long, env = "AIRQ_POD_NAME")]
     pub identity: Option<String>,
+    /// Seconds between two checks of whether the cluster serves the Prometheus Operator's ServiceMonitor and
+    /// PrometheusRule (they are created once it does).
+    #[arg(long, env = "AIRQ_MONITORING_RECHECK_SECONDS", default_value_t = 60)]
+    pub monitoring_recheck_seconds: u64,
 }
 
 impl OperatorArgs {

@@ -95,6 +95,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// The last status written per object (without transition times).
     statuses: Mutex<HashMap<String, String>>,
+    /// Whether the cluster serves the Prometheus Operator's kinds, and when that was asked.
+    monitoring: tokio::sync::Mutex<Option<(std::time::Instant, crate::monitoring::Apis)>>,
 }
 
 impl Context {
@@ -107,7 +109,35 @@ impl Context {
             stats: Stats::default(),
             failures: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
+            monitoring: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Which of the Prometheus Operator's kinds the cluster serves, asked at most every
+    /// `--monitoring-recheck-seconds`. A failed discovery counts as "not served" until the next check.
+    pub async fn monitoring_apis(&self) -> crate::monitoring::Apis {
+        let mut cached = self.monitoring.lock().await;
+        if let Some((at, apis)) = *cached
+            && at.elapsed() < crate::monitoring::recheck(self)
+        {
+            return apis;
+        }
+        let apis = match crate::monitoring::discover(&self.client).await {
+            Ok(apis) => apis,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the API server whether it serves ServiceMonitors");
+                crate::monitoring::Apis::default()
+            }
+        };
+        if cached.is_none_or(|(_, before)| before != apis) {
+            tracing::info!(
+                service_monitors = apis.service_monitors,
+                prometheus_rules = apis.prometheus_rules,
+                "Prometheus Operator API"
+            );
+        }
+        *cached = Some((std::time::Instant::now(), apis));
+        apis
     }
 
     /// The status last written for `key`, without transition times.

@@ -260,6 +260,62 @@ async fn every_rendered_object_is_accepted_by_the_api_server_with_server_side_dr
     Ok(())
 }
 
+fn find<'a>(documents: &'a [serde_json::Value], kind: &str, name: &str) -> Option<&'a serde_json::Value> {
+    documents
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+#[tokio::test]
+async fn monitoring_the_operator_and_the_grafana_dashboard() -> anyhow::Result<()> {
+    // Without the Prometheus Operator: scrape annotations on the operator's pod, no PodMonitor.
+    let plain = render("airq", "airq", &[]).await?;
+    let operator = find(&plain, "Deployment", "airq-operator").expect("the operator's Deployment");
+    assert_eq!(
+        operator["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+    assert!(plain.iter().all(|d| d["kind"] != "PodMonitor"));
+    // With it: a PodMonitor on the operator's named port, and no annotations.
+    let monitored = render(
+        "airq",
+        "airq",
+        &["--api-versions", "monitoring.coreos.com/v1/PodMonitor"],
+    )
+    .await?;
+    let pod_monitor = find(&monitored, "PodMonitor", "airq-operator").expect("a PodMonitor");
+    assert_eq!(pod_monitor["spec"]["podMetricsEndpoints"][0]["port"], "http");
+    let operator = find(&monitored, "Deployment", "airq-operator").expect("the operator's Deployment");
+    assert!(operator["spec"]["template"]["metadata"]["annotations"].is_null());
+    let ports = operator["spec"]["template"]["spec"]["containers"][0]["ports"].to_string();
+    assert!(ports.contains("\"name\":\"http\""), "{ports}");
+
+    // The dashboard: valid JSON for Grafana's sidecar, every panel querying airq's metrics of one namespace.
+    let config_map = find(&plain, "ConfigMap", "airq-grafana-dashboard").expect("the dashboard's ConfigMap");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(config_map["data"]["airq.json"].as_str().unwrap_or_default())?;
+    assert_eq!(dashboard["uid"], "airq-golden-signals");
+    let queries: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|panel| panel["targets"].as_array().into_iter().flatten())
+        .filter_map(|target| target["expr"].as_str())
+        .collect();
+    assert!(queries.len() >= 10, "{queries:?}");
+    for query in queries {
+        assert!(query.contains("airq_"), "{query}");
+        assert!(
+            query.contains("namespace=\"$namespace\"") || query.contains("airq_operator_reconciles_total"),
+            "{query}"
+        );
+    }
+    let without = render("airq", "airq", &["--set", "monitoring.grafanaDashboard.enabled=false"]).await?;
+    assert!(find(&without, "ConfigMap", "airq-grafana-dashboard").is_none());
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_values_schema_names_what_is_wrong() -> anyhow::Result<()> {
     let cases = [

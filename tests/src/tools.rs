@@ -63,6 +63,38 @@ pub fn helm_version() -> Result<String> {
     required_version(&tools_dir().join("helm"), "helm.sh/helm/v3")
 }
 
+/// The Prometheus Operator release whose CustomResourceDefinitions the monitoring tests install.
+pub const PROMETHEUS_OPERATOR_VERSION: &str = "v0.85.0";
+
+/// The Prometheus Operator's ServiceMonitor and PrometheusRule CRD manifests, as released: read from its Go module,
+/// which `go mod download` fetches once through the module proxy into the Go module cache.
+pub fn prometheus_operator_crds() -> Result<Vec<PathBuf>> {
+    let module = format!("github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR_VERSION}");
+    let dir = cache_dir()?;
+    std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    let output = Command::new("go")
+        .args(["mod", "download", "-json", &module])
+        .current_dir(&dir)
+        .output()
+        .map_err(io("cannot run `go mod download`: is Go installed and on PATH?"))?;
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+        Error::Setup(format!(
+            "`go mod download -json {module}` did not answer JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    })?;
+    let Some(folder) = answer["Dir"].as_str() else {
+        return Err(Error::Setup(format!(
+            "`go mod download -json {module}` failed: {answer}"
+        )));
+    };
+    let crds = Path::new(folder).join("example/prometheus-operator-crd");
+    Ok(["servicemonitors", "prometheusrules"]
+        .iter()
+        .map(|plural| crds.join(format!("monitoring.coreos.com_{plural}.yaml")))
+        .collect())
+}
+
 fn tools_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tools")
 }

@@ -288,6 +288,12 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
         (None, Some(JobState::Failed { message, .. })) => (false, "LoadFailed", message),
         (None, _) => (false, "Running", "the load runs".to_owned()),
     };
+    crate::monitoring::record_etl(
+        &owner.namespace,
+        &owner.name,
+        etl.spec.schedule.as_deref(),
+        last_run.as_ref(),
+    );
     let status = EtlScheduleStatus {
         observed_generation: generation,
         conditions: vec![condition(

@@ -508,7 +508,13 @@ fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, ct
     let key = object_key(kind, object.as_ref());
     let delay = ctx.backoff(key.clone());
     tracing::warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
-    metrics::counter!("airq_operator_reconcile_errors_total", "kind" => kind, "reason" => error.metric_label())
-        .increment(1);
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    metrics::counter!(
+        "airq_operator_reconcile_errors_total",
+        "kind" => kind,
+        "reason" => error.metric_label(),
+        "airq_namespace" => namespace
+    )
+    .increment(1);
     Action::requeue(delay)
 }

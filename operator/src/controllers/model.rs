@@ -22,6 +22,7 @@ use crate::context::Context;
 use crate::controllers::adhoc::deployment_available;
 use crate::controllers::jobs::{self, JobState};
 use crate::error::Result;
+use crate::monitoring::METRICS_LABEL;
 use crate::status::{condition, event, update};
 use crate::workload::{HTTP_PORT, database_env, env, job_container, pod_template, service_container, tmp_volume};
 
@@ -176,8 +177,11 @@ pub fn build(
             }),
             status: None,
         }));
+        // Scraped through the Platform's ServiceMonitor, or its scrape annotations (crate::monitoring).
+        let mut service_labels = labels;
+        service_labels.insert(METRICS_LABEL.0.to_owned(), METRICS_LABEL.1.to_owned());
         children.push(Child::Service(Service {
-            metadata: owner.meta(&name, labels),
+            metadata: owner.meta(&name, service_labels),
             spec: Some(ServiceSpec {
                 selector: Some(selector),
                 ports: Some(vec![ServicePort {
@@ -330,7 +334,8 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
     };
 
     let image = model.spec.image.clone().unwrap_or_else(|| ctx.args.image("predictive"));
-    let desired = build(&model, &owner, image, &revision, served.as_ref(), &own_jobs);
+    let mut desired = build(&model, &owner, image, &revision, served.as_ref(), &own_jobs);
+    crate::monitoring::annotate_for_scraping(&mut desired.children, ctx.monitoring_apis().await);
     let changes = children::apply(&ctx, &owner, desired).await?;
     if !changes.is_empty() {
         event(&ctx, model.as_ref(), false, "Applied", "Apply", changes.describe()).await;
@@ -445,6 +450,7 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
             generation,
         ),
     ];
+    crate::monitoring::record_training(&owner.namespace, &owner.name, trained_reason == "TrainingFailed");
     update(&ctx, model.as_ref(), model.status.as_ref(), status).await?;
     Ok(Action::await_change())
 }

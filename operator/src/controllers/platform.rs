@@ -25,6 +25,7 @@ use crate::children::{self, Child, Desired, Owner};
 use crate::context::Context;
 use crate::controllers::adhoc::deployment_available;
 use crate::error::Result;
+use crate::monitoring::METRICS_LABEL;
 use crate::status::{condition, event, update};
 use crate::workload::{HTTP_PORT, database_env, env, pod_template, secret_env, service_container, tmp_volume};
 
@@ -130,7 +131,7 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
         );
         container.image_pull_policy = Some(spec.image_pull_policy.clone());
         container.volume_mounts = Some(mounts);
-        let mut template = pod_template(
+        let template = pod_template(
             labels.clone(),
             vec![container],
             &Default::default(),
@@ -138,13 +139,6 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
             volumes,
             true,
         );
-        if let Some(metadata) = template.metadata.as_mut() {
-            metadata.annotations = Some(BTreeMap::from([
-                ("prometheus.io/scrape".to_owned(), "true".to_owned()),
-                ("prometheus.io/port".to_owned(), HTTP_PORT.to_string()),
-                ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
-            ]));
-        }
         children.push(Child::Deployment(Deployment {
             metadata: owner.meta(&service_name, labels.clone()),
             spec: Some(DeploymentSpec {
@@ -165,8 +159,11 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
             }),
             status: None,
         }));
+        // Scraped through the Platform's ServiceMonitor, or its scrape annotations (crate::monitoring).
+        let mut service_labels = labels;
+        service_labels.insert(METRICS_LABEL.0.to_owned(), METRICS_LABEL.1.to_owned());
         children.push(Child::Service(Service {
-            metadata: owner.meta(&service_name, labels),
+            metadata: owner.meta(&service_name, service_labels),
             spec: Some(ServiceSpec {
                 selector: Some(selector(owner, name)),
                 ports: Some(vec![ServicePort {
@@ -299,9 +296,14 @@ pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Act
         .into_iter()
         .filter(|a| a.namespace().as_deref() == Some(owner.namespace.as_str()))
         .collect();
-    let desired = build(&platform, &owner, &adhoc_services)?;
+    let mut desired = build(&platform, &owner, &adhoc_services)?;
+    let monitoring = ctx.monitoring_apis().await;
+    crate::monitoring::annotate_for_scraping(&mut desired.children, monitoring);
     let routes = crate::routes::table(&platform, &adhoc_services).routes.len();
-    let changes = children::apply(&ctx, &owner, desired).await?;
+    let mut changes = children::apply(&ctx, &owner, desired).await?;
+    changes
+        .applied
+        .extend(crate::monitoring::apply(&ctx, &owner, monitoring).await?);
     if !changes.is_empty() {
         event(&ctx, platform.as_ref(), false, "Applied", "Apply", changes.describe()).await;
     }
@@ -336,7 +338,12 @@ pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Act
         url: Some(url(&platform, &owner.namespace)),
     };
     update(&ctx, platform.as_ref(), platform.status.as_ref(), status).await?;
-    Ok(Action::await_change())
+    if monitoring.service_monitors && monitoring.prometheus_rules {
+        Ok(Action::await_change())
+    } else {
+        // Looks again for the Prometheus Operator's API, which may be installed later.
+        Ok(Action::requeue(crate::monitoring::recheck(&ctx)))
+    }
 }
 
 /// The Platform a change to an AdhocService concerns: its namespace's.

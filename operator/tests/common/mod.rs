@@ -37,6 +37,7 @@ pub fn args(namespace: &str) -> OperatorArgs {
         lease_namespace: "default".to_owned(),
         lease_name: "airq-operator".to_owned(),
         identity: Some(format!("test-{namespace}")),
+        monitoring_recheck_seconds: 60,
     }
 }
 

@@ -1,0 +1,331 @@
+//! Registration with Prometheus. When the cluster serves the Prometheus Operator's API (`monitoring.coreos.com/v1`),
+//! each Platform gets a ServiceMonitor selecting every Service the operator runs that serves metrics (the core
+//! services and each model's server: label [`METRICS_LABEL`]) and a PrometheusRule with the platform's alerts.
+//! Without that API, those Services carry the `prometheus.io/*` scrape annotations instead. The API is looked up
+//! again every `--monitoring-recheck-seconds`, so installing the Prometheus Operator later is noticed.
+//!
+//! The operator also exports, per resource, the gauges the ETL and training alerts need (label `airq_namespace`, so
+//! that it does not clash with the `namespace` Prometheus gives the operator's own target).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use airq_api::etl::LoadRunStatus;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::json;
+
+use crate::children::{Child, HASH_ANNOTATION, MANAGER, Owner, with_hash};
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// The label of a Service whose pods serve `/metrics` on the port named `http`.
+pub const METRICS_LABEL: (&str, &str) = ("airq.dev/metrics", "true");
+/// The Prometheus Operator's API group and version.
+pub const GROUP: &str = "monitoring.coreos.com";
+pub const VERSION: &str = "v1";
+/// The name of the Platform's ServiceMonitor and PrometheusRule.
+pub const NAME: &str = "airq";
+/// The port the services serve their metrics on (the container port named `http`).
+const METRICS_PORT: &str = "8080";
+
+/// Which of the Prometheus Operator's kinds the cluster serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Apis {
+    pub service_monitors: bool,
+    pub prometheus_rules: bool,
+}
+
+impl Apis {
+    /// Whether Prometheus finds the services through ServiceMonitors (no scrape annotations then).
+    pub fn uses_service_monitors(self) -> bool {
+        self.service_monitors
+    }
+}
+
+/// Asks the API server which of the kinds it serves (a discovery request: no permission needed).
+pub async fn discover(client: &kube::Client) -> Result<Apis, kube::Error> {
+    match client.list_api_group_resources(&format!("{GROUP}/{VERSION}")).await {
+        Ok(list) => Ok(Apis {
+            service_monitors: list.resources.iter().any(|r| r.name == "servicemonitors"),
+            prometheus_rules: list.resources.iter().any(|r| r.name == "prometheusrules"),
+        }),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Apis::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// How often the cluster is asked again, and how soon a Platform is reconciled again while the API is missing.
+pub fn recheck(ctx: &Context) -> Duration {
+    Duration::from_secs(ctx.args.monitoring_recheck_seconds.max(1))
+}
+
+/// Adds the `prometheus.io/*` scrape annotations to the Services labelled [`METRICS_LABEL`], for a cluster without
+/// ServiceMonitors (Prometheus' usual `kubernetes-service-endpoints` job reads them).
+pub fn annotate_for_scraping(children: &mut [Child], apis: Apis) {
+    if apis.uses_service_monitors() {
+        return;
+    }
+    for child in children {
+        if let Child::Service(service) = child
+            && service
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.get(METRICS_LABEL.0).map(String::as_str) == Some(METRICS_LABEL.1))
+        {
+            service.metadata.annotations.get_or_insert_with(BTreeMap::new).extend([
+                ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                ("prometheus.io/port".to_owned(), METRICS_PORT.to_owned()),
+                ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+            ]);
+        }
+    }
+}
+
+fn resource(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP, VERSION, kind))
+}
+
+fn object(owner: &Owner, kind: &str, spec: serde_json::Value) -> serde_json::Value {
+    let meta = owner.meta(NAME, owner.labels("airq"));
+    json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": kind,
+        "metadata": meta,
+        "spec": spec,
+    })
+}
+
+/// The ServiceMonitor of the Platform `owner`: every metrics Service of its namespace, every 30 s.
+pub fn service_monitor(owner: &Owner) -> serde_json::Value {
+    object(
+        owner,
+        "ServiceMonitor",
+        json!({
+            "selector": { "matchLabels": {
+                METRICS_LABEL.0: METRICS_LABEL.1,
+                "app.kubernetes.io/part-of": "airq",
+            }},
+            "namespaceSelector": { "matchNames": [owner.namespace] },
+            "endpoints": [{ "port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s" }],
+            "targetLabels": ["app.kubernetes.io/name"],
+        }),
+    )
+}
+
+fn alert(name: &str, expr: String, wait: &str, severity: &str, summary: &str, description: &str) -> serde_json::Value {
+    json!({
+        "alert": name,
+        "expr": expr,
+        "for": wait,
+        "labels": { "severity": severity, "platform": "airq" },
+        "annotations": { "summary": summary, "description": description },
+    })
+}
+
+/// The PrometheusRule of the Platform `owner`: the platform's alerts, each scoped to its namespace.
+pub fn prometheus_rule(owner: &Owner) -> serde_json::Value {
+    let ns = &owner.namespace;
+    let gateway = format!("namespace=\"{ns}\",service=\"airq-gateway\"");
+    let resources = format!("airq_namespace=\"{ns}\"");
+    object(
+        owner,
+        "PrometheusRule",
+        json!({ "groups": [
+            { "name": "airq.etl", "rules": [
+                alert(
+                    "AirqEtlRunFailed",
+                    format!("max by (airq_namespace, schedule) (airq_operator_etl_last_run_failed{{{resources}}}) == 1"),
+                    "0m",
+                    "warning",
+                    "The last ETL run of {{ $labels.schedule }} failed",
+                    "EtlSchedule {{ $labels.airq_namespace }}/{{ $labels.schedule }}: its last load Job failed; \
+                     kubectl describe etlschedule {{ $labels.schedule }} shows why.",
+                ),
+                alert(
+                    "AirqEtlRunLate",
+                    format!(
+                        "time() - max by (airq_namespace, schedule) (airq_operator_etl_last_success_timestamp_seconds{{{resources}}}) \
+                         > 2 * max by (airq_namespace, schedule) (airq_operator_etl_schedule_period_seconds{{{resources}}})"
+                    ),
+                    "10m",
+                    "warning",
+                    "ETL schedule {{ $labels.schedule }} has not loaded successfully for two periods",
+                    "EtlSchedule {{ $labels.airq_namespace }}/{{ $labels.schedule }}: no successful load for more than \
+                     twice its schedule's period.",
+                ),
+            ]},
+            { "name": "airq.models", "rules": [
+                alert(
+                    "AirqModelTrainingFailed",
+                    format!("max by (airq_namespace, model) (airq_operator_model_training_failed{{{resources}}}) == 1"),
+                    "0m",
+                    "warning",
+                    "Training of model {{ $labels.model }} failed",
+                    "PredictiveModel {{ $labels.airq_namespace }}/{{ $labels.model }}: the last training Job failed; the \
+                     previous version, if any, is still served.",
+                ),
+            ]},
+            { "name": "airq.gateway", "rules": [
+                alert(
+                    "AirqGatewayErrorRate",
+                    format!(
+                        "sum by (route) (rate(airq_gateway_http_requests_total{{{gateway},status_class=\"5xx\"}}[5m])) \
+                         / sum by (route) (rate(airq_gateway_http_requests_total{{{gateway}}}[5m])) > 0.05"
+                    ),
+                    "10m",
+                    "critical",
+                    "More than 5 % of the requests to route {{ $labels.route }} fail",
+                    "The gateway answers 5xx to {{ $value | humanizePercentage }} of the requests of route {{ $labels.route }}.",
+                ),
+                alert(
+                    "AirqGatewayLatency",
+                    format!(
+                        "histogram_quantile(0.99, sum by (le, route) \
+                         (rate(airq_gateway_http_request_duration_seconds_bucket{{{gateway}}}[5m]))) > 1"
+                    ),
+                    "10m",
+                    "warning",
+                    "The 99th percentile latency of route {{ $labels.route }} is above 1 s",
+                    "Route {{ $labels.route }}: p99 {{ $value | humanizeDuration }} over 5 minutes.",
+                ),
+            ]},
+            { "name": "airq.operator", "rules": [
+                alert(
+                    "AirqOperatorReconcileErrors",
+                    format!("sum by (kind) (rate(airq_operator_reconcile_errors_total{{{resources}}}[10m])) > 0"),
+                    "15m",
+                    "warning",
+                    "The operator keeps failing to reconcile {{ $labels.kind }} resources",
+                    "Reconciles of {{ $labels.kind }} in {{ $labels.airq_namespace }} have failed for 15 minutes; the \
+                     operator's log says why (reconcile failed).",
+                ),
+            ]},
+        ]}),
+    )
+}
+
+/// Applies the Platform's ServiceMonitor and PrometheusRule where the cluster serves them; an object whose
+/// applied-hash already matches is not written. Returns what was applied.
+pub async fn apply(ctx: &Context, owner: &Owner, apis: Apis) -> Result<Vec<String>> {
+    let mut wanted = Vec::new();
+    if apis.service_monitors {
+        wanted.push(("ServiceMonitor", service_monitor(owner)));
+    }
+    if apis.prometheus_rules {
+        wanted.push(("PrometheusRule", prometheus_rule(owner)));
+    }
+    let mut applied = Vec::new();
+    for (kind, value) in wanted {
+        let (value, hash) = with_hash(value, kind)?;
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &owner.namespace, &resource(kind));
+        let apply_error = |source| Error::Apply {
+            kind,
+            name: NAME.to_owned(),
+            source,
+        };
+        let existing = api.get_opt(NAME).await.map_err(apply_error)?;
+        if existing.is_some_and(|o| o.metadata.annotations.and_then(|mut a| a.remove(HASH_ANNOTATION)) == Some(hash)) {
+            continue;
+        }
+        api.patch(NAME, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&value))
+            .await
+            .map_err(apply_error)?;
+        ctx.stats.wrote(owner.kind, "apply");
+        applied.push(format!("{kind} {NAME}"));
+    }
+    Ok(applied)
+}
+
+/// Exports the gauges of an EtlSchedule the alerts read: whether its last run failed, when a run last succeeded,
+/// and its schedule's period.
+pub fn record_etl(namespace: &str, name: &str, schedule: Option<&str>, last_run: Option<&LoadRunStatus>) {
+    let labels = [("airq_namespace", namespace.to_owned()), ("schedule", name.to_owned())];
+    let failed = last_run.is_some_and(|r| !r.succeeded);
+    metrics::gauge!("airq_operator_etl_last_run_failed", &labels).set(if failed { 1.0 } else { 0.0 });
+    if let Some(at) = last_run
+        .filter(|r| r.succeeded)
+        .and_then(|r| r.completion_time.as_ref())
+    {
+        metrics::gauge!("airq_operator_etl_last_success_timestamp_seconds", &labels).set(at.0.as_second() as f64);
+    }
+    if let Some(period) = schedule.and_then(airq_api::validation::cron_period_seconds) {
+        metrics::gauge!("airq_operator_etl_schedule_period_seconds", &labels).set(period as f64);
+    }
+}
+
+/// Exports whether a PredictiveModel's last training failed.
+pub fn record_training(namespace: &str, name: &str, failed: bool) {
+    let labels = [("airq_namespace", namespace.to_owned()), ("model", name.to_owned())];
+    metrics::gauge!("airq_operator_model_training_failed", &labels).set(if failed { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn owner() -> Owner {
+        Owner {
+            kind: "Platform",
+            api_version: "airq.dev/v1alpha1".to_owned(),
+            name: "airq".to_owned(),
+            namespace: "air".to_owned(),
+            uid: "u-1".to_owned(),
+        }
+    }
+
+    fn service(labels: &[(&str, &str)]) -> Child {
+        Child::Service(Service {
+            metadata: ObjectMeta {
+                labels: Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        })
+    }
+
+    fn annotations(child: &Child) -> Option<BTreeMap<String, String>> {
+        match child {
+            Child::Service(s) => s.metadata.annotations.clone(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn only_metrics_services_are_annotated_and_only_without_service_monitors() {
+        let mut children = vec![service(&[METRICS_LABEL]), service(&[("app", "other")])];
+        annotate_for_scraping(&mut children, Apis::default());
+        assert_eq!(
+            annotations(&children[0]).unwrap()["prometheus.io/scrape"],
+            "true".to_owned()
+        );
+        assert_eq!(annotations(&children[1]), None);
+        let mut children = vec![service(&[METRICS_LABEL])];
+        annotate_for_scraping(
+            &mut children,
+            Apis {
+                service_monitors: true,
+                prometheus_rules: true,
+            },
+        );
+        assert_eq!(annotations(&children[0]), None);
+    }
+
+    #[test]
+    fn every_alert_is_scoped_to_the_platforms_namespace() {
+        let rule = prometheus_rule(&owner());
+        let groups = rule["spec"]["groups"].as_array().unwrap();
+        let alerts: Vec<&serde_json::Value> = groups.iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
+        assert_eq!(alerts.len(), 6);
+        for alert in alerts {
+            let expr = alert["expr"].as_str().unwrap();
+            assert!(expr.contains("namespace=\"air\""), "{}: {expr}", alert["alert"]);
+        }
+        assert_eq!(rule["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        let monitor = service_monitor(&owner());
+        assert_eq!(monitor["spec"]["namespaceSelector"]["matchNames"][0], "air");
+        assert_eq!(monitor["spec"]["selector"]["matchLabels"][METRICS_LABEL.0], "true");
+    }
+}
