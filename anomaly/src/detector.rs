@@ -69,9 +69,16 @@ pub struct Seasonal {
     recent: usize,
     history: VecDeque<f64>,
     residuals: VecDeque<f64>,
+    /// The value expected for the last value scored.
+    last_expected: Option<f64>,
 }
 
 impl Seasonal {
+    /// The value that was expected for the last value scored (`None` before there was enough history).
+    pub fn last_expected(&self) -> Option<f64> {
+        self.last_expected
+    }
+
     pub fn new(season: usize, seasons: usize, neighbours: usize, recent: usize) -> Self {
         Self {
             season: season.max(1),
@@ -80,6 +87,7 @@ impl Seasonal {
             recent: recent.max(8),
             history: VecDeque::new(),
             residuals: VecDeque::new(),
+            last_expected: None,
         }
     }
 
@@ -107,7 +115,8 @@ impl Seasonal {
 
 impl Detector for Seasonal {
     fn score(&mut self, value: f64) -> f64 {
-        let z = match self.expected() {
+        self.last_expected = self.expected();
+        let z = match self.last_expected {
             Some(expected) => {
                 let residual = value - expected;
                 let score = if self.residuals.len() >= 8 {

@@ -8,3 +8,4 @@ pub mod corpus;
 pub mod detector;
 pub mod evaluate;
 pub mod nab;
+pub mod watch;

@@ -65,8 +65,7 @@ impl Drop for Finish {
             Some((id, metrics)) => (id.as_ref(), metrics),
             None => ("none", &self.unmatched),
         };
-        metrics.count(self.status);
-        metrics.duration.record(elapsed.as_secs_f64());
+        metrics.finished(self.status, elapsed);
         let (user, key_id) = match self.record.caller.get() {
             Some((user, key)) => (Some(user.as_ref()), key.as_deref()),
             None => (None, None),

@@ -88,6 +88,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/keys/{id}", get(key).delete(revoke_key))
         .route("/admin/keys/{id}/rotate", post(rotate_key))
         .route("/admin/usage", get(usage))
+        .route("/admin/anomalies", get(crate::anomalies::list))
         .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 

@@ -49,6 +49,16 @@ pub struct Config {
     /// Seconds between two additions of this replica's usage counts to the database.
     #[arg(long, env = "AIRQ_USAGE_FLUSH_SECONDS", default_value_t = 2)]
     pub usage_flush_seconds: u64,
+    /// Milliseconds between two samples of each route's request rate, 5xx ratio and mean latency for anomaly
+    /// detection.
+    #[arg(long, env = "AIRQ_ANOMALY_INTERVAL_MS", default_value_t = 60_000)]
+    pub anomaly_interval_ms: u64,
+    /// The seasonality the anomaly detector follows, in seconds (a day: the usual daily rhythm of traffic).
+    #[arg(long, env = "AIRQ_ANOMALY_SEASON_SECONDS", default_value_t = 86_400)]
+    pub anomaly_season_seconds: u64,
+    /// The robust z-score above which a sample is anomalous (5.5: the best threshold on NAB's standard profile).
+    #[arg(long, env = "AIRQ_ANOMALY_THRESHOLD", default_value_t = 5.5)]
+    pub anomaly_threshold: f64,
     /// Upstream failures in a row (connect errors, timeouts, 502/503/504) that open a route's circuit.
     #[arg(long, env = "AIRQ_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod anomalies;
 pub mod config;
 pub mod cors;
 pub mod error;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub admin_metrics: Arc<RouteMetrics>,
     pub ops_metrics: Arc<RouteMetrics>,
     pub unmatched_metrics: Arc<RouteMetrics>,
+    /// Anomaly detection on each route's traffic.
+    pub anomalies: anomalies::SharedWatcher,
 }
 
 /// The gateway's router: the admin API, then everything else proxied. [`app`] adds the edge and the operational
@@ -227,6 +230,11 @@ pub async fn state(config: &Config, db: Database) -> Result<AppState, StartError
         admin_metrics: Arc::new(RouteMetrics::new("admin")),
         ops_metrics: Arc::new(RouteMetrics::new("ops")),
         unmatched_metrics: Arc::new(RouteMetrics::new("none")),
+        anomalies: anomalies::watcher(
+            config.anomaly_interval_ms,
+            config.anomaly_season_seconds,
+            config.anomaly_threshold,
+        ),
     })
 }
 
@@ -273,6 +281,10 @@ pub async fn serve(
                 .clone()
                 .follow(Duration::from_millis(config.routes_poll_ms.max(50))),
         ),
+        tokio::spawn(anomalies::follow(
+            state.clone(),
+            Duration::from_millis(config.anomaly_interval_ms.max(10)),
+        )),
         tokio::spawn(limits::flush_forever(
             state.limits.clone(),
             state.store.clone(),

@@ -3,6 +3,7 @@
 //! that does not parse leaves the table in use as it is.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,23 @@ pub struct RouteMetrics {
     pub upstream_timeouts: Counter,
     pub circuit_open: Counter,
     pub rate_limited: Counter,
+    /// Counts since the anomaly watcher's last sample.
+    sampled: Arc<Sampled>,
+}
+
+#[derive(Default)]
+struct Sampled {
+    requests: AtomicU64,
+    server_errors: AtomicU64,
+    micros: AtomicU64,
+}
+
+/// A route's traffic since the previous sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub requests: u64,
+    pub server_errors: u64,
+    pub micros: u64,
 }
 
 impl RouteMetrics {
@@ -138,12 +156,30 @@ impl RouteMetrics {
             upstream_timeouts: upstream_error("timeout"),
             circuit_open: upstream_error("circuit_open"),
             rate_limited: metrics::counter!("airq_gateway_route_rate_limited_total", "route" => route.to_owned()),
+            sampled: Arc::default(),
         }
     }
 
-    pub fn count(&self, status: u16) {
+    /// Counts an answered request: its status class, its duration, and the anomaly watcher's sample.
+    pub fn finished(&self, status: u16, elapsed: Duration) {
         let index = usize::from((status / 100).clamp(1, 5) - 1);
         self.by_class[index].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+        self.sampled.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.sampled.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sampled.micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// What was counted since the previous call.
+    pub fn take_sample(&self) -> Sample {
+        Sample {
+            requests: self.sampled.requests.swap(0, Ordering::Relaxed),
+            server_errors: self.sampled.server_errors.swap(0, Ordering::Relaxed),
+            micros: self.sampled.micros.swap(0, Ordering::Relaxed),
+        }
     }
 }
 

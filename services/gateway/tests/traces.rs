@@ -70,10 +70,7 @@ fn hex(text: &str) -> Vec<u8> {
 async fn a_request_through_the_gateway_is_exported_over_otlp_as_a_child_of_the_callers_span() {
     let receiver = Receiver::start().await;
     let upstream = Upstream::start("up").await;
-    let routes = format!(
-        "routes:\n- {{ id: up, pathPrefix: /, upstream: '{}', timeoutSeconds: 5, access: {{ public: true }} }}\n",
-        upstream.url
-    );
+    let routes = common::one_public_route(&upstream);
     let gateway = Gateway::start(
         &routes,
         &[

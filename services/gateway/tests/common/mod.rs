@@ -130,6 +130,14 @@ async fn websocket(upgrade: WebSocketUpgrade, headers: HeaderMap) -> Response {
     })
 }
 
+/// A route table with one public route, `up`, sending everything to `upstream`.
+pub fn one_public_route(upstream: &Upstream) -> String {
+    format!(
+        "routes:\n- {{ id: up, pathPrefix: /, upstream: '{}', timeoutSeconds: 5, access: {{ public: true }} }}\n",
+        upstream.url
+    )
+}
+
 /// A running gateway with its route file, database and bootstrap admin key.
 pub struct Gateway {
     pub service: RunningService,

@@ -1,0 +1,85 @@
+//! Anomaly detection on the gateway's traffic, with the binary and a real upstream: sampled every 100 ms with a
+//! 2-second season, steady traffic raises no error-ratio anomaly; a burst of 500s opens one for the route — listed
+//! by `GET /admin/anomalies` with the value expected, and exported as `airq_gateway_anomalous` — which closes once
+//! the route answers normally again.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Gateway, Upstream};
+use reqwest::Method;
+use serde_json::Value;
+
+/// Sends requests to `path` every 10 ms for `seconds`.
+async fn traffic(gateway: &Gateway, path: &str, seconds: f64) {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    while Instant::now() < until {
+        ticks.tick().await;
+        let _ = gateway.http.get(gateway.url(path)).send().await.unwrap();
+    }
+}
+
+async fn error_ratio_anomaly(gateway: &Gateway) -> Option<Value> {
+    let (status, body) = gateway.admin(Method::GET, "/admin/anomalies", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["signal"] == "error_ratio" && a["route"] == "up")
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_burst_of_server_errors_is_an_anomaly_of_its_route_until_it_ends() {
+    let upstream = Upstream::start("up").await;
+    let routes = common::one_public_route(&upstream);
+    let gateway = Gateway::start(
+        &routes,
+        &[
+            ("AIRQ_ANOMALY_INTERVAL_MS", "100"),
+            ("AIRQ_ANOMALY_SEASON_SECONDS", "2"),
+        ],
+    )
+    .await;
+
+    // Steady, healthy traffic for two seasons.
+    traffic(&gateway, "/echo", 4.0).await;
+    assert_eq!(error_ratio_anomaly(&gateway).await, None);
+    let (_, body) = gateway.admin(Method::GET, "/admin/anomalies", None).await;
+    assert!(body["followed"].as_u64().unwrap() >= 3, "{body}");
+
+    // The upstream fails every request for a second.
+    traffic(&gateway, "/status/500", 1.0).await;
+    let anomaly = airq_testenv::eventually("an error-ratio anomaly", Duration::from_secs(5), || async {
+        error_ratio_anomaly(&gateway).await.ok_or_else(|| "none yet".to_owned())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    assert!(anomaly["expected"].as_f64().unwrap() < 0.01, "{anomaly}");
+    assert!(anomaly["peakScore"].as_f64().unwrap() > 5.5, "{anomaly}");
+    assert!(anomaly["since"].as_str().is_some_and(|s| s.contains('T')), "{anomaly}");
+    let (_, _, metrics) = gateway.get("/metrics", None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("airq_gateway_anomalous{")
+            && l.contains("signal=\"error_ratio\"")
+            && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    // Healthy again: the anomaly closes after five quiet samples.
+    let closed = async {
+        traffic(&gateway, "/echo", 3.0).await;
+        error_ratio_anomaly(&gateway).await
+    };
+    assert_eq!(closed.await, None);
+
+    // Only the admin group may read them.
+    let (status, _, _) = gateway.get("/admin/anomalies", None).await;
+    assert_eq!(status, 401);
+}
