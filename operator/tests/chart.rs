@@ -404,14 +404,16 @@ async fn helm_install_upgrade_and_uninstall_with_the_operator_under_the_charts_r
     let _operator = airq_operator::Operator::start(restricted, common::args(&ns)).await?;
     let platforms: Api<Platform> = Api::namespaced(admin.clone(), &ns);
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    // The operator applies a Platform's children at the same time: each is waited for.
+    let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
     for service in ["airq-gateway", "airq-front", "airq-predictive", "airq-etl"] {
         wait_for(&deployments, service, "the core Deployments", 60, |_| Ok(())).await?;
-        Api::<Service>::namespaced(admin.clone(), &ns).get(service).await?;
+        wait_for(&services, service, "the core Services", 10, |_| Ok(())).await?;
     }
-    Api::<Ingress>::namespaced(admin.clone(), &ns).get("airq").await?;
-    Api::<ConfigMap>::namespaced(admin.clone(), &ns)
-        .get("airq-gateway-routes")
-        .await?;
+    let ingresses: Api<Ingress> = Api::namespaced(admin.clone(), &ns);
+    wait_for(&ingresses, "airq", "the Ingress", 10, |_| Ok(())).await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
+    wait_for(&config_maps, "airq-gateway-routes", "the route table", 10, |_| Ok(())).await?;
     let gateway = deployments.get("airq-gateway").await?;
     let env = serde_json::to_value(&gateway.spec)?["template"]["spec"]["containers"][0]["env"].clone();
     let admin_env = env
