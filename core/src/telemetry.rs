@@ -209,18 +209,14 @@ fn install(service: &'static str, log: &LogArgs, background: bool) -> Result<Tel
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
     };
-    // Traces take airq's own spans at info level and above whatever the log level (a request's trace id is made
-    // and passed on even when only warnings are logged); the log filter applies to log lines only.
-    let traced = tracing_subscriber::filter::filter_fn(|meta| {
-        meta.is_span() && meta.target().starts_with("airq") && *meta.level() <= tracing::Level::INFO
-    });
+    // One filter for logs and traces: a per-layer filter for the trace layer (to trace airq's spans whatever the
+    // log level) left some request spans without an OpenTelemetry context under concurrent requests — the gateway
+    // then passed the caller's trace context on unchanged. Request spans are at info level: traced at the default
+    // level and below.
     let installed = tracing_subscriber::registry()
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("airq"))
-                .with_filter(traced),
-        )
-        .with(fmt.with_filter(filter))
+        .with(filter)
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("airq")))
+        .with(fmt)
         .try_init()
         .is_ok();
     // A second initialisation in the same process (tests mount several services in one) fails harmlessly: the

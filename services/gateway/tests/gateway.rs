@@ -572,8 +572,16 @@ async fn headers_streams_websockets_and_cors_pass_as_a_proxy_should() {
     );
     assert_eq!(traceparent[3], "01");
     // Without a trace context, the gateway starts one, and logs its id.
-    let (_, _, body) = gateway.get("/echo", None).await;
-    let traceparent = body["headers"]["traceparent"].as_str().unwrap().to_owned();
+    let (status, _, body) = gateway.get("/echo", None).await;
+    let traceparent = body["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| {
+            panic!(
+                "no traceparent reached the upstream: {status} {body}\n{}",
+                gateway.log()
+            )
+        })
+        .to_owned();
     let trace_id = traceparent.split('-').nth(1).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(gateway.log().contains(&format!("\"trace_id\":\"{trace_id}\"")));
