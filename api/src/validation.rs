@@ -54,6 +54,11 @@ pub const RESERVED_PREFIXES: &[&str] = &["/api/predictive/", "/api/etl/", "/api/
 /// Checks a cron expression the way a Kubernetes CronJob reads it: five fields (minute, hour, day of month, month,
 /// day of week) or a macro such as `@hourly`.
 pub fn check_cron(expression: &str) -> Result<(), String> {
+    parse_cron(expression).map(drop)
+}
+
+/// [`check_cron`]'s reading of the expression, kept.
+fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
     let trimmed = expression.trim();
     if trimmed.starts_with("TZ=") || trimmed.starts_with("CRON_TZ=") {
         return Err("put the time zone in spec.timeZone, not in the schedule".to_owned());
@@ -69,20 +74,13 @@ pub fn check_cron(expression: &str) -> Result<(), String> {
         .year(Year::Disallowed)
         .build()
         .parse(trimmed)
-        .map(drop)
         .map_err(|e| format!("{expression:?} is not a valid cron expression: {e}"))
 }
 
 /// The time between the next two runs of a valid cron expression, in seconds (for "late" alerts); `None` when the
 /// expression is invalid or never runs again.
 pub fn cron_period_seconds(expression: &str) -> Option<i64> {
-    check_cron(expression).ok()?;
-    let cron = CronParser::builder()
-        .seconds(Seconds::Disallowed)
-        .year(Year::Disallowed)
-        .build()
-        .parse(expression.trim())
-        .ok()?;
+    let cron = parse_cron(expression).ok()?;
     let now = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC);
     let first = cron.find_next_occurrence(&now, false).ok()?;
     let second = cron.find_next_occurrence(&first, false).ok()?;

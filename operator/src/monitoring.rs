@@ -35,13 +35,6 @@ pub struct Apis {
     pub prometheus_rules: bool,
 }
 
-impl Apis {
-    /// Whether Prometheus finds the services through ServiceMonitors (no scrape annotations then).
-    pub fn uses_service_monitors(self) -> bool {
-        self.service_monitors
-    }
-}
-
 /// Asks the API server which of the kinds it serves (a discovery request: no permission needed).
 pub async fn discover(client: &kube::Client) -> Result<Apis, kube::Error> {
     match client.list_api_group_resources(&format!("{GROUP}/{VERSION}")).await {
@@ -62,7 +55,7 @@ pub fn recheck(ctx: &Context) -> Duration {
 /// Adds the `prometheus.io/*` scrape annotations to the Services labelled [`METRICS_LABEL`], for a cluster without
 /// ServiceMonitors (Prometheus' usual `kubernetes-service-endpoints` job reads them).
 pub fn annotate_for_scraping(children: &mut [Child], apis: Apis) {
-    if apis.uses_service_monitors() {
+    if apis.service_monitors {
         return;
     }
     for child in children {
