@@ -4,7 +4,10 @@
 //! - [`Seasonal`]: the value expected at this phase of the season (the median of the same phase, and its
 //!   neighbours, over the past seasons), or the recent level before two seasons are known; the residual is scaled by
 //!   the median absolute deviation of recent residuals. Daily and weekly patterns are followed by choosing the
-//!   season; sudden level shifts and spikes stand out, the daily rise does not.
+//!   season; sudden level shifts and spikes stand out, the daily rise does not. A missing sample
+//!   ([`Seasonal::skip`]) keeps its place, so the phase stays right across gaps, and the detector's state is a
+//!   function of its last [`Seasonal::memory`] samples only: started anywhere at least that far back, it gives the
+//!   same scores.
 //! - [`RollingZ`]: the classic z-score against the mean and standard deviation of a trailing window.
 //! - [`FixedThreshold`]: distance from the mean, in standard deviations, both learned once from a first stretch of
 //!   data and then fixed.
@@ -48,6 +51,12 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// The median of the values that are not missing (NaN), if any.
+fn median_present(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut present: Vec<f64> = values.filter(|v| !v.is_nan()).collect();
+    (!present.is_empty()).then(|| median(&mut present))
+}
+
 /// Median and scaled median absolute deviation (≈ the standard deviation for normal data).
 fn robust(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let mut v: Vec<f64> = values.collect();
@@ -65,18 +74,49 @@ pub struct Seasonal {
     seasons: usize,
     /// Values on each side of the phase that are taken too (tolerates a slightly shifted pattern).
     neighbours: usize,
-    /// Recent residuals the scale is taken from, and the level before two seasons are known.
+    /// Recent samples whose residuals the scale is taken from, and the level before two seasons are known.
     recent: usize,
+    /// The last samples, NaN where one was missing.
     history: VecDeque<f64>,
+    /// The residuals of the last `recent` samples, NaN where there was none (a missing sample, or nothing expected).
     residuals: VecDeque<f64>,
     /// The value expected for the last value scored.
     last_expected: Option<f64>,
+    /// The smallest scale a residual is divided by (a series' resolution); 0 for a share of its level only.
+    min_scale: f64,
 }
 
 impl Seasonal {
     /// The value that was expected for the last value scored (`None` before there was enough history).
     pub fn last_expected(&self) -> Option<f64> {
         self.last_expected
+    }
+
+    /// Samples the state depends on: two detectors fed the same last `memory()` samples score the next one alike,
+    /// whatever they saw before.
+    pub fn memory(&self) -> usize {
+        self.history_len() + self.recent
+    }
+
+    fn history_len(&self) -> usize {
+        (self.season * self.seasons + self.neighbours + 1).max(self.recent)
+    }
+
+    /// A missing sample: it keeps its place in the season, and nothing is expected or scored for it.
+    pub fn skip(&mut self) {
+        self.last_expected = None;
+        self.push(f64::NAN, f64::NAN);
+    }
+
+    fn push(&mut self, value: f64, residual: f64) {
+        self.residuals.push_back(residual);
+        if self.residuals.len() > self.recent {
+            self.residuals.pop_front();
+        }
+        self.history.push_back(value);
+        if self.history.len() > self.history_len() {
+            self.history.pop_front();
+        }
     }
 
     pub fn new(season: usize, seasons: usize, neighbours: usize, recent: usize) -> Self {
@@ -88,7 +128,15 @@ impl Seasonal {
             history: VecDeque::new(),
             residuals: VecDeque::new(),
             last_expected: None,
+            min_scale: 0.0,
         }
+    }
+
+    /// The same detector dividing residuals by at least `min_scale`: differences below a series' resolution
+    /// (a sensor that reports whole units, a calm stretch with no spread) do not count as anomalies.
+    pub fn with_min_scale(mut self, min_scale: f64) -> Self {
+        self.min_scale = min_scale.max(0.0);
+        self
     }
 
     fn expected(&self) -> Option<f64> {
@@ -103,11 +151,11 @@ impl Seasonal {
                 let to = (centre + self.neighbours + 1).min(n);
                 same_phase.extend(self.history.range(from..to).copied());
             }
-            return Some(median(&mut same_phase));
+            return median_present(same_phase.into_iter());
         }
         if n >= 8 {
             let from = n.saturating_sub(self.recent);
-            return Some(median(&mut self.history.range(from..).copied().collect::<Vec<_>>()));
+            return median_present(self.history.range(from..).copied());
         }
         None
     }
@@ -115,32 +163,27 @@ impl Seasonal {
 
 impl Detector for Seasonal {
     fn score(&mut self, value: f64) -> f64 {
-        self.last_expected = self.expected();
-        let z = match self.last_expected {
-            Some(expected) => {
-                let residual = value - expected;
-                let score = if self.residuals.len() >= 8 {
-                    let (centre, scale) = robust(self.residuals.iter().copied());
-                    // A flat series has no spread: compare with a small share of its level instead.
-                    let floor = 1e-3 * expected.abs().max(1e-9);
-                    (residual - centre).abs() / scale.max(floor)
-                } else {
-                    0.0
-                };
-                self.residuals.push_back(residual);
-                if self.residuals.len() > self.recent {
-                    self.residuals.pop_front();
-                }
-                score
-            }
-            None => 0.0,
-        };
-        self.history.push_back(value);
-        let keep = self.season * self.seasons + self.neighbours + 1;
-        if self.history.len() > keep.max(self.recent) {
-            self.history.pop_front();
+        if value.is_nan() {
+            self.skip();
+            return 0.0;
         }
-        z
+        self.last_expected = self.expected();
+        let Some(expected) = self.last_expected else {
+            self.push(value, f64::NAN);
+            return 0.0;
+        };
+        let residual = value - expected;
+        let known = self.residuals.iter().filter(|r| !r.is_nan());
+        let score = if known.clone().count() >= 8 {
+            let (centre, scale) = robust(known.copied());
+            // A flat series has no spread: compare with a small share of its level instead.
+            let floor = 1e-3 * expected.abs().max(1e-9);
+            (residual - centre).abs() / scale.max(floor).max(self.min_scale)
+        } else {
+            0.0
+        };
+        self.push(value, residual);
+        score
     }
 }
 
@@ -271,6 +314,61 @@ mod tests {
         values.extend(std::iter::repeat_n(250.0, 5));
         let z = scores(&mut Seasonal::new(288, 4, 2, 288), &values);
         assert!(z[6 * 288] > 6.0, "{}", z[6 * 288]);
+    }
+
+    #[test]
+    fn a_gap_keeps_the_phase() {
+        // A day-long gap in the middle: the day after it is still compared with the same hours of earlier days.
+        let values = daily(14);
+        let mut gapped = Seasonal::new(288, 4, 2, 288);
+        let mut z = Vec::new();
+        for (i, &v) in values.iter().enumerate() {
+            if (8 * 288..9 * 288).contains(&i) {
+                gapped.skip();
+            } else {
+                z.push((i, gapped.score(v)));
+            }
+        }
+        let after: Vec<f64> = z.iter().filter(|(i, _)| *i >= 9 * 288).map(|(_, z)| *z).collect();
+        assert!(
+            after.iter().all(|z| *z < 6.0),
+            "max {:?}",
+            after.iter().copied().fold(0.0, f64::max)
+        );
+        // Without the gap kept in place the phase would be off by the missing hours' worth of samples, and the sine
+        // would look like anomalies.
+        let mut shifted = Seasonal::new(288, 4, 2, 288);
+        let z: Vec<f64> = values
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(8 * 288..8 * 288 + 72).contains(i))
+            .map(|(_, &v)| shifted.score(v))
+            .collect();
+        assert!(z[8 * 288..9 * 288].iter().any(|z| *z > 6.0));
+    }
+
+    #[test]
+    fn the_state_depends_only_on_the_last_memory_samples() {
+        let mut values = daily(12);
+        values[9 * 288 + 17] += 40.0;
+        for (i, v) in values.iter_mut().enumerate() {
+            if i % 97 == 0 {
+                *v = f64::NAN;
+            }
+        }
+        let make = || Seasonal::new(288, 3, 2, 288);
+        let memory = make().memory();
+        let full = scores(&mut make(), &values);
+        // Started later, with missing samples in front: the same scores once `memory` samples have been seen.
+        let start = 2 * 288 + 5;
+        let mut late = make();
+        for _ in 0..memory {
+            late.skip();
+        }
+        let late_scores = scores(&mut late, &values[start..]);
+        for (i, z) in late_scores.iter().enumerate().skip(memory) {
+            assert_eq!(z.to_bits(), full[start + i].to_bits(), "sample {}", start + i);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Following live signals (a route's request rate, error ratio, latency…): one [`Seasonal`] detector per signal,
 //! fed one sample per interval, and the anomalies currently open. An anomaly opens when a sample scores above the
 //! threshold and closes after `clear_after` samples in a row below it, so that a flapping score is one anomaly.
+//! Anomalies that closed are kept until [`Watcher::take_closed`] hands them to whoever records them.
 
 use std::collections::BTreeMap;
 
@@ -32,7 +33,7 @@ impl Settings {
     }
 }
 
-/// A signal currently out of its usual band.
+/// A signal out of its usual band.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Anomaly {
     /// What is measured, e.g. `error_ratio`.
@@ -47,6 +48,8 @@ pub struct Anomaly {
     /// The last sample's score and the highest since it opened.
     pub score: f64,
     pub peak_score: f64,
+    /// When it closed (seconds since the epoch), for an anomaly that is over.
+    pub closed: Option<i64>,
 }
 
 struct Followed {
@@ -60,6 +63,7 @@ struct Followed {
 pub struct Watcher {
     settings: Settings,
     followed: BTreeMap<(String, String), Followed>,
+    closed: Vec<Anomaly>,
 }
 
 impl Watcher {
@@ -67,21 +71,51 @@ impl Watcher {
         Self {
             settings,
             followed: BTreeMap::new(),
+            closed: Vec::new(),
         }
     }
 
-    /// Feeds one sample of `signal` for `subject` taken at `now`; returns its score.
-    pub fn observe(&mut self, signal: &str, subject: &str, value: f64, now: i64) -> f64 {
+    fn followed(&mut self, signal: &str, subject: &str) -> &mut Followed {
         let settings = self.settings;
-        let followed = self
-            .followed
+        self.followed
             .entry((signal.to_owned(), subject.to_owned()))
             .or_insert_with(|| Followed {
                 detector: Seasonal::new(settings.season, settings.seasons, 2, settings.season.min(1_440)),
                 score: 0.0,
                 open: None,
                 below: 0,
-            });
+            })
+    }
+
+    /// A sample of `signal` for `subject` that is missing (no requests to time, no truth yet): it keeps its place
+    /// in the season and counts as quiet for an open anomaly.
+    pub fn skip(&mut self, signal: &str, subject: &str, now: i64) {
+        let clear_after = self.settings.clear_after;
+        let followed = self.followed(signal, subject);
+        followed.detector.skip();
+        followed.score = 0.0;
+        let closed = Self::quiet(followed, clear_after, now);
+        self.closed.extend(closed);
+    }
+
+    /// Counts a quiet sample against an open anomaly; returns the anomaly if that closed it.
+    fn quiet(followed: &mut Followed, clear_after: usize, now: i64) -> Option<Anomaly> {
+        followed.open.as_ref()?;
+        followed.below += 1;
+        if followed.below < clear_after {
+            return None;
+        }
+        followed.below = 0;
+        followed.open.take().map(|mut anomaly| {
+            anomaly.closed = Some(now);
+            anomaly
+        })
+    }
+
+    /// Feeds one sample of `signal` for `subject` taken at `now`; returns its score.
+    pub fn observe(&mut self, signal: &str, subject: &str, value: f64, now: i64) -> f64 {
+        let settings = self.settings;
+        let followed = self.followed(signal, subject);
         let score = followed.detector.score(value);
         let expected = followed.detector.last_expected();
         followed.score = score;
@@ -95,14 +129,12 @@ impl Watcher {
                 expected,
                 score,
                 peak_score: score,
+                closed: None,
             });
             anomaly.peak_score = anomaly.peak_score.max(score);
-        } else if followed.open.is_some() {
-            followed.below += 1;
-            if followed.below >= settings.clear_after {
-                followed.open = None;
-                followed.below = 0;
-            }
+        } else if let Some(closed) = Self::quiet(followed, settings.clear_after, now) {
+            self.closed.push(closed);
+            return score;
         }
         if let Some(anomaly) = followed.open.as_mut() {
             anomaly.value = value;
@@ -115,6 +147,11 @@ impl Watcher {
     /// The anomalies open now, by signal and subject.
     pub fn open(&self) -> Vec<Anomaly> {
         self.followed.values().filter_map(|f| f.open.clone()).collect()
+    }
+
+    /// The anomalies that closed since the last call, oldest first.
+    pub fn take_closed(&mut self) -> Vec<Anomaly> {
+        std::mem::take(&mut self.closed)
     }
 
     /// Every signal followed with its last score and whether it is anomalous.
@@ -169,6 +206,26 @@ mod tests {
         sample(&mut watcher, 0.012);
         assert!(watcher.open().is_empty());
         assert_eq!(watcher.scores().len(), 1);
+        let closed = watcher.take_closed();
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert_eq!((closed[0].since, closed[0].closed), (101 * 60, Some(107 * 60)));
+        assert!(closed[0].peak_score > 5.5);
+        assert!(watcher.take_closed().is_empty(), "handed over once");
+    }
+
+    #[test]
+    fn missing_samples_count_as_quiet() {
+        let mut watcher = Watcher::new(settings());
+        for i in 0..100 {
+            watcher.observe("abs_error", "pm25/Dongsi", 10.0 + f64::from(i % 5), i64::from(i));
+        }
+        watcher.observe("abs_error", "pm25/Dongsi", 500.0, 100);
+        assert_eq!(watcher.open().len(), 1);
+        for t in 101..104 {
+            watcher.skip("abs_error", "pm25/Dongsi", t);
+        }
+        assert!(watcher.open().is_empty());
+        assert_eq!(watcher.take_closed()[0].closed, Some(103));
     }
 
     #[test]

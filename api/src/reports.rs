@@ -16,6 +16,9 @@ pub struct LoadReport {
     /// The newest measurement time now stored for this schedule (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<String>,
+    /// What was unusual about the run against the schedule's earlier runs (its duration, the values it read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<String>,
 }
 
 /// The outcome of a training run (`airq-predictive train`).

@@ -13,9 +13,21 @@ use sqlx::{PgConnection, QueryBuilder, Row, SqliteConnection};
 use crate::db::Database;
 use crate::parameter::Parameter;
 
+mod anomalies;
+pub use anomalies::{AnomalyReport, StoredAnomaly};
+
 /// Flag bit on a stored measurement: PM2.5 above PM10 at the same station and hour (physically impossible, as PM10
 /// includes PM2.5; usually two instruments disagreeing). The value is kept and marked.
 pub const FLAG_PM25_ABOVE_PM10: i16 = 1;
+/// Flag bit: the sensor looks stuck — the same value 24 hours in a row or more (set from the 24th hour on).
+pub const FLAG_STUCK: i16 = 2;
+/// Flag bit: a jump — the value is far outside the band the series' recent days give for that hour.
+pub const FLAG_JUMP: i16 = 4;
+/// The bits a load sets after writing, from the stored series around the hours it touched
+/// ([`Store::set_check_flags`]). A source's own bits are the others; writing a value keeps the checks' bits, which
+/// the checks then recompute.
+pub const FLAGS_FROM_CHECKS: i16 = FLAG_STUCK | FLAG_JUMP;
+const _: () = assert!(FLAGS_FROM_CHECKS == 6, "the upserts' SQL spells the checks' bits as 6");
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +152,11 @@ pub struct LoadRun {
     pub rows_updated: i64,
     pub rows_unchanged: i64,
     pub rows_rejected: i64,
+    /// Values written with a source's quality flag (PM2.5 above PM10).
     pub rows_flagged: i64,
+    /// Values of the run's series and range marked stuck or as a jump once it finished.
+    pub rows_stuck: i64,
+    pub rows_jump: i64,
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -470,6 +486,87 @@ impl Store {
         Ok(())
     }
 
+    /// Records the quality marks the run's values carry now that it has written them.
+    pub async fn set_run_marks(&self, run_id: i64, stuck: i64, jump: i64) -> Result<()> {
+        const UPDATE: &str = "update load_runs set rows_stuck = $2, rows_jump = $3 where id = $1";
+        let what = "counting a load's quality marks";
+        let affected = match &self.db {
+            Database::Postgres(pool) => sqlx::query(UPDATE)
+                .bind(run_id)
+                .bind(stuck)
+                .bind(jump)
+                .execute(pool)
+                .await
+                .map_err(sql(what))?
+                .rows_affected(),
+            Database::Sqlite(pool) => sqlx::query(UPDATE)
+                .bind(run_id)
+                .bind(stuck)
+                .bind(jump)
+                .execute(pool)
+                .await
+                .map_err(sql(what))?
+                .rows_affected(),
+        };
+        if affected == 0 {
+            return Err(Error::NoSuchRun(run_id));
+        }
+        Ok(())
+    }
+
+    /// Sets the checks' bits ([`FLAGS_FROM_CHECKS`]) of one series' values at the given times (Unix seconds) to the
+    /// given bits, in one transaction; a source's own bits are kept. Returns how many values changed. Callers pass
+    /// the hours whose marks change, usually few.
+    pub async fn set_check_flags(&self, station_id: i64, parameter: Parameter, marks: &[(i64, i16)]) -> Result<u64> {
+        if marks.is_empty() {
+            return Ok(0);
+        }
+        let what = "setting quality marks";
+        match &self.db {
+            Database::Postgres(pool) => {
+                let times: Vec<DateTime<Utc>> = marks.iter().map(|(t, _)| timestamp(*t)).collect();
+                let bits: Vec<i16> = marks.iter().map(|(_, b)| b & FLAGS_FROM_CHECKS).collect();
+                let done = sqlx::query(
+                    "update measurements m set flags = (m.flags & ~6::smallint) | u.bits
+                     from unnest($3::timestamptz[], $4::smallint[]) as u(time, bits)
+                     where m.station_id = $1 and m.parameter = $2 and m.time = u.time
+                         and (m.flags & 6::smallint) <> u.bits",
+                )
+                .bind(station_id)
+                .bind(parameter.code())
+                .bind(times)
+                .bind(bits)
+                .execute(pool)
+                .await
+                .map_err(sql(what))?;
+                Ok(done.rows_affected())
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(sql("starting a transaction"))?;
+                let mut changed = 0;
+                for (time, bits) in marks {
+                    changed += sqlx::query(
+                        "update measurements set flags = (flags & ~6) | $4
+                         where station_id = $1 and parameter = $2 and time = $3 and (flags & 6) <> $4",
+                    )
+                    .bind(station_id)
+                    .bind(parameter.code())
+                    .bind(time)
+                    .bind(bits & FLAGS_FROM_CHECKS)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql(what))?
+                    .rows_affected();
+                }
+                tx.commit().await.map_err(sql("committing quality marks"))?;
+                Ok(changed)
+            }
+        }
+    }
+
     /// One run.
     pub async fn run(&self, run_id: i64) -> Result<Option<LoadRun>> {
         Ok(self.runs_where(Some(run_id), None, 1).await?.into_iter().next())
@@ -483,7 +580,7 @@ impl Store {
     async fn runs_where(&self, id: Option<i64>, name: Option<&str>, limit: i64) -> Result<Vec<LoadRun>> {
         const SELECT: &str = "select id, name, source, mode, spec, requested_by, range_from, range_to, status,
                 rows_read, rows_inserted, rows_updated, rows_unchanged, rows_rejected, rows_flagged, error,
-                started_at, updated_at, finished_at
+                started_at, updated_at, finished_at, rows_stuck, rows_jump
             from load_runs where ($1 is null or id = $1) and ($2 is null or name = $2)
             order by id desc limit $3";
         let what = "reading load runs";
@@ -504,6 +601,8 @@ impl Store {
                 rows_unchanged: row.i64(12)?,
                 rows_rejected: row.i64(13)?,
                 rows_flagged: row.i64(14)?,
+                rows_stuck: row.i64(19)?,
+                rows_jump: row.i64(20)?,
                 error: row.string_opt(15)?,
                 started_at: row.time(16)?,
                 updated_at: row.time(17)?,
@@ -770,6 +869,8 @@ trait RowAccess {
     fn i64(&self, i: usize) -> Result<i64, sqlx::Error>;
     fn string(&self, i: usize) -> Result<String, sqlx::Error>;
     fn string_opt(&self, i: usize) -> Result<Option<String>, sqlx::Error>;
+    fn f64(&self, i: usize) -> Result<f64, sqlx::Error>;
+    fn f64_opt(&self, i: usize) -> Result<Option<f64>, sqlx::Error>;
     fn time_opt(&self, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error>;
     fn time(&self, i: usize) -> Result<DateTime<Utc>, sqlx::Error> {
         self.time_opt(i)?
@@ -787,6 +888,12 @@ impl RowAccess for sqlx::postgres::PgRow {
     fn string_opt(&self, i: usize) -> Result<Option<String>, sqlx::Error> {
         self.try_get(i)
     }
+    fn f64(&self, i: usize) -> Result<f64, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn f64_opt(&self, i: usize) -> Result<Option<f64>, sqlx::Error> {
+        self.try_get(i)
+    }
     fn time_opt(&self, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         self.try_get(i)
     }
@@ -800,6 +907,12 @@ impl RowAccess for sqlx::sqlite::SqliteRow {
         self.try_get(i)
     }
     fn string_opt(&self, i: usize) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn f64(&self, i: usize) -> Result<f64, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn f64_opt(&self, i: usize) -> Result<Option<f64>, sqlx::Error> {
         self.try_get(i)
     }
     fn time_opt(&self, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
@@ -850,8 +963,8 @@ async fn postgres_upsert(conn: &mut PgConnection, measurements: &[Measurement]) 
              insert into measurements (station_id, parameter, time, value, flags)
              select station_id, parameter, to_timestamp(t), value, flags from staging_measurements
              on conflict (station_id, parameter, time) do update
-                 set value = excluded.value, flags = excluded.flags
-                 where measurements.value <> excluded.value or measurements.flags <> excluded.flags
+                 set value = excluded.value, flags = (measurements.flags & 6::smallint) | excluded.flags
+                 where measurements.value <> excluded.value or (measurements.flags & ~6::smallint) <> excluded.flags
              returning (xmax = 0) as inserted
          )
          select count(*) filter (where inserted), count(*) filter (where not inserted) from upserted",
@@ -949,8 +1062,9 @@ async fn sqlite_upsert(conn: &mut SqliteConnection, measurements: &[Measurement]
                 .push_bind(m.flags);
         });
         builder.push(
-            " on conflict (station_id, parameter, time) do update set value = excluded.value, flags = excluded.flags
-              where measurements.value <> excluded.value or measurements.flags <> excluded.flags",
+            " on conflict (station_id, parameter, time) do update
+              set value = excluded.value, flags = (measurements.flags & 6) | excluded.flags
+              where measurements.value <> excluded.value or (measurements.flags & ~6) <> excluded.flags",
         );
         changed += builder
             .build()

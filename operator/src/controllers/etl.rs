@@ -198,10 +198,12 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
     {
         let job_name = job.name_any();
         let start_time = job.status.as_ref().and_then(|s| s.start_time.clone());
+        let mut anomalies = Vec::new();
         let run = match jobs::state(&job) {
             JobState::Succeeded { at } => match jobs::report::<LoadReport>(&ctx, &owner.namespace, &job_name).await? {
                 Ok(report) => {
                     watermark = report.watermark.clone().or(watermark);
+                    anomalies.clone_from(&report.anomalies);
                     LoadRunStatus {
                         job: job_name.clone(),
                         succeeded: true,
@@ -255,6 +257,10 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
             ),
         };
         event(&ctx, etl.as_ref(), warning, reason, "Load", note).await;
+        if !anomalies.is_empty() {
+            let note = format!("Job {job_name}: {}", anomalies.join("; "));
+            event(&ctx, etl.as_ref(), true, "LoadUnusual", "Load", note).await;
+        }
         last_run = Some(run);
     }
 

@@ -121,7 +121,7 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
                 let c = &outcome.counts;
                 println!(
                     "load {} (run {}) finished in {:.1} s: {} values read, {} inserted, {} updated, {} unchanged, \
-                     {} rejected, {} flagged{}",
+                     {} rejected, {} flagged; {} marked stuck, {} marked as jumps{}",
                     request.name,
                     outcome.run_id,
                     outcome.seconds,
@@ -131,11 +131,16 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
                     c.unchanged,
                     c.rejected,
                     c.flagged,
+                    outcome.marks.stuck,
+                    outcome.marks.jump,
                     outcome
                         .watermark
                         .map(|w| format!("; watermark {}", w.to_rfc3339()))
                         .unwrap_or_default()
                 );
+                for anomaly in &outcome.anomalies {
+                    println!("unusual run: {anomaly}");
+                }
             }
             Ok(())
         }

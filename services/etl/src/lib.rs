@@ -1,9 +1,11 @@
 //! Incremental and bulk loads from external services (OpenAQ, Open-Meteo, CSV) into the database.
 
+pub mod anomalies;
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod load;
+pub mod marks;
 pub mod source;
 
 use airq_core::store::Store;

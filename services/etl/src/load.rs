@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::marks::{MarkCounts, Touched};
 use crate::source::{Chunk, SourceError, TimeRange, csv, open_meteo, openaq};
 
 /// What to load: the part of an EtlSchedule the operator hands the Job in `AIRQ_LOAD_SPEC`.
@@ -65,6 +66,25 @@ impl LoadRequest {
             openaq_api_key: None,
         }
     }
+
+    /// A backfill of the CSV files at `url` over the days `from` to `to` (`YYYY-MM-DD`, UTC, `to` exclusive).
+    pub fn csv_backfill(
+        name: &str,
+        url: &str,
+        format: CsvFormat,
+        (from, to): (&str, &str),
+        requested_by: &str,
+    ) -> Self {
+        let mut request = Self::csv(name, url, format, requested_by);
+        request.spec.mode = LoadMode::Backfill;
+        request.spec.backfill = Some(Backfill {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            chunk_days: 30,
+            parallelism: 2,
+        });
+        request
+    }
 }
 
 /// Why a load failed.
@@ -87,6 +107,10 @@ pub struct LoadOutcome {
     pub run_id: i64,
     pub values_read: i64,
     pub counts: WriteCounts,
+    /// The quality marks (stuck, jump) of the touched series' ranges once the load's values were in.
+    pub marks: MarkCounts,
+    /// What was unusual about this run against the load's earlier runs (duration, values read).
+    pub anomalies: Vec<String>,
     pub watermark: Option<DateTime<Utc>>,
     pub seconds: f64,
 }
@@ -99,6 +123,7 @@ impl LoadOutcome {
             rows_updated: self.counts.updated,
             rows_rejected: self.counts.rejected,
             watermark: self.watermark.map(|t| t.to_rfc3339()),
+            anomalies: self.anomalies.clone(),
         }
     }
 }
@@ -294,11 +319,17 @@ pub async fn run_reporting_start(
     let run_id = handle.id;
     on_start(run_id);
     tracing::info!(run = run_id, load = %request.name, source = request.spec.source.kind(), "load started");
-    let result = load_chunks(store, request, run_id, range, progress, stop).await;
+    let result = match load_chunks(store, request, run_id, range, progress, stop).await {
+        // The marks come before the watermark: a load stopped while marking is run again over the same range.
+        Ok((values_read, counts, newest, touched)) => mark(store, request, run_id, &touched, progress, stop)
+            .await
+            .map(|marks| (values_read, counts, newest, marks)),
+        Err(error) => Err(error),
+    };
     let source = request.spec.source.kind();
     let seconds = started.elapsed().as_secs_f64();
     match result {
-        Ok((values_read, counts, newest)) => {
+        Ok((values_read, counts, newest, marks)) => {
             let watermark = newest.and_then(|t| DateTime::from_timestamp(t, 0));
             if let Some(watermark) = watermark {
                 store.advance_watermark(&request.name, watermark).await?;
@@ -315,13 +346,25 @@ pub async fn run_reporting_start(
                 unchanged = counts.unchanged,
                 rejected = counts.rejected,
                 flagged = counts.flagged,
+                stuck = marks.stuck,
+                jump = marks.jump,
                 seconds,
                 "load finished"
             );
+            // The load itself succeeded: a failure to judge it is logged, not the load's failure.
+            let anomalies = match crate::anomalies::check(store, &request.name, run_id).await {
+                Ok(found) => found.iter().map(crate::anomalies::Finding::describe).collect(),
+                Err(e) => {
+                    tracing::warn!(run = run_id, error = %e, "could not compare the run with earlier runs");
+                    Vec::new()
+                }
+            };
             Ok(LoadOutcome {
                 run_id,
                 values_read,
                 counts,
+                marks,
+                anomalies,
                 watermark,
                 seconds,
             })
@@ -343,6 +386,32 @@ pub async fn run_reporting_start(
     }
 }
 
+/// Recomputes the quality marks of the series the run touched and records their counts on the run.
+async fn mark(
+    store: &Store,
+    request: &LoadRequest,
+    run_id: i64,
+    touched: &Touched,
+    progress: &ProgressBar,
+    stop: &CancellationToken,
+) -> Result<MarkCounts, LoadError> {
+    let parallelism = match store.database() {
+        Database::Postgres(_) => request.parallelism.max(1),
+        Database::Sqlite(_) => 1,
+    };
+    let marking = crate::marks::mark(store, touched, Default::default(), parallelism, progress);
+    let marks = tokio::select! {
+        marks = marking => marks?,
+        () = stop.cancelled() => return Err(LoadError::Stopped(
+            "a signal asked the process to stop while the loaded series were checked; every value is stored, and \
+             the next run of this load checks them again"
+                .to_owned(),
+        )),
+    };
+    store.set_run_marks(run_id, marks.stuck, marks.jump).await?;
+    Ok(marks)
+}
+
 async fn load_chunks(
     store: &Store,
     request: &LoadRequest,
@@ -350,7 +419,7 @@ async fn load_chunks(
     range: TimeRange,
     progress: &ProgressBar,
     stop: &CancellationToken,
-) -> Result<(i64, WriteCounts, Option<i64>), LoadError> {
+) -> Result<(i64, WriteCounts, Option<i64>, Touched), LoadError> {
     let (rx, reader, total) = start_source(request, range)?;
     match total {
         Some(total) => progress.set_length(total),
@@ -371,6 +440,7 @@ async fn load_chunks(
     let mut values_read = 0;
     let mut counts = WriteCounts::default();
     let mut newest: Option<i64> = None;
+    let mut touched = Touched::default();
     let mut written = tokio_stream::wrappers::ReceiverStream::new(rx)
         .map(|chunk| {
             let stations = stations.clone();
@@ -394,10 +464,11 @@ async fn load_chunks(
             }
         };
         match result {
-            Ok((read, written_counts, chunk_newest, units)) => {
+            Ok((read, written_counts, chunk_newest, units, chunk_touched)) => {
                 values_read += read;
                 counts += written_counts;
                 newest = newest.max(chunk_newest);
+                touched.merge(chunk_touched);
                 progress.inc(units);
                 progress.set_message(format!(
                     "{} inserted, {} updated, {} rejected",
@@ -439,18 +510,19 @@ async fn load_chunks(
         return Err(error);
     }
     read_result?;
-    Ok((values_read, counts, newest))
+    Ok((values_read, counts, newest, touched))
 }
 
-/// Writes one chunk; returns (values read, counts, newest stored time, progress units).
+/// Writes one chunk; returns (values read, counts, newest stored time, progress units, series touched).
 async fn write_chunk(
     store: &Store,
     run_id: i64,
     chunk: Chunk,
     stations: &Mutex<Stations>,
-) -> Result<(i64, WriteCounts, Option<i64>, u64), LoadError> {
+) -> Result<(i64, WriteCounts, Option<i64>, u64, Touched), LoadError> {
     let mut measurements = Vec::with_capacity(chunk.observations.len());
     let mut newest = None;
+    let mut touched = Touched::default();
     {
         let mut ids = stations.lock().await;
         for station in &chunk.stations {
@@ -467,6 +539,7 @@ async fn write_chunk(
                 )));
             };
             newest = newest.max(Some(o.time));
+            touched.add(station_id, o.parameter, o.time);
             measurements.push(Measurement {
                 station_id,
                 parameter: o.parameter,
@@ -482,5 +555,5 @@ async fn write_chunk(
         values_read: chunk.values_read,
     };
     let counts = store.write(run_id, &batch).await?;
-    Ok((chunk.values_read, counts, newest, chunk.progress))
+    Ok((chunk.values_read, counts, newest, chunk.progress, touched))
 }

@@ -1,14 +1,19 @@
 //! Anomaly detection on the gateway's own traffic: every `--anomaly-interval-ms`, each route's request rate, share
 //! of 5xx answers and mean latency since the previous sample go to a seasonal detector per route and signal
-//! (`airq_anomaly::watch`). Open anomalies are exported as metrics and listed by `GET /admin/anomalies`.
+//! (`airq_anomaly::watch`). Open anomalies are exported as metrics, listed by `GET /admin/anomalies` (this
+//! replica's), and recorded in the platform's anomalies table as this replica's (the dashboard's operations page
+//! lists every part's): refreshed at each sample with an expiry a few samples ahead, so a replica that goes away
+//! leaves no anomaly open behind it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airq_anomaly::watch::{Anomaly, Settings, Watcher};
+use airq_core::store::{AnomalyReport, Store};
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::AppState;
@@ -34,15 +39,89 @@ fn lock(watcher: &SharedWatcher) -> std::sync::MutexGuard<'_, Watcher> {
     watcher.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Samples every route of the current table each `interval` until the task is aborted.
-pub async fn follow(state: AppState, interval: Duration) {
+/// The name this replica records its anomalies under: the pod's name in a cluster (`HOSTNAME`), the host's
+/// otherwise.
+pub fn reporter() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+/// Samples every route of the current table each `interval` until the task is aborted, recording the anomalies
+/// in `log`.
+pub async fn follow(state: AppState, interval: Duration, log: Store) {
+    let reporter = reporter();
+    // Refreshed every sample; a few missed samples end the episode.
+    let lease = chrono::Duration::from_std((interval * 3).max(Duration::from_secs(10))).unwrap_or_default();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
         sample(&state, interval.as_secs_f64());
+        let (open, closed) = {
+            let mut watcher = lock(&state.anomalies);
+            (watcher.open(), watcher.take_closed())
+        };
+        if let Err(e) = record(&log, &reporter, &open, &closed, Utc::now() + lease).await {
+            tracing::warn!(error = %e, "could not record the gateway's anomalies");
+        }
     }
+}
+
+fn time(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(seconds, 0).unwrap_or_default()
+}
+
+/// What people read of an anomaly of `signal` on a route.
+fn detail(anomaly: &Anomaly) -> String {
+    let expected = anomaly
+        .expected
+        .map_or_else(|| "nothing yet".to_owned(), |e| format!("{e:.3}"));
+    let what = match anomaly.signal.as_str() {
+        "request_rate" => "requests per second",
+        "error_ratio" => "share of 5xx answers",
+        "latency_seconds" => "mean latency (s)",
+        other => other,
+    };
+    format!(
+        "{what} on route {}: {:.3} where {expected} is usual",
+        anomaly.subject, anomaly.value
+    )
+}
+
+async fn record(
+    log: &Store,
+    reporter: &str,
+    open: &[Anomaly],
+    closed: &[Anomaly],
+    expires_at: DateTime<Utc>,
+) -> Result<(), airq_core::store::Error> {
+    for anomaly in open {
+        log.anomaly_report(&AnomalyReport {
+            component: "gateway".to_owned(),
+            signal: anomaly.signal.clone(),
+            subject: anomaly.subject.clone(),
+            reporter: reporter.to_owned(),
+            opened_at: time(anomaly.since),
+            value: anomaly.value,
+            expected: anomaly.expected,
+            score: anomaly.score,
+            peak_score: anomaly.peak_score,
+            detail: detail(anomaly),
+            expires_at: Some(expires_at),
+        })
+        .await?;
+    }
+    for anomaly in closed {
+        let at = anomaly.closed.map_or_else(Utc::now, time);
+        log.anomaly_close("gateway", &anomaly.signal, &anomaly.subject, reporter, at)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Takes one sample of every route and updates the anomaly metrics.

@@ -272,6 +272,7 @@ pub async fn serve(
     ops: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let log = airq_core::store::Store::new(db.clone());
     let state = state(config, db).await?;
     let background = [
         tokio::spawn(state.identities.clone().follow_changes()),
@@ -284,6 +285,7 @@ pub async fn serve(
         tokio::spawn(anomalies::follow(
             state.clone(),
             Duration::from_millis(config.anomaly_interval_ms.max(10)),
+            log,
         )),
         tokio::spawn(limits::flush_forever(
             state.limits.clone(),

@@ -1,7 +1,8 @@
 //! Anomaly detection on the gateway's traffic, with the binary and a real upstream: sampled every 100 ms with a
 //! 2-second season, steady traffic raises no error-ratio anomaly; a burst of 500s opens one for the route — listed
 //! by `GET /admin/anomalies` with the value expected, and exported as `airq_gateway_anomalous` — which closes once
-//! the route answers normally again.
+//! the route answers normally again. The episode is in the platform's anomalies table meanwhile, as this replica's,
+//! and closed there after.
 
 #![allow(clippy::unwrap_used)]
 
@@ -21,6 +22,21 @@ async fn traffic(gateway: &Gateway, path: &str, seconds: f64) {
         ticks.tick().await;
         let _ = gateway.http.get(gateway.url(path)).send().await.unwrap();
     }
+}
+
+/// The gateway's error-ratio episodes of route `up` in the anomalies table.
+async fn recorded(gateway: &Gateway) -> Vec<airq_core::store::StoredAnomaly> {
+    let db = airq_core::db::Database::connect_url(&gateway.db.url, 1).await.unwrap();
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let found = airq_core::store::Store::new(db.clone())
+        .anomalies(since, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.component == "gateway" && a.signal == "error_ratio" && a.subject == "up")
+        .collect();
+    db.close().await;
+    found
 }
 
 async fn error_ratio_anomaly(gateway: &Gateway) -> Option<Value> {
@@ -72,12 +88,38 @@ async fn a_burst_of_server_errors_is_an_anomaly_of_its_route_until_it_ends() {
         "{metrics}"
     );
 
-    // Healthy again: the anomaly closes after five quiet samples.
+    let episode = airq_testenv::eventually("the episode recorded", Duration::from_secs(5), || async {
+        let found = recorded(&gateway).await;
+        match found.as_slice() {
+            [one] if one.is_open() => Ok(one.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!episode.reporter.is_empty() && episode.peak_score > 5.5, "{episode:?}");
+    assert!(
+        episode.detail.contains("share of 5xx answers on route up"),
+        "{episode:?}"
+    );
+
+    // Healthy again: the anomaly closes after five quiet samples, here and in the table.
     let closed = async {
         traffic(&gateway, "/echo", 3.0).await;
         error_ratio_anomaly(&gateway).await
     };
     assert_eq!(closed.await, None);
+    let after = airq_testenv::eventually("the episode closed", Duration::from_secs(5), || async {
+        let found = recorded(&gateway).await;
+        match found.as_slice() {
+            [one] if !one.is_open() => Ok(one.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(after.id, episode.id, "the same episode, closed");
+    assert!(after.closed_at.unwrap() > after.opened_at);
 
     // Only the admin group may read them.
     let (status, _, _) = gateway.get("/admin/anomalies", None).await;

@@ -63,6 +63,10 @@ pub struct Config {
     /// The version of `--model` to serve; its newest when absent.
     #[arg(long = "model-version", env = "AIRQ_MODEL_VERSION", requires = "model")]
     pub model_version: Option<String>,
+    /// Seconds between two comparisons of `--model`'s forecasts with the truth newly stored (its error is followed
+    /// for anomalies); 0 turns them off. Only with `--model`.
+    #[arg(long, env = "AIRQ_SCORE_INTERVAL_SECONDS", default_value_t = 300)]
+    pub score_interval_seconds: u64,
 }
 
 /// Where a spec comes from.

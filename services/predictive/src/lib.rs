@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod features;
 pub mod forecast;
 pub mod model;
+pub mod monitor;
 pub mod registry;
 pub mod score;
 pub mod spec;
@@ -33,19 +34,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    airq_core::service::run_with_database("predictive", &config.serve, &config.database, move |db| {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let score_interval = std::time::Duration::from_secs(config.score_interval_seconds);
+    let monitor_stop = stop.clone();
+    let result = airq_core::service::run_with_database("predictive", &config.serve, &config.database, move |db| {
         let state = api::ApiState::new(registry::Registry::new(db.clone()), Store::new(db), served.clone());
         if let Some((name, version)) = served {
             let warm = state.clone();
+            let model = name.clone();
             tokio::spawn(async move {
-                match warm.model(&name, version).await {
-                    Ok(loaded) => tracing::info!(model = %name, version = %loaded.0.version, "model loaded"),
-                    Err(e) => tracing::warn!(model = %name, error = %e.message, "model not loaded yet"),
+                match warm.model(&model, version).await {
+                    Ok(loaded) => tracing::info!(model = %model, version = %loaded.0.version, "model loaded"),
+                    Err(e) => tracing::warn!(model = %model, error = %e.message, "model not loaded yet"),
                 }
             });
+            // A model's server follows its forecasts' error once the truth is stored.
+            if !score_interval.is_zero() {
+                let names = move |_| std::future::ready(vec![name.clone()]);
+                tokio::spawn(monitor::follow(state.clone(), names, score_interval, monitor_stop));
+            }
         }
         api::router(state)
     })
-    .await?;
+    .await;
+    stop.cancel();
+    result?;
     Ok(())
 }

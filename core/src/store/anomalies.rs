@@ -1,0 +1,228 @@
+//! The anomalies every part of the platform reports, in one table: the gateway's traffic, loads, forecast errors.
+//! A reporter opens (or refreshes) an episode while it lasts and closes it when the signal is back in its band; the
+//! dashboard's operations page and `GET /api/anomalies` read them.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Error, Result, RowAccess, Store, sql};
+use crate::db::Database;
+
+/// An anomaly as its reporter sees it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalyReport {
+    /// `gateway`, `etl`, `predictive`.
+    pub component: String,
+    /// What is measured: `error_ratio`, `load_duration_seconds`, `forecast_abs_error`…
+    pub signal: String,
+    /// Which instance: a route id, a load's name, `<model>/<station>`.
+    pub subject: String,
+    /// The replica that saw it when each replica sees its own share (a gateway pod), `""` otherwise.
+    pub reporter: String,
+    pub opened_at: DateTime<Utc>,
+    /// The newest value, and the value expected for it.
+    pub value: f64,
+    pub expected: Option<f64>,
+    pub score: f64,
+    pub peak_score: f64,
+    /// A line for people: what happened, in the signal's terms.
+    pub detail: String,
+    /// When the episode ends unless refreshed (reporters that sample); `None` when only a later event closes it.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// An anomaly as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredAnomaly {
+    pub id: i64,
+    pub component: String,
+    pub signal: String,
+    pub subject: String,
+    pub reporter: String,
+    pub opened_at: DateTime<Utc>,
+    /// `None` while it is open. An episode whose reporter stopped refreshing it closed when it expired.
+    pub closed_at: Option<DateTime<Utc>>,
+    pub value: f64,
+    pub expected: Option<f64>,
+    pub score: f64,
+    pub peak_score: f64,
+    pub detail: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl StoredAnomaly {
+    pub fn is_open(&self) -> bool {
+        self.closed_at.is_none()
+    }
+}
+
+const SELECT: &str = "select id, component, signal, subject, reporter, opened_at, closed_at, expires_at, value,
+        expected, score, peak_score, detail, updated_at
+    from anomalies";
+
+fn read(row: &dyn RowAccess, now: DateTime<Utc>) -> Result<StoredAnomaly, sqlx::Error> {
+    let closed_at = row.time_opt(6)?;
+    let expires_at = row.time_opt(7)?;
+    Ok(StoredAnomaly {
+        id: row.i64(0)?,
+        component: row.string(1)?,
+        signal: row.string(2)?,
+        subject: row.string(3)?,
+        reporter: row.string(4)?,
+        opened_at: row.time(5)?,
+        closed_at: closed_at.or(expires_at.filter(|e| *e <= now)),
+        value: row.f64(8)?,
+        expected: row.f64_opt(9)?,
+        score: row.f64(10)?,
+        peak_score: row.f64(11)?,
+        detail: row.string(12)?,
+        updated_at: row.time(13)?,
+    })
+}
+
+impl Store {
+    /// Opens the episode `report` describes, or refreshes it (newest value and score, highest peak, expiry) if
+    /// its reporter already has it open. Episodes that expired are closed first, so a signal that comes back
+    /// after its reporter went quiet opens a new one.
+    pub async fn anomaly_report(&self, report: &AnomalyReport) -> Result<()> {
+        const CLOSE_EXPIRED: &str = "update anomalies set closed_at = expires_at
+            where closed_at is null and expires_at is not null and expires_at <= $1";
+        const UPSERT: &str = "insert into anomalies (component, signal, subject, reporter, opened_at, expires_at,
+                value, expected, score, peak_score, detail, updated_at)
+            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            on conflict (component, signal, subject, reporter) where closed_at is null do update set
+                expires_at = excluded.expires_at, value = excluded.value, expected = excluded.expected,
+                score = excluded.score, peak_score = max_peak, detail = excluded.detail,
+                updated_at = excluded.updated_at";
+        let what = "recording an anomaly";
+        let now = Utc::now();
+        let r = report;
+        match &self.db {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(sql(what))?;
+                sqlx::query(CLOSE_EXPIRED)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql(what))?;
+                sqlx::query(&UPSERT.replace("max_peak", "greatest(anomalies.peak_score, excluded.peak_score)"))
+                    .bind(&r.component)
+                    .bind(&r.signal)
+                    .bind(&r.subject)
+                    .bind(&r.reporter)
+                    .bind(r.opened_at)
+                    .bind(r.expires_at)
+                    .bind(r.value)
+                    .bind(r.expected)
+                    .bind(r.score)
+                    .bind(r.peak_score)
+                    .bind(&r.detail)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql(what))?;
+                tx.commit().await.map_err(sql(what))
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(sql(what))?;
+                sqlx::query(CLOSE_EXPIRED)
+                    .bind(now.timestamp())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql(what))?;
+                sqlx::query(&UPSERT.replace("max_peak", "max(anomalies.peak_score, excluded.peak_score)"))
+                    .bind(&r.component)
+                    .bind(&r.signal)
+                    .bind(&r.subject)
+                    .bind(&r.reporter)
+                    .bind(r.opened_at.timestamp())
+                    .bind(r.expires_at.map(|t| t.timestamp()))
+                    .bind(r.value)
+                    .bind(r.expected)
+                    .bind(r.score)
+                    .bind(r.peak_score)
+                    .bind(&r.detail)
+                    .bind(now.timestamp())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql(what))?;
+                tx.commit().await.map_err(sql(what))
+            }
+        }
+    }
+
+    /// Closes `reporter`'s open episode of `signal` for `subject` at `at`; false when none was open.
+    pub async fn anomaly_close(
+        &self,
+        component: &str,
+        signal: &str,
+        subject: &str,
+        reporter: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        const UPDATE: &str = "update anomalies set closed_at = $5, updated_at = $5
+            where component = $1 and signal = $2 and subject = $3 and reporter = $4 and closed_at is null";
+        let what = "closing an anomaly";
+        let affected = match &self.db {
+            Database::Postgres(pool) => sqlx::query(UPDATE)
+                .bind(component)
+                .bind(signal)
+                .bind(subject)
+                .bind(reporter)
+                .bind(at)
+                .execute(pool)
+                .await
+                .map_err(sql(what))?
+                .rows_affected(),
+            Database::Sqlite(pool) => sqlx::query(UPDATE)
+                .bind(component)
+                .bind(signal)
+                .bind(subject)
+                .bind(reporter)
+                .bind(at.timestamp())
+                .execute(pool)
+                .await
+                .map_err(sql(what))?
+                .rows_affected(),
+        };
+        Ok(affected > 0)
+    }
+
+    /// The open episodes, then those that closed at or after `closed_since`, newest first; at most `limit`.
+    pub async fn anomalies(&self, closed_since: DateTime<Utc>, limit: i64) -> Result<Vec<StoredAnomaly>> {
+        let what = "reading anomalies";
+        let now = Utc::now();
+        let query = format!(
+            "{SELECT} where coalesce(closed_at, expires_at) is null or coalesce(closed_at, expires_at) >= $1
+             order by (case when coalesce(closed_at, expires_at) is null or coalesce(closed_at, expires_at) > $2
+                 then 0 else 1 end), opened_at desc, id desc
+             limit $3"
+        );
+        let mut found: Vec<StoredAnomaly> = match &self.db {
+            Database::Postgres(pool) => sqlx::query(&query)
+                .bind(closed_since)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(sql(what))?
+                .iter()
+                .map(|r| read(r, now).map_err(sql(what)))
+                .collect::<Result<_, Error>>()?,
+            Database::Sqlite(pool) => sqlx::query(&query)
+                .bind(closed_since.timestamp())
+                .bind(now.timestamp())
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(sql(what))?
+                .iter()
+                .map(|r| read(r, now).map_err(sql(what)))
+                .collect::<Result<_, Error>>()?,
+        };
+        // The database compared with its clock's second; the expiry is judged with one `now` here.
+        found.sort_by_key(|a| (!a.is_open(), std::cmp::Reverse((a.opened_at, a.id))));
+        Ok(found)
+    }
+}
