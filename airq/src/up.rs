@@ -59,6 +59,10 @@ pub struct UpArgs {
     /// The OpenAQ API key for EtlSchedules with an `openaq` source (their Secret in a cluster).
     #[arg(long, env = "OPENAQ_API_KEY", hide_env_values = true)]
     pub openaq_api_key: Option<String>,
+    /// Seconds between two comparisons of every trained model's forecasts with the truth newly stored (the errors
+    /// are followed for anomalies, listed on the dashboard's operations page); 0 turns them off.
+    #[arg(long, env = "AIRQ_SCORE_INTERVAL_SECONDS", default_value_t = 300)]
+    pub score_interval_seconds: u64,
 }
 
 /// Serves `app` on a free loopback port until `stop`, with the layers a service has in a cluster (request id, the
@@ -192,12 +196,20 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut servers = JoinSet::new();
     let store = Store::new(db.clone());
     let registry = Registry::new(db.clone());
+    let predictive_state = airq_predictive::api::ApiState::new(registry.clone(), store.clone(), None);
+    if args.score_interval_seconds > 0 {
+        // One predictive service serves every model here, so it follows every model's forecast error.
+        let names =
+            |state: airq_predictive::api::ApiState| async move { state.registry.names().await.unwrap_or_default() };
+        servers.spawn(airq_predictive::monitor::follow(
+            predictive_state.clone(),
+            names,
+            Duration::from_secs(args.score_interval_seconds),
+            stop.clone(),
+        ));
+    }
     let predictive = serve_internal(
-        airq_predictive::api::router(airq_predictive::api::ApiState::new(
-            registry.clone(),
-            store.clone(),
-            None,
-        )),
+        airq_predictive::api::router(predictive_state),
         &telemetry.for_service("predictive"),
         stop.clone(),
         &mut servers,

@@ -36,6 +36,8 @@ fn start(data: &Path, resources: &Path, log: &Path) -> Up {
         .arg(resources)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--log-format", "json", "--log-level", LOG_LEVEL])
+        // Forecast errors followed every second instead of every five minutes.
+        .env("AIRQ_SCORE_INTERVAL_SECONDS", "1")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(log).unwrap())
@@ -86,6 +88,23 @@ impl Up {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GET `path` without a key: status, content type and body as text.
+    async fn get_text(&self, path: &str) -> (u16, String, String) {
+        let response = airq_testenv::http_client()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, kind, response.text().await.unwrap_or_default())
     }
 
     /// What it wrote to stderr, then to stdout (the log lines).
@@ -232,6 +251,30 @@ async fn up_loads_trains_serves_stops_and_starts_again() {
     assert_eq!(ops["loads"].as_array().unwrap().len(), 1);
     let stored_values = ops["loads"][0]["rowsInserted"].as_i64().unwrap();
     assert!(stored_values > 700_000, "{stored_values}");
+    assert!(ops["anomalies"].is_array(), "{ops}");
+    let (status, anomalies) = up.get("/api/anomalies?hours=1", None).await;
+    assert_eq!(status, 200, "{anomalies}");
+    // The model's forecasts are compared with the stored truth: the newest two weeks of both stations.
+    let scored = airq_testenv::eventually("forecasts scored against the truth", Duration::from_secs(60), || {
+        let up = &up;
+        async move {
+            let (_, _, text) = up.get_text("/metrics").await;
+            let scored = text
+                .lines()
+                .find(|l| l.starts_with("airq_predictive_forecasts_scored_total{model=\"pm25\"}"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<f64>().ok());
+            scored.filter(|n| *n > 0.0).ok_or_else(|| {
+                text.lines()
+                    .filter(|l| l.contains("predictive"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+    })
+    .await
+    .unwrap();
+    assert!(scored >= 2.0 * 300.0, "{scored} hours scored");
 
     let first_key = up.key.clone();
     let status = up.interrupt();

@@ -584,21 +584,53 @@ function duration(startRfc, endRfc) {
   return s < 120 ? `${s} s` : s < 7200 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`;
 }
 
+// What each part's signals mean, for the anomalies table.
+const SIGNALS = {
+  request_rate: 'request rate', error_ratio: 'share of 5xx answers', latency_seconds: 'mean latency',
+  load_duration_seconds: 'load duration', load_values_read: 'values a load read',
+  forecast_abs_error: 'forecast error',
+};
+
+function anomaliesTable(anomalies) {
+  return el('div', { class: 'table-wrap' }, el('table', { id: 'anomalies' },
+    el('thead', {}, el('tr', {}, ['State', 'Part', 'Signal', 'Of', 'Since (UTC)', 'Closed (UTC)'].map((h) => el('th', {}, h)),
+      ['Value', 'Usual', 'Peak score'].map((h) => el('th', { class: 'num' }, h)), el('th', {}, 'What'))),
+    el('tbody', {}, anomalies.map((a) => el('tr', { class: a.closedAt ? 'anomaly-closed' : 'anomaly-open' },
+      el('td', { class: a.closedAt ? '' : 'status-failed' }, a.closedAt ? 'closed' : 'open'),
+      el('td', {}, a.component), el('td', {}, SIGNALS[a.signal] || a.signal), el('td', {}, a.subject),
+      el('td', {}, dateTime(seconds(a.openedAt))), el('td', {}, a.closedAt ? dateTime(seconds(a.closedAt)) : ''),
+      el('td', { class: 'num' }, formatNumber(a.value)), el('td', { class: 'num' }, formatNumber(a.expected)),
+      el('td', { class: 'num' }, a.peakScore.toFixed(1)), el('td', {}, a.detail))))));
+}
+
 async function opsView(target) {
   const ops = await api('ops');
   target.append(el('h1', {}, 'Operations'));
+  target.append(el('h2', {}, 'Anomalies'));
+  const open = ops.anomalies.filter((a) => !a.closedAt).length;
+  if (ops.anomalies.length === 0) target.append(notice('No anomaly in the last 24 hours.'));
+  else {
+    target.append(el('p', { class: 'meta', id: 'anomalies-summary' },
+      `${open} open, ${ops.anomalies.length - open} closed in the last 24 hours.`));
+    target.append(anomaliesTable(ops.anomalies));
+  }
   target.append(el('h2', {}, 'Loads'));
   if (ops.loads.length === 0) target.append(notice('No load has run yet.'));
   else {
     target.append(el('div', { class: 'table-wrap' }, el('table', { id: 'loads' },
       el('thead', {}, el('tr', {}, ['Run', 'Load', 'Source', 'Status', 'Started (UTC)', 'Took'].map((h) => el('th', {}, h)),
-        ['Read', 'Inserted', 'Updated', 'Rejected'].map((h) => el('th', { class: 'num' }, h)), el('th', {}, 'Error'))),
+        ['Read', 'Inserted', 'Updated', 'Rejected', 'Stuck', 'Jumps'].map((h) => el('th', { class: 'num' }, h)),
+        el('th', {}, 'Error'))),
       el('tbody', {}, ops.loads.map((r) => el('tr', {},
         el('td', {}, r.id), el('td', {}, r.name), el('td', {}, `${r.source} (${r.mode})`),
         el('td', { class: 'status-' + r.status }, r.status), el('td', {}, dateTime(seconds(r.startedAt))),
         el('td', {}, duration(r.startedAt, r.finishedAt)),
-        [r.rowsRead, r.rowsInserted, r.rowsUpdated, r.rowsRejected].map((n) => el('td', { class: 'num' }, n.toLocaleString('en'))),
+        [r.rowsRead, r.rowsInserted, r.rowsUpdated, r.rowsRejected, r.rowsStuck, r.rowsJump]
+          .map((n) => el('td', { class: 'num' }, n.toLocaleString('en'))),
         el('td', {}, r.error || '')))))));
+    target.append(el('p', { class: 'meta' }, 'Stuck: values of a run\'s series that repeat the same value 24 hours or more '
+      + 'above the series\' floor. Jumps: spikes far outside the usual band for the hour that come back within 3 hours. '
+      + 'Both are kept and marked.'));
   }
   target.append(el('h2', {}, 'Models'));
   if (ops.modelsError) target.append(notice('The model list is not available: ' + ops.modelsError));

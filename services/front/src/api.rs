@@ -7,7 +7,8 @@
 //! | GET | `/api/stations/{code}/series` | `?pollutant=&from=&to=&points=`: min/mean/max per time bucket, gaps as `null` |
 //! | GET | `/api/stations/{code}/forecast` | `?pollutant=&confidence=0.8,0.9`: the forecast from the station's newest data |
 //! | GET | `/api/compare` | `?pollutant=&stations=A,B&from=&to=&points=`: several stations on the same buckets |
-//! | GET | `/api/ops` | the newest loads, the models and their scores, and the extent of the stored data |
+//! | GET | `/api/ops` | the anomalies of the last day, the newest loads, the models and their scores, and the extent of the stored data |
+//! | GET | `/api/anomalies` | `?hours=24`: the anomalies open now and those that closed in the last `hours` (1–720), from every part |
 //! | GET | `/api/openapi.json` | this API's OpenAPI 3.1 description |
 //!
 //! Answers carry an ETag and `Cache-Control`; errors are `{"error": {"code", "message"}}`.
@@ -38,6 +39,11 @@ const DEFAULT_POINTS: usize = 500;
 const DEFAULT_SPAN: i64 = 7 * 24 * HOUR;
 /// Load runs in the operations view.
 const OPS_LOADS: i64 = 25;
+/// Anomalies in one answer at most, open ones first.
+const ANOMALIES_LIMIT: i64 = 200;
+/// Hours of closed anomalies the operations view shows, and the most `/api/anomalies` may ask for.
+const ANOMALY_HOURS: i64 = 24;
+const ANOMALY_HOURS_MAX: i64 = 30 * 24;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -47,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/stations/{code}/forecast", get(forecast))
         .route("/api/compare", get(compare))
         .route("/api/ops", get(ops))
+        .route("/api/anomalies", get(anomalies))
         .route("/api/openapi.json", get(openapi))
         .with_state(state)
 }
@@ -403,7 +410,46 @@ async fn forecast(
     Ok(caching::json(&headers, &forecast, DATA_FRESHNESS))
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub struct AnomaliesQuery {
+    hours: Option<String>,
+}
+
+/// The anomalies open now and those closed in the last `hours`.
+async fn recent_anomalies(state: &AppState, hours: i64) -> Result<Vec<airq_core::store::StoredAnomaly>, ApiError> {
+    let since = chrono::Utc::now() - chrono::Duration::hours(hours);
+    state.store.anomalies(since, ANOMALIES_LIMIT).await.map_err(internal)
+}
+
+async fn anomalies(
+    State(state): State<AppState>,
+    Query(query): Query<AnomaliesQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let hours = match query.hours.as_deref() {
+        None => ANOMALY_HOURS,
+        Some(text) => text
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|h| (1..=ANOMALY_HOURS_MAX).contains(h))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "hours={text:?}: give a whole number of hours from 1 to {ANOMALY_HOURS_MAX}"
+                ))
+            })?,
+    };
+    let found = recent_anomalies(&state, hours).await?;
+    let open = found.iter().filter(|a| a.is_open()).count();
+    Ok(caching::json(
+        &headers,
+        &json!({ "open": open, "hours": hours, "anomalies": found }),
+        Freshness::Revalidate,
+    ))
+}
+
 async fn ops(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let anomalies = recent_anomalies(&state, ANOMALY_HOURS).await?;
     let loads = state.store.runs(None, OPS_LOADS).await.map_err(internal)?;
     let stations = stations(&state).await?;
     let series: Vec<Value> = state
@@ -427,7 +473,8 @@ async fn ops(State(state): State<AppState>, headers: HeaderMap) -> Result<Respon
     };
     Ok(caching::json(
         &headers,
-        &json!({ "loads": loads, "models": models, "modelsError": models_error, "series": series }),
+        &json!({ "anomalies": anomalies, "loads": loads, "models": models, "modelsError": models_error,
+                 "series": series }),
         Freshness::Revalidate,
     ))
 }
@@ -483,10 +530,30 @@ pub fn openapi_document() -> Value {
             "/api/compare": { "get": { "summary": "several stations on the same buckets",
                 "parameters": compare_parameters, "responses": { "200": { "description": "one series per station" },
                 "404": error, "422": error } } },
-            "/api/ops": { "get": { "summary": "the newest loads, the models and the stored data's extent",
-                "responses": { "200": { "description": "the operations view" } } } }
+            "/api/ops": { "get": {
+                "summary": "the anomalies of the last day, the newest loads, the models and the stored data's extent",
+                "responses": { "200": { "description": "the operations view" } } } },
+            "/api/anomalies": { "get": {
+                "summary": "anomalies from every part of the platform: open ones, then those closed in the last hours",
+                "parameters": [{ "name": "hours", "in": "query", "description": "closed in the last hours (1–720)",
+                    "schema": { "type": "integer", "default": ANOMALY_HOURS } }],
+                "responses": { "200": { "description": "the anomalies", "content": { "application/json": {
+                    "schema": { "$ref": "#/components/schemas/Anomalies" } } } }, "422": error } } }
         },
         "components": { "schemas": {
+            "Anomalies": { "type": "object", "properties": {
+                "open": { "type": "integer" }, "hours": { "type": "integer" },
+                "anomalies": { "type": "array", "items": { "type": "object", "properties": {
+                    "id": { "type": "integer" },
+                    "component": { "type": "string", "description": "gateway, etl or predictive" },
+                    "signal": { "type": "string", "description": "e.g. error_ratio, load_duration_seconds, forecast_abs_error" },
+                    "subject": { "type": "string", "description": "a route, a load, model/station" },
+                    "reporter": { "type": "string" },
+                    "openedAt": { "type": "string", "format": "date-time" },
+                    "closedAt": { "type": ["string", "null"], "format": "date-time" },
+                    "value": { "type": "number" }, "expected": { "type": ["number", "null"] },
+                    "score": { "type": "number" }, "peakScore": { "type": "number" },
+                    "detail": { "type": "string" } } } } } },
             "Error": { "type": "object", "properties": { "error": { "type": "object", "properties": {
                 "code": { "type": "string" }, "message": { "type": "string" } } } } },
             "Series": { "type": "object", "properties": {

@@ -301,11 +301,85 @@ async fn the_view_api_over_the_beijing_data() {
     assert!(ops["models"].is_null());
     assert!(ops["modelsError"].as_str().unwrap().contains("AIRQ_PREDICTIVE_URL"));
     assert_eq!(ops["series"].as_array().unwrap().len(), 12);
+    assert_eq!(ops["anomalies"], serde_json::json!([]));
+    assert!(
+        ops["loads"][0]["rowsStuck"].as_i64().unwrap() > 0,
+        "the files hold stuck sensors"
+    );
+
+    // ---- anomalies every part reported: open ones first, then the recently closed
+    let now = chrono::Utc::now();
+    let report = |component: &str, signal: &str, subject: &str, minutes_ago: i64| airq_core::store::AnomalyReport {
+        component: component.to_owned(),
+        signal: signal.to_owned(),
+        subject: subject.to_owned(),
+        reporter: String::new(),
+        opened_at: now - chrono::Duration::minutes(minutes_ago),
+        value: 0.6,
+        expected: Some(0.01),
+        score: 40.0,
+        peak_score: 55.0,
+        detail: format!("{signal} of {subject}"),
+        expires_at: None,
+    };
+    store
+        .anomaly_report(&report("etl", "load_duration_seconds", "beijing", 90))
+        .await
+        .unwrap();
+    store
+        .anomaly_close("etl", "load_duration_seconds", "beijing", "", now)
+        .await
+        .unwrap();
+    store
+        .anomaly_report(&report("gateway", "error_ratio", "front", 5))
+        .await
+        .unwrap();
+    // An old episode, closed two days ago: out of the default day.
+    store
+        .anomaly_report(&report("predictive", "forecast_abs_error", "pm25/Dongsi", 3000))
+        .await
+        .unwrap();
+    store
+        .anomaly_close(
+            "predictive",
+            "forecast_abs_error",
+            "pm25/Dongsi",
+            "",
+            now - chrono::Duration::hours(48),
+        )
+        .await
+        .unwrap();
+    let (status, body) = get(&http, &format!("{front}/api/anomalies")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["open"].as_i64(), body["hours"].as_i64()),
+        (Some(1), Some(24)),
+        "{body}"
+    );
+    let listed: Vec<(&str, bool)> = body["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["subject"].as_str().unwrap(), a["closedAt"].is_null()))
+        .collect();
+    assert_eq!(listed, vec![("front", true), ("beijing", false)]);
+    assert_eq!(body["anomalies"][0]["peakScore"], 55.0);
+    assert_eq!(body["anomalies"][0]["detail"], "error_ratio of front");
+    let (_, week) = get(&http, &format!("{front}/api/anomalies?hours=72")).await;
+    assert_eq!(week["anomalies"].as_array().unwrap().len(), 3);
+    for bad in ["0", "721", "soon"] {
+        let (status, body) = get(&http, &format!("{front}/api/anomalies?hours={bad}")).await;
+        assert_eq!((status, code(&body)), (422, "invalid_request"), "hours={bad}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("hours="), "{body}");
+    }
+    let (_, ops) = get(&http, &format!("{front}/api/ops")).await;
+    assert_eq!(ops["anomalies"].as_array().unwrap().len(), 2, "{ops}");
 
     // ---- the OpenAPI description
     let (status, openapi) = get(&http, &format!("{front}/api/openapi.json")).await;
     assert_eq!(status, 200);
     assert!(openapi["paths"]["/api/stations/{code}/series"]["get"].is_object());
+    assert!(openapi["paths"]["/api/anomalies"]["get"].is_object());
 
     test_db.remove().await.unwrap();
 }

@@ -192,7 +192,35 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
         .unwrap();
     assert_eq!(lines.len(), 2);
     screenshot(&client, &shots, "5-compare").await;
+    // An anomaly the predictive service recorded.
+    airq_core::store::Store::new(db.clone())
+        .anomaly_report(&airq_core::store::AnomalyReport {
+            component: "predictive".to_owned(),
+            signal: "forecast_abs_error".to_owned(),
+            subject: "no2-knn/Dongsi".to_owned(),
+            reporter: String::new(),
+            opened_at: chrono::Utc::now(),
+            value: 310.0,
+            expected: Some(12.5),
+            score: 31.0,
+            peak_score: 31.0,
+            detail: "the forecast was 40.0 where 350.0 was measured".to_owned(),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
     client.goto(&format!("{gateway}/airq/#/ops")).await.unwrap();
+    let anomaly = element(&client, "#anomalies tbody tr.anomaly-open")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        anomaly.contains("open") && anomaly.contains("forecast error") && anomaly.contains("no2-knn/Dongsi"),
+        "{anomaly}"
+    );
+    let summary = element(&client, "#anomalies-summary").await.text().await.unwrap();
+    assert_eq!(summary, "1 open, 0 closed in the last 24 hours.");
     let load = element(&client, "#loads tbody tr").await.text().await.unwrap();
     assert!(load.contains("beijing") && load.contains("succeeded"), "{load}");
     let model = element(&client, "#models tbody tr").await.text().await.unwrap();
