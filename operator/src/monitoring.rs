@@ -158,6 +158,15 @@ pub fn prometheus_rule(owner: &Owner) -> serde_json::Value {
                     "PredictiveModel {{ $labels.airq_namespace }}/{{ $labels.model }}: the last training Job failed; the \
                      previous version, if any, is still served.",
                 ),
+                alert(
+                    "AirqForecastErrorAnomalous",
+                    format!("max by (namespace, subject) (airq_predictive_anomalous{{namespace=\"{ns}\"}}) == 1"),
+                    "1h",
+                    "warning",
+                    "Forecasts of {{ $labels.subject }} are far off the truth",
+                    "{{ $labels.subject }} (model/station): the day-ahead forecast error has been outside its usual \
+                     band for an hour; the dashboard's operations page says what was forecast and measured.",
+                ),
             ]},
             { "name": "airq.gateway", "rules": [
                 alert(
@@ -311,7 +320,7 @@ mod tests {
         let rule = prometheus_rule(&owner());
         let groups = rule["spec"]["groups"].as_array().unwrap();
         let alerts: Vec<&serde_json::Value> = groups.iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
-        assert_eq!(alerts.len(), 6);
+        assert_eq!(alerts.len(), 7);
         for alert in alerts {
             let expr = alert["expr"].as_str().unwrap();
             assert!(expr.contains("namespace=\"air\""), "{}: {expr}", alert["alert"]);

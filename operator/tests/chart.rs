@@ -303,7 +303,13 @@ async fn monitoring_the_operator_and_the_grafana_dashboard() -> anyhow::Result<(
         .flat_map(|panel| panel["targets"].as_array().into_iter().flatten())
         .filter_map(|target| target["expr"].as_str())
         .collect();
-    assert!(queries.len() >= 10, "{queries:?}");
+    assert!(queries.len() >= 14, "{queries:?}");
+    assert!(
+        queries
+            .iter()
+            .any(|q| q.contains("airq_predictive_forecast_interval_total")),
+        "the live interval coverage: {queries:?}"
+    );
     for query in queries {
         assert!(query.contains("airq_"), "{query}");
         assert!(

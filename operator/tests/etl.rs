@@ -1,5 +1,6 @@
 //! EtlSchedule on the real control plane: a CronJob honouring suspend and history limits, a run requested by hand
-//! whose report (written by the load's pod, played here by the test) reaches the status, a one-off load that fails,
+//! whose report (written by the load's pod, played here by the test) reaches the status and, the run being unusual,
+//! a Warning Event; a one-off load that fails,
 //! a missing API-key Secret, and deletion.
 
 mod common;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use airq_api::EtlSchedule;
 use common::{create, finish_job, has_condition, secret, settled_reconciles, setup, wait_for, wait_gone};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -105,7 +107,8 @@ async fn scheduled_load_lifecycle() -> anyhow::Result<()> {
         )
         .await?;
     let job = job_named(&jobs, "etl-openaq-beijing-run-").await?;
-    let report = r#"{"rowsInserted":42,"rowsUpdated":3,"rowsRejected":1,"watermark":"2026-11-29T09:00:00Z"}"#;
+    let report = r#"{"rowsInserted":42,"rowsUpdated":3,"rowsRejected":1,"watermark":"2026-11-29T09:00:00Z",
+        "anomalies":["the load read 720 values where its earlier runs give about 24 (score 33.6)"]}"#;
     finish_job(&client, &ns, &job.name_any(), true, report).await?;
     let done = wait_for(
         &schedules,
@@ -125,6 +128,22 @@ async fn scheduled_load_lifecycle() -> anyhow::Result<()> {
     assert_eq!((run.rows_updated, run.rows_rejected), (3, 1));
     assert_eq!(status.watermark.as_deref(), Some("2026-11-29T09:00:00Z"));
     assert_eq!(run.job, job.name_any());
+    // The run was unusual against the schedule's earlier runs: a Warning Event says how.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let unusual = airq_testenv::eventually("a LoadUnusual Event", Duration::from_secs(20), || async {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("LoadUnusual"))
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await?;
+    assert_eq!(unusual.type_.as_deref(), Some("Warning"));
+    let note = unusual.note.unwrap_or_default();
+    assert!(
+        note.contains(&job.name_any()) && note.contains("read 720 values where its earlier runs give about 24"),
+        "{note}"
+    );
 
     // Delete → the CronJob and the Job are garbage-collected.
     schedules.delete("openaq-beijing", &DeleteParams::background()).await?;

@@ -122,6 +122,7 @@ async fn service_monitor_and_rules_only_where_the_cluster_has_their_crds() -> an
             "AirqEtlRunFailed",
             "AirqEtlRunLate",
             "AirqModelTrainingFailed",
+            "AirqForecastErrorAnomalous",
             "AirqGatewayErrorRate",
             "AirqGatewayLatency",
             "AirqOperatorReconcileErrors"

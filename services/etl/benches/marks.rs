@@ -1,7 +1,8 @@
 //! Benchmark: the quality checks a load runs (`airq_anomaly::quality`: stuck sensor, jump) on the twelve Beijing
 //! files' pollutant series — how many values each mark takes per pollutant, and what checking costs per value.
 //! Run with `cargo bench -p airq-etl --bench marks`. The files are read by the loader's own CSV connector; nothing
-//! is written to a database (the whole load, marks included, is the `bulk_load` bench).
+//! is written to a database (the whole load, marks included, is the `bulk_load` bench), but each series is checked
+//! as a load checks it, so the counts are those a load of the files stores.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -46,11 +47,14 @@ fn main() -> anyhow::Result<()> {
         let (Some((&first, _)), Some((&last, _))) = (points.first_key_value(), points.last_key_value()) else {
             continue;
         };
-        let hourly: Vec<Option<f64>> = (first / HOUR..=last / HOUR)
-            .map(|h| points.get(&(h * HOUR)).copied())
+        // As a load sees a series: preceded by the checker's memory of missing hours (nothing is stored before it).
+        let memory = settings.memory_hours();
+        let mut hourly: Vec<Option<f64>> = std::iter::repeat_n(None, memory)
+            .chain((first / HOUR..=last / HOUR).map(|h| points.get(&(h * HOUR)).copied()))
             .collect();
         let started = Instant::now();
-        let marks = check_hourly(&hourly, settings);
+        let marks = check_hourly(&hourly, settings).split_off(memory);
+        let hourly = hourly.split_off(memory);
         seconds += started.elapsed().as_secs_f64();
         values += points.len();
         if examples_of.as_deref() == Some(parameter.code()) {

@@ -399,6 +399,7 @@ async fn mark(
         Database::Postgres(_) => request.parallelism.max(1),
         Database::Sqlite(_) => 1,
     };
+    let started = Instant::now();
     let marking = crate::marks::mark(store, touched, Default::default(), parallelism, progress);
     let marks = tokio::select! {
         marks = marking => marks?,
@@ -409,6 +410,14 @@ async fn mark(
         )),
     };
     store.set_run_marks(run_id, marks.stuck, marks.jump).await?;
+    tracing::info!(
+        run = run_id,
+        stuck = marks.stuck,
+        jump = marks.jump,
+        changed = marks.changed,
+        seconds = started.elapsed().as_secs_f64(),
+        "quality marks set"
+    );
     Ok(marks)
 }
 

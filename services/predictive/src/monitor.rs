@@ -83,7 +83,7 @@ impl ModelMonitor {
         };
         let model = &loaded.1;
         let pollutant = model.meta.spec.pollutant().map_err(|e| e.to_string())?;
-        let lead = model.horizon().min(24) as i64;
+        let lead = model.horizon().clamp(1, 24) as i64;
         let stations = state.store.stations().await.map_err(|e| e.to_string())?;
         let mut scored = Vec::new();
         for station in stations.iter().filter(|s| model.meta.stations.contains(&s.code)) {
@@ -231,7 +231,7 @@ fn score_hours(
     let raw = model.forecast_many(data, &keys).map_err(|e| e.to_string())?;
     let mut forecasts = keys.iter().zip(raw).map(|(&(_, origin), f)| (origin, f)).peekable();
     let fz = &model.meta.featurizer;
-    let h = lead as usize - 1;
+    let h = (lead as usize).saturating_sub(1);
     let mut scored = Vec::with_capacity(hours.len());
     for &t in &hours {
         let origin = data.index(t - lead * HOUR);
