@@ -1,14 +1,15 @@
 //! The measurement store, one suite run against a real PostgreSQL and against SQLite: upserts count what they did,
 //! a value already stored is left alone, refused values are refreshed rather than duplicated, watermarks never move
-//! back, runs are recorded with their counters, and an interrupted PostgreSQL run is recognised at once.
+//! back, runs are recorded with their counters, and an interrupted PostgreSQL run is recognised at once; the anomaly
+//! log keeps one open episode per reporter and closes or expires it.
 
 // A failed step of a test's set-up is the test's failure: unwrap reports it with its location.
 #![allow(clippy::unwrap_used)]
 
 use airq_core::db::Database;
 use airq_core::parameter::Parameter;
-use airq_core::store::{Batch, Measurement, NewRun, NewStation, Rejection, Store};
-use chrono::{DateTime, Utc};
+use airq_core::store::{AnomalyReport, Batch, Measurement, NewRun, NewStation, Rejection, Store};
+use chrono::{DateTime, Duration, Utc};
 
 async fn postgres() -> (Store, airq_testenv::TestDatabase) {
     let db = airq_testenv::database().await.unwrap();
@@ -193,16 +194,113 @@ async fn suite(store: Store) {
     let _: Option<DateTime<Utc>> = runs[0].finished_at;
 }
 
+fn report(subject: &str, reporter: &str, score: f64, expires_at: Option<DateTime<Utc>>) -> AnomalyReport {
+    AnomalyReport {
+        component: "gateway".to_owned(),
+        signal: "error_ratio".to_owned(),
+        subject: subject.to_owned(),
+        reporter: reporter.to_owned(),
+        opened_at: Utc::now() - Duration::minutes(10),
+        value: score / 100.0,
+        expected: Some(0.01),
+        score,
+        peak_score: score,
+        detail: format!("{subject} at {score}"),
+        expires_at,
+    }
+}
+
+/// The anomaly log: one open episode per reporter, refreshed in place with the highest peak kept; closed, then
+/// opened anew; an expired episode reads as closed and a new report opens a new one; the listing's order and window.
+async fn anomaly_suite(store: Store) {
+    let since = Utc::now() - Duration::hours(1);
+    store
+        .anomaly_report(&report("front", "pod-a", 30.0, None))
+        .await
+        .unwrap();
+    store
+        .anomaly_report(&report("front", "pod-a", 12.0, None))
+        .await
+        .unwrap();
+    store
+        .anomaly_report(&report("front", "pod-b", 8.0, None))
+        .await
+        .unwrap();
+    let listed = store.anomalies(since, 10).await.unwrap();
+    assert_eq!(listed.len(), 2, "one episode per reporter: {listed:?}");
+    let a = listed.iter().find(|x| x.reporter == "pod-a").unwrap();
+    assert_eq!(
+        (a.score, a.peak_score, a.value),
+        (12.0, 30.0, 0.12),
+        "refreshed, the peak kept"
+    );
+    assert!(a.is_open() && a.detail == "front at 12");
+
+    // Closed, then the signal leaves its band again: a second episode.
+    let closed_at = Utc::now();
+    assert!(
+        store
+            .anomaly_close("gateway", "error_ratio", "front", "pod-a", closed_at)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .anomaly_close("gateway", "error_ratio", "front", "pod-a", closed_at)
+            .await
+            .unwrap()
+    );
+    store
+        .anomaly_report(&report("front", "pod-a", 9.0, None))
+        .await
+        .unwrap();
+    let listed = store.anomalies(since, 10).await.unwrap();
+    let mine: Vec<_> = listed.iter().filter(|x| x.reporter == "pod-a").collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert!(mine[0].is_open() && !mine[1].is_open(), "open first: {mine:?}");
+    assert_eq!(mine[1].closed_at.map(|t| t.timestamp()), Some(closed_at.timestamp()));
+    assert_ne!(mine[0].id, mine[1].id);
+
+    // A reporter that went away: its episode expired, reads as closed, and a new report opens a new one.
+    let expired = Utc::now() - Duration::seconds(5);
+    store
+        .anomaly_report(&report("etl", "pod-c", 7.0, Some(expired)))
+        .await
+        .unwrap();
+    let gone = store.anomalies(since, 10).await.unwrap();
+    let gone = gone.iter().find(|x| x.reporter == "pod-c").unwrap();
+    assert_eq!(gone.closed_at.map(|t| t.timestamp()), Some(expired.timestamp()));
+    store
+        .anomaly_report(&report("etl", "pod-c", 6.0, Some(Utc::now() + Duration::minutes(1))))
+        .await
+        .unwrap();
+    let listed = store.anomalies(since, 10).await.unwrap();
+    let c: Vec<_> = listed.iter().filter(|x| x.reporter == "pod-c").collect();
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert!(
+        c[0].is_open() && c[0].peak_score == 6.0,
+        "a new episode, not the expired one: {c:?}"
+    );
+
+    // The window: episodes closed before `since` are left out; the limit keeps the open ones first.
+    let later = store.anomalies(Utc::now() + Duration::minutes(5), 10).await.unwrap();
+    assert!(later.iter().all(|x| x.is_open()), "{later:?}");
+    assert_eq!(later.len(), 3);
+    assert!(store.anomalies(since, 2).await.unwrap().iter().all(|x| x.is_open()));
+}
+
 #[tokio::test]
 async fn store_suite_on_postgres() {
     let (store, _db) = postgres().await;
-    suite(store).await;
+    suite(store.clone()).await;
+    anomaly_suite(store).await;
 }
 
 #[tokio::test]
 async fn store_suite_on_sqlite() {
     let (store, _dir) = sqlite().await;
-    suite(store).await;
+    suite(store.clone()).await;
+    anomaly_suite(store).await;
 }
 
 #[tokio::test]

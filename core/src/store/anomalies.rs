@@ -193,10 +193,12 @@ impl Store {
     pub async fn anomalies(&self, closed_since: DateTime<Utc>, limit: i64) -> Result<Vec<StoredAnomaly>> {
         let what = "reading anomalies";
         let now = Utc::now();
+        // Open now: not closed, and not expired. Closed: by its reporter, or by expiring.
         let query = format!(
-            "{SELECT} where coalesce(closed_at, expires_at) is null or coalesce(closed_at, expires_at) >= $1
-             order by (case when coalesce(closed_at, expires_at) is null or coalesce(closed_at, expires_at) > $2
-                 then 0 else 1 end), opened_at desc, id desc
+            "{SELECT} where (closed_at is null and (expires_at is null or expires_at > $2))
+                 or coalesce(closed_at, expires_at) >= $1
+             order by (case when closed_at is null and (expires_at is null or expires_at > $2) then 0 else 1 end),
+                 opened_at desc, id desc
              limit $3"
         );
         let mut found: Vec<StoredAnomaly> = match &self.db {
