@@ -144,7 +144,7 @@ fn platform(resources: &Resources) -> anyhow::Result<Platform> {
     Ok(platform)
 }
 
-/// Replaces the keys earlier `up`s printed with a new one, and lets the admin call every API of this machine.
+/// Replaces the keys earlier `up`s printed with a new one (the gateway lets an admin call every API).
 async fn admin_key(db: &Database) -> anyhow::Result<String> {
     use airq_gateway::admin::{ADMIN_GROUP, BOOTSTRAP_USER};
     let store = airq_gateway::store::Store::new(db.clone());
@@ -157,12 +157,12 @@ async fn admin_key(db: &Database) -> anyhow::Result<String> {
     store
         .ensure_group(ADMIN_GROUP, "may use the gateway's admin API", now)
         .await?;
+    // The groups the default routes name, so that the admin can put callers in them (the admin may use every route).
     for (group, description) in [
         ("developers", "may call the predictive API"),
         ("operators", "may call the ETL API"),
     ] {
         store.ensure_group(group, description, now).await?;
-        store.ensure_user_in_group(BOOTSTRAP_USER, group, now).await?;
     }
     let (_, key) = airq_gateway::identity::generate_key();
     Ok(key)
@@ -199,11 +199,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let predictive_state = airq_predictive::api::ApiState::new(registry.clone(), store.clone(), None);
     if args.score_interval_seconds > 0 {
         // One predictive service serves every model here, so it follows every model's forecast error.
-        let names =
-            |state: airq_predictive::api::ApiState| async move { state.registry.names().await.unwrap_or_default() };
         servers.spawn(airq_predictive::monitor::follow(
             predictive_state.clone(),
-            names,
             Duration::from_secs(args.score_interval_seconds),
             stop.clone(),
         ));
@@ -307,8 +304,7 @@ pub fn load_request(schedule: &EtlSchedule, openaq_api_key: Option<String>) -> a
     let spec: LoadSpec = serde_json::from_value(schedule.spec.load_spec())?;
     let parallelism = spec.backfill.as_ref().map_or(2, |b| b.parallelism as usize).max(1);
     Ok(LoadRequest {
-        // One machine has one namespace: loads and models keep their resources' plain names, which (unlike a
-        // cluster's `namespace/name`) can be used in API paths through the gateway.
+        // Loads and models keep their resources' names, as the operator names them in a namespace.
         name: schedule.name_any(),
         spec,
         requested_by: "airq up".to_owned(),

@@ -55,6 +55,10 @@ pub struct AdhocServiceSpec {
     /// CPU and memory requests and limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Let the container write to its root filesystem. By default it is read-only, with an empty, writable `/tmp`;
+    /// an image that writes elsewhere needs this.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable_root_filesystem: bool,
     /// Where the gateway and the ingress expose the service.
     pub route: RouteSpec,
     /// Who may call it.

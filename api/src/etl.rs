@@ -118,8 +118,9 @@ impl EtlSource {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CsvSource {
-    /// An `http(s)://` URL, or a path in the pod (a mounted volume) or on the machine in one-machine mode. A file
-    /// whose name ends in `.gz` is decompressed; a folder loads every `.csv` and `.csv.gz` file in it.
+    /// An `http(s)://` URL, or a path in the pod (a mounted volume) or on the machine in one-machine mode. Gzip is
+    /// detected and decompressed. A folder loads every `.csv` and `.csv.gz` file in it; so does a URL ending in `/`,
+    /// read as the folder's index (a web server's directory listing, or a list of files one per line).
     #[schemars(length(min = 1))]
     pub url: String,
     /// The layout of the file.

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Address the HTTP server binds to (API, `/healthz`, `/readyz` and `/metrics`).
     #[arg(long, env = "AIRQ_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Seconds to go on answering after SIGTERM — not ready, closing each connection after its answer — before
+    /// stopping; long enough for the endpoint's removal to reach every proxy (the operator sets 5 in a cluster).
+    #[arg(long, env = "AIRQ_SHUTDOWN_DRAIN_SECONDS", default_value_t = 0)]
+    pub shutdown_drain_seconds: u64,
     #[command(flatten)]
     pub log: LogArgs,
 }

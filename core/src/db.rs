@@ -59,6 +59,10 @@ impl Database {
     }
 
     async fn open(url: &str, max_connections: u32, connect_timeout: Duration) -> Result<Self, Error> {
+        // A load's batches and a training's reads take seconds by design: a statement over a second is worth a
+        // line when looking closely (debug), not a warning in every normal run.
+        const SLOW_STATEMENT: Duration = Duration::from_secs(1);
+        const SLOW_STATEMENT_LEVEL: tracing::log::LevelFilter = tracing::log::LevelFilter::Debug;
         let shown = redact_url(url);
         let invalid = |reason: String| Error::InvalidUrl {
             url: shown.clone(),
@@ -71,7 +75,9 @@ impl Database {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)
                 .map_err(|e| invalid(e.to_string()))?
-                .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+                .log_slow_statements(SLOW_STATEMENT_LEVEL, SLOW_STATEMENT)
+                // PostgreSQL's notices ("relation … already exists, skipping") are not worth a log line each.
+                .options([("client_min_messages", "warning")]);
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(connect_timeout)
@@ -86,7 +92,8 @@ impl Database {
                 // WAL lets the dashboard read while a load writes.
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                .log_slow_statements(SLOW_STATEMENT_LEVEL, SLOW_STATEMENT);
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(connect_timeout)

@@ -1,8 +1,14 @@
 //! The HTTP serving set-up every service shares: the operational endpoints (`/healthz`, `/readyz`, `/metrics`), the
 //! cross-cutting layers (request id, trace span, request metrics) and graceful shutdown.
+//!
+//! Shutdown drains first: at SIGTERM a service in a cluster keeps answering for `--shutdown-drain-seconds` while
+//! `/readyz` fails and every answer says `Connection: close` (clients and the gateway stop reusing its connections,
+//! and the removal of its endpoint reaches every proxy), then stops accepting and lets the requests in flight finish.
+//! A rolling update then loses no request.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -52,7 +58,48 @@ pub fn ops_router(telemetry: Telemetry, checks: Vec<(&'static str, ReadinessChec
         })
 }
 
+/// Whether this process is draining (it got SIGTERM and stops soon).
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process is draining: it answers, but is about to stop.
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
+/// Completes on Ctrl-C or SIGTERM, after draining for `drain`: meanwhile `/readyz` fails and every answer closes its
+/// connection.
+pub async fn shutdown_after_drain(drain: Duration) {
+    shutdown_signal().await;
+    DRAINING.store(true, Ordering::Relaxed);
+    if !drain.is_zero() {
+        tracing::info!(
+            seconds = drain.as_secs_f64(),
+            "draining: not ready, and closing each connection after its answer"
+        );
+        tokio::time::sleep(drain).await;
+    }
+}
+
+/// While draining, every answer tells the client to close the connection, so that its next request opens a new one
+/// (to a replica that is not stopping).
+pub async fn close_connections_when_draining(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    response
+}
+
 async fn readyz(State(state): State<OpsState>) -> Response {
+    if draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining", "failing": { "shutdown": "stopping: SIGTERM received" } })),
+        )
+            .into_response();
+    }
     let mut failures = serde_json::Map::new();
     for (name, check) in state.checks.iter() {
         // A check that hangs must not hang the probe.
@@ -100,7 +147,8 @@ pub fn with_common_layers(app: Router, telemetry: &Telemetry) -> Router {
         duration: telemetry.metric_name("http_request_duration_seconds").into(),
     };
     let service = telemetry.service;
-    app.layer(middleware::from_fn_with_state(names, record_request_metrics))
+    app.layer(middleware::from_fn(close_connections_when_draining))
+        .layer(middleware::from_fn_with_state(names, record_request_metrics))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(move |request: &Request| request_span(service, request))
@@ -203,21 +251,25 @@ pub enum ServeError {
     Serve(#[source] std::io::Error),
 }
 
-/// Serves a service's `api` router together with the operational endpoints on `listen`, with the common layers,
-/// until Ctrl-C or SIGTERM.
+/// Serves a service's `api` router together with the operational endpoints on `serve.listen`, with the common
+/// layers, until Ctrl-C or SIGTERM and the drain that follows (`serve.shutdown_drain_seconds`).
 pub async fn run_service(
     telemetry: Telemetry,
-    listen: std::net::SocketAddr,
+    serve_args: &crate::config::ServeArgs,
     api: Router,
     checks: Vec<(&'static str, ReadinessCheck)>,
 ) -> Result<(), ServeError> {
+    let listen = serve_args.listen;
+    let drain = Duration::from_secs(serve_args.shutdown_drain_seconds);
     let app = with_common_layers(api.merge(ops_router(telemetry.clone(), checks)), &telemetry);
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Bind { addr: listen, source })?;
     let local = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(service = telemetry.service, %local, "listening");
-    serve(listener, app, shutdown_signal()).await.map_err(ServeError::Serve)
+    serve(listener, app, shutdown_after_drain(drain))
+        .await
+        .map_err(ServeError::Serve)
 }
 
 /// The start of every outgoing HTTP client of airq: rustls with the process's crypto provider (ring, installed

@@ -30,7 +30,7 @@ pub async fn run_with_database(
     let db = Database::connect(database).await?;
     tracing::info!(database = %db.describe(), "database ready");
     let checks = vec![("database", db.readiness_check())];
-    let served = run_service(telemetry, serve.listen, api(db.clone()), checks).await;
+    let served = run_service(telemetry, serve, api(db.clone()), checks).await;
     db.close().await;
     Ok(served?)
 }

@@ -217,6 +217,15 @@ pub const STALE_RUN_SECONDS: i64 = 300;
 /// First key of the advisory locks runs hold on PostgreSQL ("AIRQ"); the second is the run id.
 const RUN_LOCK_KEY: i32 = 0x4149_5251;
 
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd<'a> {
+    /// Every value written; the values of its series' range marked stuck and as jumps (`FLAG_STUCK`, `FLAG_JUMP`).
+    Succeeded { stuck: i64, jump: i64 },
+    /// Why it failed.
+    Failed(&'a str),
+}
+
 /// A started run. On PostgreSQL it keeps a connection of its own holding the run's advisory lock, released when the
 /// run finishes or its process dies.
 #[derive(Debug)]
@@ -447,29 +456,40 @@ impl Store {
         }
     }
 
-    /// Marks the run finished (`error` None for success) and releases its lock.
-    pub async fn finish_run(&self, run: RunHandle, error: Option<&str>) -> Result<()> {
+    /// Marks the run finished and releases its lock: succeeded with the quality marks its series' range carries
+    /// now, or failed with why.
+    pub async fn finish_run(&self, run: RunHandle, end: RunEnd<'_>) -> Result<()> {
         let run_id = run.id;
-        let status = if error.is_some() { "failed" } else { "succeeded" };
+        let (status, error, (stuck, jump)) = match end {
+            RunEnd::Succeeded { stuck, jump } => ("succeeded", None, (stuck, jump)),
+            RunEnd::Failed(error) => ("failed", Some(error), (0, 0)),
+        };
         let what = "recording the end of a load";
         let affected = match &self.db {
             Database::Postgres(pool) => sqlx::query(
-                "update load_runs set status = $1, error = $2, finished_at = now(), updated_at = now() where id = $3",
-            )
-            .bind(status)
-            .bind(error)
-            .bind(run_id)
-            .execute(pool)
-            .await
-            .map_err(sql(what))?
-            .rows_affected(),
-            Database::Sqlite(pool) => sqlx::query(
-                "update load_runs set status = $1, error = $2, finished_at = unixepoch(), updated_at = unixepoch()
+                "update load_runs set status = $1, error = $2, rows_stuck = $4, rows_jump = $5, finished_at = now(),
+                     updated_at = now()
                  where id = $3",
             )
             .bind(status)
             .bind(error)
             .bind(run_id)
+            .bind(stuck)
+            .bind(jump)
+            .execute(pool)
+            .await
+            .map_err(sql(what))?
+            .rows_affected(),
+            Database::Sqlite(pool) => sqlx::query(
+                "update load_runs set status = $1, error = $2, rows_stuck = $4, rows_jump = $5,
+                     finished_at = unixepoch(), updated_at = unixepoch()
+                 where id = $3",
+            )
+            .bind(status)
+            .bind(error)
+            .bind(run_id)
+            .bind(stuck)
+            .bind(jump)
             .execute(pool)
             .await
             .map_err(sql(what))?
@@ -480,34 +500,6 @@ impl Store {
             // Closing the connection releases the lock; a failure to close cleanly releases it too.
             let _ = lease.close().await;
         }
-        if affected == 0 {
-            return Err(Error::NoSuchRun(run_id));
-        }
-        Ok(())
-    }
-
-    /// Records the quality marks the run's values carry now that it has written them.
-    pub async fn set_run_marks(&self, run_id: i64, stuck: i64, jump: i64) -> Result<()> {
-        const UPDATE: &str = "update load_runs set rows_stuck = $2, rows_jump = $3 where id = $1";
-        let what = "counting a load's quality marks";
-        let affected = match &self.db {
-            Database::Postgres(pool) => sqlx::query(UPDATE)
-                .bind(run_id)
-                .bind(stuck)
-                .bind(jump)
-                .execute(pool)
-                .await
-                .map_err(sql(what))?
-                .rows_affected(),
-            Database::Sqlite(pool) => sqlx::query(UPDATE)
-                .bind(run_id)
-                .bind(stuck)
-                .bind(jump)
-                .execute(pool)
-                .await
-                .map_err(sql(what))?
-                .rows_affected(),
-        };
         if affected == 0 {
             return Err(Error::NoSuchRun(run_id));
         }

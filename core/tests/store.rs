@@ -8,7 +8,7 @@
 
 use airq_core::db::Database;
 use airq_core::parameter::Parameter;
-use airq_core::store::{AnomalyReport, Batch, Measurement, NewRun, NewStation, Rejection, Store};
+use airq_core::store::{AnomalyReport, Batch, Measurement, NewRun, NewStation, Rejection, RunEnd, Store};
 use chrono::{DateTime, Duration, Utc};
 
 async fn postgres() -> (Store, airq_testenv::TestDatabase) {
@@ -171,7 +171,10 @@ async fn suite(store: Store) {
     store.advance_watermark("suite", early).await.unwrap();
     assert_eq!(store.watermark("suite").await.unwrap(), Some(late));
 
-    store.finish_run(run, None).await.unwrap();
+    store
+        .finish_run(run, RunEnd::Succeeded { stuck: 0, jump: 0 })
+        .await
+        .unwrap();
     let recorded = store.run(run_id).await.unwrap().unwrap();
     assert_eq!(recorded.status, "succeeded");
     assert_eq!(recorded.rows_read, 4 + 5 + 5);
@@ -182,7 +185,10 @@ async fn suite(store: Store) {
     assert!(recorded.finished_at.is_some());
     let failed = store.begin_run(&new_run("other")).await.unwrap();
     let failed_id = failed.id;
-    store.finish_run(failed, Some("the source went away")).await.unwrap();
+    store
+        .finish_run(failed, RunEnd::Failed("the source went away"))
+        .await
+        .unwrap();
     let runs = store.runs(None, 10).await.unwrap();
     assert_eq!(
         runs.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -313,7 +319,10 @@ async fn a_postgres_run_whose_process_is_gone_is_marked_interrupted() {
     // While its connection lives, a new run leaves it alone.
     let alongside = store.begin_run(&new_run("nightly")).await.unwrap();
     assert_eq!(store.run(abandoned_id).await.unwrap().unwrap().status, "running");
-    store.finish_run(alongside, None).await.unwrap();
+    store
+        .finish_run(alongside, RunEnd::Succeeded { stuck: 0, jump: 0 })
+        .await
+        .unwrap();
     drop(abandoned);
     other.database().close().await;
     // The server ends the dead session (and its lock) as soon as it sees the connection closed.
@@ -322,5 +331,8 @@ async fn a_postgres_run_whose_process_is_gone_is_marked_interrupted() {
     let dead = store.run(abandoned_id).await.unwrap().unwrap();
     assert_eq!(dead.status, "failed");
     assert!(dead.error.unwrap_or_default().starts_with("interrupted"));
-    store.finish_run(next, None).await.unwrap();
+    store
+        .finish_run(next, RunEnd::Succeeded { stuck: 0, jump: 0 })
+        .await
+        .unwrap();
 }

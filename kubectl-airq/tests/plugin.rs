@@ -1,6 +1,6 @@
-//! `kubectl-airq`, the real binary, against the test control plane with the operator running in the test process.
-//! The control plane has no kubelet: where a Job's pod must finish or a model server's pod must run, the test plays
-//! the kubelet's part (`airq_testenv::kubelet`), and kube-controller-manager and the operator do the rest.
+//! `kubectl-airq`, the real binary, against the test control plane with the operator running in the test process and
+//! the pods on the test node: the training and loading Jobs' pods really run `airq-predictive train` and
+//! `airq-etl`, the model's server really answers the forecasts the plugin asks for through the API server's proxy.
 
 use std::process::Output;
 use std::time::Duration;
@@ -8,18 +8,21 @@ use std::time::Duration;
 use airq_api::{EtlSchedule, PredictiveModel};
 use airq_operator::Operator;
 use airq_operator::config::OperatorArgs;
-use airq_testenv::kubelet::{create, fail_job, finish_job, run_pods};
-use kube::api::{Api, PostParams};
+use airq_testenv::kubernetes::create;
+use airq_testenv::pods::{PodDatabase, pod_database};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 async fn setup() -> anyhow::Result<(kube::Client, String, Operator)> {
     let client = airq_testenv::kube_client().await?;
-    airq_testenv::kubelet::install_crds(&client, airq_api::crds()).await?;
+    airq_testenv::kubernetes::install_crds(&client, airq_api::crds()).await?;
     let ns = airq_testenv::namespace(&client).await?;
+    let images = airq_testenv::images().await?;
     let args = OperatorArgs {
         namespace: Some(ns.clone()),
-        image_registry: "registry.invalid/airq".to_owned(),
-        image_version: "test".to_owned(),
+        image_registry: images.registry,
+        image_version: images.tag,
+        image_pull_policy: "Never".to_owned(),
         concurrency: 4,
         leader_election: false,
         lease_namespace: "default".to_owned(),
@@ -31,14 +34,30 @@ async fn setup() -> anyhow::Result<(kube::Client, String, Operator)> {
     Ok((client, ns, operator))
 }
 
-async fn secret(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<()> {
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "stringData": { "url": "postgres://airq:pw@db/airq", "keyHashSecret": "0123456789abcdef0123" },
-    }))?;
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await?;
+/// Dongsi's file loaded into the pods' database (by the ETL, in the test process: what a load's Job would do).
+async fn load_dongsi(database: &PodDatabase) -> anyhow::Result<()> {
+    use airq_core::db::Database;
+    use airq_core::store::Store;
+    let dir = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(airq_testenv::shared_data("beijing-multisite")?)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("_Dongsi_"))
+        {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap_or_default()))?;
+        }
+    }
+    let db = Database::connect_url(&database.test.url, 4).await?;
+    db.migrate().await?;
+    let load = airq_etl::load::LoadRequest::csv(
+        "beijing",
+        &dir.path().display().to_string(),
+        airq_api::etl::CsvFormat::Beijing,
+        "test",
+    );
+    airq_etl::load::run_to_end(&Store::new(db.clone()), &load).await?;
+    db.close().await;
     Ok(())
 }
 
@@ -50,7 +69,7 @@ async fn plugin_command(args: &[&str]) -> anyhow::Result<tokio::process::Command
     Ok(command)
 }
 
-/// Starts the plugin with its output captured, to run while the test plays the kubelet.
+/// Starts the plugin with its output captured, to run while the test watches the cluster.
 async fn spawn_plugin(args: &[&str]) -> anyhow::Result<tokio::process::Child> {
     Ok(plugin_command(args)
         .await?
@@ -70,7 +89,7 @@ fn text(output: &Output) -> (String, String) {
     )
 }
 
-const MODEL: &str = "apiVersion: airq.dev/v1alpha1\nkind: PredictiveModel\nmetadata: { name: pm25 }\nspec:\n  target: { pollutant: pm25 }\n  algorithm: { persistence: {} }\n";
+const MODEL: &str = "apiVersion: airq.dev/v1alpha1\nkind: PredictiveModel\nmetadata: { name: pm25 }\nspec:\n  target: { pollutant: pm25 }\n  horizonHours: 12\n  algorithm: { persistence: {} }\n  training: { from: \"2016-09-01\" }\n";
 
 /// The training Job of the model's current spec.
 async fn training_job(models: &Api<PredictiveModel>, name: &str) -> anyhow::Result<String> {
@@ -78,16 +97,9 @@ async fn training_job(models: &Api<PredictiveModel>, name: &str) -> anyhow::Resu
     Ok(airq_api::model::training_job_name(name, &model.spec.revision()))
 }
 
-/// Plays the kubelet for the model's serving pods until the model is Ready with `version`.
-async fn serve(client: &kube::Client, ns: &str, models: &Api<PredictiveModel>, version: &str) -> anyhow::Result<()> {
-    airq_testenv::eventually("the model to be Ready", Duration::from_secs(90), || async {
-        run_pods(
-            client,
-            ns,
-            "app.kubernetes.io/name=airq-model,app.kubernetes.io/instance=pm25",
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+/// Waits until the model is Ready with `version`: trained by its Job's pod, and served by its server's pods.
+async fn serve(models: &Api<PredictiveModel>, version: &str) -> anyhow::Result<()> {
+    airq_testenv::eventually("the model to be Ready", Duration::from_secs(240), || async {
         let model = models.get("pm25").await.map_err(|e| e.to_string())?;
         let status = model.status.unwrap_or_default();
         let ready = airq_api::common::condition(&status.conditions, "Ready").map(|c| c.status.clone());
@@ -180,15 +192,15 @@ async fn status_lists_every_resource_and_says_why_a_broken_one_is_not_ready() ->
 #[tokio::test]
 async fn retrain_sets_the_request_reports_the_job_and_waits_for_the_new_version() -> anyhow::Result<()> {
     let (client, ns, _operator) = setup().await?;
-    secret(&client, &ns, "airq-database").await?;
+    let database = pod_database(&client, &ns).await?;
+    load_dongsi(&database).await?;
     create::<PredictiveModel>(&client, &ns, MODEL).await?;
     let models: Api<PredictiveModel> = Api::namespaced(client.clone(), &ns);
     let first = training_job(&models, "pm25").await?;
-    finish_job(&client, &ns, &first, true, r#"{"modelVersion":"v1","mae":20.0}"#).await?;
-    serve(&client, &ns, &models, "v1").await?;
+    serve(&models, "v1").await?;
 
     // Retrain and wait: the plugin follows the new Job until v2 is served.
-    let child = spawn_plugin(&["retrain", "pm25", "-n", &ns, "--timeout", "2m"]).await?;
+    let child = spawn_plugin(&["retrain", "pm25", "-n", &ns, "--timeout", "4m"]).await?;
     let second = airq_testenv::eventually("the retrain request", Duration::from_secs(30), || async {
         let model = models.get("pm25").await.map_err(|e| e.to_string())?;
         model.spec.retrain_request.clone().ok_or("not yet")?;
@@ -196,21 +208,21 @@ async fn retrain_sets_the_request_reports_the_job_and_waits_for_the_new_version(
     })
     .await?;
     assert_ne!(first, second, "a retrain request is a new training Job");
-    finish_job(
-        &client,
-        &ns,
-        &second,
-        true,
-        r#"{"modelVersion":"v2","mae":12.0,"rmse":18.5,"coverage90":0.9}"#,
-    )
-    .await?;
-    serve(&client, &ns, &models, "v2").await?;
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    serve(&models, "v2").await?;
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??;
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains(&format!("training Job {second}")), "{stdout}");
+    // The figures of the real training, as the status holds them.
+    let metrics = models
+        .get("pm25")
+        .await?
+        .status
+        .and_then(|s| s.metrics)
+        .unwrap_or_default();
+    let mae = metrics.mae.ok_or_else(|| anyhow::anyhow!("no MAE in the status"))?;
     assert!(
-        stdout.contains("pm25 v2 is Ready (was v1): MAE 12.00, RMSE 18.50, 90% coverage 0.90"),
+        stdout.contains(&format!("pm25 v2 is Ready (was v1): MAE {mae:.2}, RMSE ")),
         "{stdout}"
     );
     // Without a terminal, each step is a line on stderr.
@@ -232,19 +244,17 @@ async fn retrain_sets_the_request_reports_the_job_and_waits_for_the_new_version(
     })
     .await?;
 
-    // A failing training: the plugin says so and exits non-zero.
-    let child = spawn_plugin(&["retrain", "pm25", "-n", &ns, "--timeout", "3m"]).await?;
-    let fourth = airq_testenv::eventually("the next retrain request", Duration::from_secs(30), || async {
-        let job = training_job(&models, "pm25").await.map_err(|e| e.to_string())?;
-        if job == third {
-            Err("not yet".to_owned())
-        } else {
-            Ok(job)
-        }
-    })
-    .await?;
-    fail_job(&client, &ns, &fourth, "no measurements of pm25 in the training period").await?;
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    serve(&models, "v3").await?;
+
+    // A failing training (a station the database does not have): the plugin says so and exits non-zero.
+    models
+        .patch(
+            "pm25",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "target": { "stations": ["Atlantis"] } } })),
+        )
+        .await?;
+    let output = plugin(&["retrain", "pm25", "-n", &ns, "--timeout", "4m"]).await?;
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("error:") && stderr.contains("fail"), "{stderr}");
@@ -257,35 +267,48 @@ async fn retrain_sets_the_request_reports_the_job_and_waits_for_the_new_version(
             .1
             .contains(&format!("PredictiveModel \"nope\" not found in namespace {ns}"))
     );
+    database.test.remove().await?;
+    airq_testenv::delete_namespace(&client, &ns).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn load_runs_the_schedule_now_and_reports_the_rows() -> anyhow::Result<()> {
     let (client, ns, _operator) = setup().await?;
-    secret(&client, &ns, "airq-database").await?;
-    create::<EtlSchedule>(&client, &ns, "apiVersion: airq.dev/v1alpha1\nkind: EtlSchedule\nmetadata: { name: nightly }\nspec:\n  source: { csv: { url: https://data.example.org/x.csv } }\n  schedule: \"0 3 * * *\"\n").await?;
+    let database = pod_database(&client, &ns).await?;
+    // Dongsi's file, served over HTTP to the load's pod.
+    let files = airq_testenv::pods::serve_beijing(&["Dongsi"]).await?;
+    create::<EtlSchedule>(&client, &ns, &format!("apiVersion: airq.dev/v1alpha1\nkind: EtlSchedule\nmetadata: {{ name: nightly }}\nspec:\n  source: {{ csv: {{ url: \"{files}\" }} }}\n  schedule: \"0 3 * * *\"\n")).await?;
     let schedules: Api<EtlSchedule> = Api::namespaced(client.clone(), &ns);
-    let child = spawn_plugin(&["load", "nightly", "-n", &ns, "--timeout", "2m"]).await?;
+    let child = spawn_plugin(&["load", "nightly", "-n", &ns, "--timeout", "4m"]).await?;
     let job = airq_testenv::eventually("the run request", Duration::from_secs(30), || async {
         let schedule = schedules.get("nightly").await.map_err(|e| e.to_string())?;
         let request = schedule.spec.run_request.ok_or("not yet")?;
         Ok::<_, String>(airq_api::etl::run_job_name("nightly", &request))
     })
     .await?;
-    finish_job(
-        &client,
-        &ns,
-        &job,
-        true,
-        r#"{"rowsInserted":1200,"rowsUpdated":3,"rowsRejected":2}"#,
-    )
-    .await?;
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    let output = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output()).await??;
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains(&format!("load requested: Job {job}")), "{stdout}");
-    assert!(stdout.contains("1200 rows inserted, 3 updated, 2 rejected"), "{stdout}");
+    // What the load's pod reported, as the database holds it.
+    let stored: i64 = sqlx::query_scalar("select count(*) from measurements")
+        .fetch_one(&database.test.pool)
+        .await?;
+    let run = schedules
+        .get("nightly")
+        .await?
+        .status
+        .and_then(|s| s.last_run)
+        .unwrap_or_default();
+    assert_eq!(run.rows_inserted, stored);
+    assert!(
+        stdout.contains(&format!(
+            "{stored} rows inserted, 0 updated, {} rejected",
+            run.rows_rejected
+        )),
+        "{stdout}"
+    );
 
     let output = plugin(&["load", "missing", "-n", &ns]).await?;
     assert_eq!(output.status.code(), Some(1));
@@ -294,6 +317,8 @@ async fn load_runs_the_schedule_now_and_reports_the_rows() -> anyhow::Result<()>
             .1
             .contains(&format!("EtlSchedule \"missing\" not found in namespace {ns}"))
     );
+    database.test.remove().await?;
+    airq_testenv::delete_namespace(&client, &ns).await?;
     Ok(())
 }
 
@@ -322,87 +347,16 @@ async fn forecast_of_a_model_without_a_trained_version_says_so() -> anyhow::Resu
     Ok(())
 }
 
-/// This machine's address on its first non-loopback interface: the API server refuses to proxy to loopback
-/// addresses, as it would to any pod claiming one.
-fn host_address() -> anyhow::Result<std::net::IpAddr> {
-    // Connecting a UDP socket sends nothing; it only picks the interface of the route.
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
-    socket.connect("203.0.113.1:9")?;
-    let ip = socket.local_addr()?.ip();
-    anyhow::ensure!(!ip.is_loopback(), "no non-loopback interface to serve the model on");
-    Ok(ip)
-}
-
 #[tokio::test]
 async fn forecast_asks_the_served_model_through_the_api_servers_service_proxy() -> anyhow::Result<()> {
-    use airq_core::db::Database;
-    use airq_core::store::Store;
-    use airq_predictive::registry::Registry;
-
     let (client, ns, _operator) = setup().await?;
-    secret(&client, &ns, "airq-database").await?;
-    let model: PredictiveModel = create(&client, &ns, "apiVersion: airq.dev/v1alpha1\nkind: PredictiveModel\nmetadata: { name: pm25 }\nspec:\n  target: { pollutant: pm25 }\n  horizonHours: 12\n  algorithm: { persistence: {} }\n  training: { from: \"2016-09-01\" }\n").await?;
-
-    // What the training Job would do: load Dongsi's file with the ETL and train the model's spec, on SQLite.
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data)?;
-    for entry in std::fs::read_dir(airq_testenv::shared_data("beijing-multisite")?)? {
-        let path = entry?.path();
-        if path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().contains("_Dongsi_"))
-        {
-            std::fs::copy(&path, data.join(path.file_name().unwrap_or_default()))?;
-        }
-    }
-    let db = Database::connect_url(&format!("sqlite://{}", dir.path().join("airq.db").display()), 4).await?;
-    db.migrate().await?;
-    let store = Store::new(db.clone());
-    let load = airq_etl::load::LoadRequest::csv(
-        "beijing",
-        &data.display().to_string(),
-        airq_api::etl::CsvFormat::Beijing,
-        "test",
-    );
-    airq_etl::load::run_to_end(&store, &load).await?;
-    let registry = Registry::new(db.clone());
-    let spec = airq_predictive::spec::ModelSpec::from_json(&serde_json::to_value(&model.spec)?)?;
-    let revision = model.spec.revision();
-    let (stored, _, _) =
-        airq_predictive::cli::train_version(&store, &registry, "pm25", &spec, Some(&revision), None).await?;
-    let version = stored.version.clone();
-    let report = json!({ "modelVersion": version, "mae": 30.0 }).to_string();
-    finish_job(
-        &client,
-        &ns,
-        &airq_api::model::training_job_name("pm25", &revision),
-        true,
-        &report,
-    )
-    .await?;
-
-    // What the serving pod would do: the predictive service serving pm25, on the port its container declares.
-    let ip = host_address()?;
-    let listener = tokio::net::TcpListener::bind((ip, 8080))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot serve the model on {ip}:8080 (the serving container's port): {e}"))?;
-    let state = airq_predictive::api::ApiState::new(registry, store, Some(("pm25".to_owned(), None)));
-    let server = tokio::spawn(async move { axum::serve(listener, airq_predictive::api::router(state)).await });
+    let database = pod_database(&client, &ns).await?;
+    load_dongsi(&database).await?;
+    create::<PredictiveModel>(&client, &ns, MODEL).await?;
+    // The training Job's pod trains and stores the version; the server's pod serves it.
     let models: Api<PredictiveModel> = Api::namespaced(client.clone(), &ns);
-    airq_testenv::eventually("the model to be Ready", Duration::from_secs(90), || async {
-        let selector = "app.kubernetes.io/name=airq-model,app.kubernetes.io/instance=pm25";
-        airq_testenv::kubelet::run_pods_at(&client, &ns, selector, Some(&ip.to_string()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let model = models.get("pm25").await.map_err(|e| e.to_string())?;
-        let ready = model.status.map(|s| s.conditions).unwrap_or_default();
-        match airq_api::common::condition(&ready, "Ready") {
-            Some(c) if c.status == "True" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await?;
+    serve(&models, "v1").await?;
+    let version = "v1";
 
     // The whole horizon, as a table; the Service's endpoints lead the API server's proxy to the server above.
     let output = airq_testenv::eventually("the forecast through the proxy", Duration::from_secs(60), || async {
@@ -459,6 +413,7 @@ async fn forecast_asks_the_served_model_through_the_api_servers_service_proxy() 
         stderr.contains("model pm25 answered 404") && stderr.contains("Atlantis"),
         "{stderr}"
     );
-    server.abort();
+    database.test.remove().await?;
+    airq_testenv::delete_namespace(&client, &ns).await?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -95,6 +96,7 @@ pub enum Child {
     Ingress(Ingress),
     CronJob(CronJob),
     Job(Job),
+    PodDisruptionBudget(PodDisruptionBudget),
 }
 
 /// The kinds of children, in the order they are applied.
@@ -103,6 +105,7 @@ pub enum ChildKind {
     ConfigMap,
     Service,
     Deployment,
+    PodDisruptionBudget,
     Ingress,
     CronJob,
     Job,
@@ -117,6 +120,7 @@ impl ChildKind {
             Self::Ingress => "Ingress",
             Self::CronJob => "CronJob",
             Self::Job => "Job",
+            Self::PodDisruptionBudget => "PodDisruptionBudget",
         }
     }
 }
@@ -130,6 +134,7 @@ impl Child {
             Self::Ingress(_) => ChildKind::Ingress,
             Self::CronJob(_) => ChildKind::CronJob,
             Self::Job(_) => ChildKind::Job,
+            Self::PodDisruptionBudget(_) => ChildKind::PodDisruptionBudget,
         }
     }
 
@@ -141,6 +146,7 @@ impl Child {
             Self::Ingress(o) => &o.metadata,
             Self::CronJob(o) => &o.metadata,
             Self::Job(o) => &o.metadata,
+            Self::PodDisruptionBudget(o) => &o.metadata,
         }
     }
 
@@ -157,6 +163,7 @@ impl Child {
             Self::Ingress(o) => typed_json(o)?,
             Self::CronJob(o) => typed_json(o)?,
             Self::Job(o) => typed_json(o)?,
+            Self::PodDisruptionBudget(o) => typed_json(o)?,
         };
         with_hash(value, self.kind().as_str())
     }
@@ -269,6 +276,9 @@ pub async fn apply(ctx: &Context, owner: &Owner, desired: Desired) -> Result<Cha
             ChildKind::Ingress => existing_hash(&ctx.stores.ingresses, &owner.namespace, &name),
             ChildKind::CronJob => existing_hash(&ctx.stores.cron_jobs, &owner.namespace, &name),
             ChildKind::Job => existing_hash(&ctx.stores.jobs, &owner.namespace, &name),
+            ChildKind::PodDisruptionBudget => {
+                existing_hash(&ctx.stores.pod_disruption_budgets, &owner.namespace, &name)
+            }
         };
         // Jobs cannot change once created: an existing one is kept whatever its content.
         if existing == Some(Some(hash)) || (kind == ChildKind::Job && existing.is_some()) {
@@ -293,6 +303,10 @@ pub async fn apply(ctx: &Context, owner: &Owner, desired: Desired) -> Result<Cha
         (ChildKind::Ingress, owned_names(&ctx.stores.ingresses, owner)),
         (ChildKind::CronJob, owned_names(&ctx.stores.cron_jobs, owner)),
         (ChildKind::Job, owned_names(&ctx.stores.jobs, owner)),
+        (
+            ChildKind::PodDisruptionBudget,
+            owned_names(&ctx.stores.pod_disruption_budgets, owner),
+        ),
     ];
     for (kind, names) in owned {
         for name in names {
@@ -307,6 +321,10 @@ pub async fn apply(ctx: &Context, owner: &Owner, desired: Desired) -> Result<Cha
                 ChildKind::Ingress => api::<Ingress>(ctx, owner).delete(&name, &params).await.map(drop),
                 ChildKind::CronJob => api::<CronJob>(ctx, owner).delete(&name, &params).await.map(drop),
                 ChildKind::Job => api::<Job>(ctx, owner).delete(&name, &params).await.map(drop),
+                ChildKind::PodDisruptionBudget => api::<PodDisruptionBudget>(ctx, owner)
+                    .delete(&name, &params)
+                    .await
+                    .map(drop),
             };
             match result {
                 Ok(()) => {}
@@ -343,6 +361,10 @@ async fn apply_one(ctx: &Context, owner: &Owner, kind: ChildKind, name: &str, va
         ChildKind::Ingress => api::<Ingress>(ctx, owner).patch(name, &params, &patch).await.map(drop),
         ChildKind::CronJob => api::<CronJob>(ctx, owner).patch(name, &params, &patch).await.map(drop),
         ChildKind::Job => api::<Job>(ctx, owner).patch(name, &params, &patch).await.map(drop),
+        ChildKind::PodDisruptionBudget => api::<PodDisruptionBudget>(ctx, owner)
+            .patch(name, &params, &patch)
+            .await
+            .map(drop),
     };
     result.map_err(|source| Error::Apply {
         kind: kind.as_str(),

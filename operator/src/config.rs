@@ -49,6 +49,10 @@ pub struct OperatorArgs {
     /// Tag of airq's images.
     #[arg(long, env = "AIRQ_IMAGE_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
     pub image_version: String,
+    /// When the kubelet pulls airq's images for the Jobs and model servers (Always, IfNotPresent or Never).
+    #[arg(long, env = "AIRQ_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub image_pull_policy: String,
     /// Reconciles run at the same time, per resource kind.
     #[arg(long, env = "AIRQ_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,

@@ -11,6 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -31,6 +32,7 @@ pub struct Stores {
     pub config_maps: Store<ConfigMap>,
     pub cron_jobs: Store<CronJob>,
     pub jobs: Store<Job>,
+    pub pod_disruption_budgets: Store<PodDisruptionBudget>,
     /// Secrets' metadata only: the operator checks that referenced Secrets exist, never reads their data.
     pub secrets: Store<PartialObjectMeta<Secret>>,
 }

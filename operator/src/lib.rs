@@ -20,6 +20,7 @@ use airq_core::http::{ReadinessCheck, readiness_check, run_service};
 use airq_core::telemetry;
 use axum::Router;
 use kube_lease_manager::LeaseManagerBuilder;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{Cli, Command, Config};
 pub use controllers::Operator;
@@ -41,9 +42,32 @@ fn api_server_check(client: kube::Client) -> ReadinessCheck {
 /// An error before the controllers ran: worth another attempt.
 struct Startup(anyhow::Error);
 
-/// Takes the Lease (when leader election is on), runs the controllers until SIGTERM or until the Lease is lost, then
-/// releases it. `Err` when it could not get as far as running the controllers.
-async fn lead_and_reconcile(client: &kube::Client, args: &config::OperatorArgs) -> Result<anyhow::Result<()>, Startup> {
+/// Hands the Lease back: closing the watch channel ends the lease task, which releases the Lease if this replica
+/// holds it; the manager it returns is asked once more, in case the task ended before that.
+async fn release(leading: tokio::sync::watch::Receiver<bool>, task: LeaseTask) {
+    drop(leading);
+    match tokio::time::timeout(Duration::from_secs(5), task).await {
+        Ok(Ok(Ok(manager))) => {
+            if let Err(e) = manager.release().await {
+                tracing::warn!(error = %e, "could not release the lease");
+            }
+        }
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "could not release the lease"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "the lease task failed"),
+        Err(_) => tracing::warn!("the lease was not released within 5s; it expires by itself"),
+    }
+}
+
+type LeaseTask = tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>;
+
+/// Takes the Lease (when leader election is on), runs the controllers until `shutdown` or until the Lease is lost,
+/// then releases it. `Err` when it could not get as far as running the controllers; `Ok` at once when `shutdown`
+/// comes while waiting for the Lease.
+async fn lead_and_reconcile(
+    client: &kube::Client,
+    args: &config::OperatorArgs,
+    shutdown: &CancellationToken,
+) -> Result<anyhow::Result<()>, Startup> {
     let mut lease = None;
     if args.leader_election {
         let identity = args
@@ -60,7 +84,18 @@ async fn lead_and_reconcile(client: &kube::Client, args: &config::OperatorArgs) 
             .map_err(|e| Startup(e.into()))?;
         let (mut leading, task) = manager.watch().await;
         tracing::info!(lease = %args.lease_name, %identity, "waiting for the lease");
-        leading.wait_for(|held| *held).await.map_err(|e| Startup(e.into()))?;
+        let held = tokio::select! {
+            held = leading.wait_for(|held| *held) => Some(held.map(drop)),
+            () = shutdown.cancelled() => None,
+        };
+        match held {
+            Some(held) => held.map_err(|e| Startup(e.into()))?,
+            None => {
+                // A replica that stops while waiting must not take the Lease on its way out.
+                release(leading, task).await;
+                return Ok(Ok(()));
+            }
+        }
         tracing::info!(lease = %args.lease_name, %identity, "holding the lease");
         lease = Some((leading, task));
     }
@@ -75,14 +110,14 @@ async fn lead_and_reconcile(client: &kube::Client, args: &config::OperatorArgs) 
     let outcome = match &mut lease {
         Some((leading, _)) => {
             tokio::select! {
-                () = airq_core::http::shutdown_signal() => Ok(()),
+                () = shutdown.cancelled() => Ok(()),
                 _ = leading.wait_for(|held| !*held) => Err(anyhow::anyhow!("lost the lease {}; exiting so that another replica leads", args.lease_name)),
                 () = operator.failed() => Err(anyhow::anyhow!("a controller stopped")),
             }
         }
         None => {
             tokio::select! {
-                () = airq_core::http::shutdown_signal() => Ok(()),
+                () = shutdown.cancelled() => Ok(()),
                 () = operator.failed() => Err(anyhow::anyhow!("a controller stopped")),
             }
         }
@@ -90,11 +125,9 @@ async fn lead_and_reconcile(client: &kube::Client, args: &config::OperatorArgs) 
     operator.stop().await;
     metrics::gauge!("airq_operator_leader").set(0.0);
     if let Some((leading, task)) = lease {
-        // Closing the channel ends the lease task, which hands the manager back to release the lease at once.
-        drop(leading);
-        if let Ok(Ok(Ok(manager))) = tokio::time::timeout(Duration::from_secs(5), task).await {
-            let _ = manager.release().await;
-        }
+        // At once, so that the next leader need not wait for the Lease to expire.
+        release(leading, task).await;
+        tracing::info!(lease = %args.lease_name, "lease released");
     }
     Ok(outcome)
 }
@@ -109,21 +142,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(err) => tracing::warn!(error = %err, "the Kubernetes API server does not answer yet"),
     }
     let checks = vec![("kubernetes", api_server_check(client.clone()))];
-    let mut server = tokio::spawn(run_service(telemetry, config.serve.listen, Router::new(), checks));
+    let serve_args = config.serve.clone();
+    let mut server = tokio::spawn(async move { run_service(telemetry, &serve_args, Router::new(), checks).await });
     metrics::gauge!("airq_operator_leader").set(0.0);
 
     let args = config.operator.clone();
+    // One signal for every part: a listener made after SIGTERM arrived would never hear it.
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            airq_core::http::shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
     let work = async {
         // Until the API server answers, keep trying (the probes say why it is not ready) rather than crash-loop.
         let mut attempt = 0u32;
         loop {
-            match lead_and_reconcile(&client, &args).await {
+            match lead_and_reconcile(&client, &args, &shutdown).await {
                 Err(Startup(err)) => {
                     attempt = attempt.saturating_add(1);
                     let delay = Duration::from_secs(u64::from(attempt.min(6)) * 5);
                     tracing::warn!(error = %err, retry_in = ?delay, "cannot start the controllers yet");
                     tokio::select! {
-                        () = airq_core::http::shutdown_signal() => return Ok(()),
+                        () = shutdown.cancelled() => return Ok(()),
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -131,14 +174,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
+    tokio::pin!(work);
     tokio::select! {
-        outcome = work => {
+        outcome = &mut work => {
             outcome?;
             // The HTTP server stops on the same signal.
             let _ = tokio::time::timeout(Duration::from_secs(10), &mut server).await;
         }
         served = &mut server => {
             served??;
+            // The server stops at SIGTERM too, often first: the controllers still stop and hand the Lease back
+            // (otherwise the next leader waits for it to expire).
+            work.await?;
         }
     }
     Ok(())

@@ -9,13 +9,19 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
     VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::children::Owner;
 
 /// The port every airq service listens on inside its pod.
 pub const HTTP_PORT: i32 = 8080;
 /// The non-root user airq's images run as.
 pub const RUN_AS_USER: i64 = 65532;
+/// Seconds a service goes on answering after SIGTERM (not ready, closing connections after each answer) so that
+/// its endpoint's removal reaches every proxy before it stops: rolling updates lose no request.
+pub const SHUTDOWN_DRAIN_SECONDS: u32 = 5;
 
 /// `name` from a Secret key.
 pub fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
@@ -76,28 +82,34 @@ fn pod_security(run_as_user: Option<i64>) -> PodSecurityContext {
     }
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+fn http_probe(path: &str, initial_delay: i32, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
             port: IntOrString::String("http".to_owned()),
             ..HTTPGetAction::default()
         }),
+        initial_delay_seconds: Some(initial_delay),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
         ..Probe::default()
     }
 }
 
-/// A container serving HTTP on `port` with liveness and readiness probes on `/healthz` and `/readyz`.
+/// A container of one of airq's services serving HTTP on `port`, with liveness and readiness probes on `/healthz` and
+/// `/readyz` and a drain at shutdown.
 pub fn service_container(
     name: &str,
     image: String,
     port: i32,
-    env: Vec<EnvVar>,
+    mut env: Vec<EnvVar>,
     resources: Option<ResourceRequirements>,
     read_only_root: bool,
 ) -> Container {
+    env.push(self::env(
+        "AIRQ_SHUTDOWN_DRAIN_SECONDS",
+        SHUTDOWN_DRAIN_SECONDS.to_string(),
+    ));
     Container {
         name: name.to_owned(),
         image: Some(image),
@@ -109,8 +121,10 @@ pub fn service_container(
         }]),
         env: if env.is_empty() { None } else { Some(env) },
         resources,
-        liveness_probe: Some(http_probe("/healthz", 10, 3)),
-        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        // The first probes wait a moment: a process that has just started is not listening yet, and a probe that
+        // fails then only makes a warning Event.
+        liveness_probe: Some(http_probe("/healthz", 10, 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 2, 5, 2)),
         security_context: Some(container_security(read_only_root)),
         ..Container::default()
     }
@@ -161,6 +175,50 @@ pub fn pod_template(
             volumes: if volumes.is_empty() { None } else { Some(volumes) },
             ..PodSpec::default()
         }),
+    }
+}
+
+/// A PodDisruptionBudget for the `replicas` pods that `selector` picks, when there are several: evictions (a node
+/// drained) take them one at a time, so the service keeps answering. `None` for a single replica, which a budget
+/// would only make impossible to evict.
+pub fn disruption_budget(
+    owner: &Owner,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    selector: BTreeMap<String, String>,
+    replicas: i32,
+) -> Option<PodDisruptionBudget> {
+    (replicas >= 2).then(|| PodDisruptionBudget {
+        metadata: owner.meta(name, labels),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// Sets the pull policy of every container in `children`'s pod templates (those running airq's own images).
+pub fn set_pull_policy(children: &mut [crate::children::Child], policy: &str) {
+    use crate::children::Child;
+    for child in children {
+        let template = match child {
+            Child::Deployment(d) => d.spec.as_mut().map(|s| &mut s.template),
+            Child::Job(j) => j.spec.as_mut().map(|s| &mut s.template),
+            Child::CronJob(c) => c.spec.job_template.spec.as_mut().map(|s| &mut s.template),
+            _ => None,
+        };
+        for container in template
+            .and_then(|t| t.spec.as_mut())
+            .into_iter()
+            .flat_map(|s| s.containers.iter_mut())
+        {
+            container.image_pull_policy = Some(policy.to_owned());
+        }
     }
 }
 

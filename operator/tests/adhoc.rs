@@ -1,12 +1,13 @@
-//! AdhocService on the real control plane: children with owner references, the gateway route, readiness from the
-//! Deployment, updates, a child deleted by hand, route conflicts, an invalid spec without a hot loop, deletion.
+//! AdhocService on the real control plane and node: children with owner references, the gateway route, readiness
+//! from the Deployment's pods (airq's front image as another team's service), updates, a child deleted by hand,
+//! route conflicts, an invalid spec without a hot loop, deletion.
 
 mod common;
 
 use std::time::Duration;
 
 use airq_api::{AdhocService, Platform};
-use common::{create, has_condition, run_pods, secret, settled_reconciles, setup, wait_for, wait_gone};
+use common::{create, has_condition, pod_database, settled_reconciles, setup, wait_for, wait_gone};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -14,8 +15,12 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
-const PLATFORM: &str = "apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: { name: airq }\nspec:\n  ingress: { host: airq.test, className: nginx }\n";
-const REPORTS: &str = "apiVersion: airq.dev/v1alpha1\nkind: AdhocService\nmetadata: { name: reports }\nspec:\n  image: registry.invalid/reports:1\n  port: 9000\n  replicas: 2\n  route: { pathPrefix: /adhoc/reports/, stripPrefix: true }\n  access: { groups: [analysts] }\n";
+/// An AdhocService running `image` (airq's front, which answers on 8080 once its database answers).
+fn reports(image: &str) -> String {
+    format!(
+        "apiVersion: airq.dev/v1alpha1\nkind: AdhocService\nmetadata: {{ name: reports }}\nspec:\n  image: {image}\n  port: 8080\n  replicas: 2\n  env:\n    - {{ name: AIRQ_DATABASE_URL, valueFrom: {{ secretKeyRef: {{ name: airq-database, key: url }} }} }}\n  route: {{ pathPrefix: /adhoc/reports/, stripPrefix: true }}\n  access: {{ groups: [analysts] }}\n"
+    )
+}
 
 fn routes(config: &ConfigMap) -> String {
     config
@@ -28,9 +33,17 @@ fn routes(config: &ConfigMap) -> String {
 #[tokio::test]
 async fn adhoc_service_lifecycle() -> anyhow::Result<()> {
     let (client, ns, operator) = setup().await?;
-    secret(&client, &ns, "airq-database", "url", "postgres://airq:pw@db/airq").await?;
-    create::<Platform>(&client, &ns, PLATFORM).await?;
-    let adhoc: AdhocService = create(&client, &ns, REPORTS).await?;
+    let database = pod_database(&client, &ns).await?;
+    let images = airq_testenv::images().await?;
+    let spec = common::platform_spec("  ingress: { host: airq.test, className: nginx }\n").await?;
+    create::<Platform>(
+        &client,
+        &ns,
+        &format!("apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: {{ name: airq }}\nspec:\n{spec}"),
+    )
+    .await?;
+    let reports_yaml = reports(&images.image("front"));
+    let adhoc: AdhocService = create(&client, &ns, &reports_yaml).await?;
     let adhocs: Api<AdhocService> = Api::namespaced(client.clone(), &ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
@@ -44,7 +57,13 @@ async fn adhoc_service_lifecycle() -> anyhow::Result<()> {
     let spec = deployment.spec.clone().unwrap_or_default();
     assert_eq!(spec.replicas, Some(2));
     let container = &spec.template.spec.clone().unwrap_or_default().containers[0];
-    assert_eq!(container.image.as_deref(), Some("registry.invalid/reports:1"));
+    assert_eq!(container.image, Some(images.image("front")));
+    let security = container.security_context.clone().unwrap_or_default();
+    assert_eq!(
+        security.read_only_root_filesystem,
+        Some(true),
+        "read-only unless the spec says otherwise"
+    );
     let service = wait_for(&services, "adhoc-reports", "the Service", 30, |_| Ok(())).await?;
     assert!(common::owned_by(&service, &uid));
     let ingress = wait_for(&ingresses, "adhoc-reports", "the Ingress", 30, |_| Ok(())).await?;
@@ -80,21 +99,13 @@ async fn adhoc_service_lifecycle() -> anyhow::Result<()> {
         has_condition("Ready", "False", Some("Progressing"))(a)
     })
     .await?;
-    // The kubelet's part: the ReplicaSet's pods run and are ready.
-    airq_testenv::eventually("two pods to run", Duration::from_secs(60), || async {
-        let started = run_pods(
-            &client,
-            &ns,
-            "app.kubernetes.io/name=adhoc,app.kubernetes.io/instance=reports",
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        if started == 2 {
-            Ok(())
-        } else {
-            Err(format!("{started} pods"))
-        }
-    })
+    // The ReplicaSet's pods run on the node and answer their probes.
+    common::pods_ready(
+        &client,
+        &ns,
+        "app.kubernetes.io/name=adhoc,app.kubernetes.io/instance=reports",
+        2,
+    )
     .await?;
     let ready = wait_for(
         &adhocs,
@@ -109,11 +120,12 @@ async fn adhoc_service_lifecycle() -> anyhow::Result<()> {
     assert_eq!(status.url.as_deref(), Some("http://airq.test/adhoc/reports/"));
 
     // Update → children updated.
+    let next = images.tagged(&format!("{}-next", images.tag)).await?;
     adhocs
         .patch(
             "reports",
             &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "replicas": 3, "image": "registry.invalid/reports:2" } })),
+            &Patch::Merge(json!({ "spec": { "replicas": 3, "image": next.image("front") } })),
         )
         .await?;
     wait_for(
@@ -124,7 +136,7 @@ async fn adhoc_service_lifecycle() -> anyhow::Result<()> {
         |d| {
             let spec = d.spec.clone().unwrap_or_default();
             let image = spec.template.spec.unwrap_or_default().containers[0].image.clone();
-            (spec.replicas == Some(3) && image.as_deref() == Some("registry.invalid/reports:2"))
+            (spec.replicas == Some(3) && image == Some(next.image("front")))
                 .then_some(())
                 .ok_or(format!("{:?} {image:?}", spec.replicas))
         },
@@ -148,7 +160,12 @@ async fn adhoc_service_lifecycle() -> anyhow::Result<()> {
     .await?;
 
     // A second service asking for the same route loses it to the older one.
-    create::<AdhocService>(&client, &ns, &REPORTS.replace("name: reports", "name: reports-copy")).await?;
+    create::<AdhocService>(
+        &client,
+        &ns,
+        &reports_yaml.replace("name: reports", "name: reports-copy"),
+    )
+    .await?;
     let loser = wait_for(
         &adhocs,
         "reports-copy",
@@ -163,7 +180,7 @@ async fn adhoc_service_lifecycle() -> anyhow::Result<()> {
     create::<AdhocService>(
         &client,
         &ns,
-        &REPORTS
+        &reports_yaml
             .replace("name: reports", "name: sneaky")
             .replace("/adhoc/reports/", "/api/etl/backdoor/"),
     )
@@ -211,5 +228,7 @@ async fn adhoc_service_lifecycle() -> anyhow::Result<()> {
     )
     .await?;
     operator.stop().await;
+    database.test.remove().await?;
+    airq_testenv::delete_namespace(&client, &ns).await?;
     Ok(())
 }

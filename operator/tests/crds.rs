@@ -23,7 +23,7 @@ fn committed_yaml_matches_the_rust_types() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn rejected<K: airq_testenv::kubelet::Namespaced>(
+async fn rejected<K: airq_testenv::kubernetes::Namespaced>(
     client: &kube::Client,
     ns: &str,
     yaml: &str,

@@ -4,10 +4,10 @@
 mod common;
 
 use airq_api::{AdhocService, EtlSchedule, Platform, PredictiveModel};
-use common::{secret, wait_for};
+use common::{pod_database, secret, wait_for};
 use kube::api::{Api, PostParams};
 
-async fn apply_and_check<K: airq_testenv::kubelet::Namespaced>(
+async fn apply_and_check<K: airq_testenv::kubernetes::Namespaced>(
     client: &kube::Client,
     ns: &str,
     text: &str,
@@ -36,7 +36,7 @@ async fn apply_and_check<K: airq_testenv::kubelet::Namespaced>(
 #[tokio::test]
 async fn every_example_is_accepted_and_reconciled() -> anyhow::Result<()> {
     let (client, ns, operator) = common::setup().await?;
-    secret(&client, &ns, "airq-database", "url", "postgres://airq:pw@db/airq").await?;
+    let database = pod_database(&client, &ns).await?;
     secret(&client, &ns, "openaq", "api-key", "k").await?;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut seen = 0;
@@ -60,5 +60,7 @@ async fn every_example_is_accepted_and_reconciled() -> anyhow::Result<()> {
     }
     assert!(seen >= 4, "only {seen} examples");
     operator.stop().await;
+    database.test.remove().await?;
+    airq_testenv::delete_namespace(&client, &ns).await?;
     Ok(())
 }

@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use airq_api::Platform;
 use airq_operator::Operator;
-use common::{args, create, install_crds, secret, wait_for, wait_gone};
+use common::{args, create, install_crds, wait_for, wait_gone};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Resource, ResourceExt};
 
-const PLATFORM: &str = "apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: { name: airq }\nspec:\n  version: \"1.0.0\"\n  ingress: { enabled: false }\n";
 const CRDS: [&str; 2] = [
     "servicemonitors.monitoring.coreos.com",
     "prometheusrules.monitoring.coreos.com",
@@ -49,14 +48,20 @@ async fn service_monitor_and_rules_only_where_the_cluster_has_their_crds() -> an
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     remove_prometheus_crds(&crds).await?;
     let ns = airq_testenv::namespace(&client).await?;
-    let mut operator_args = args(&ns);
+    let mut operator_args = args(&ns).await?;
     operator_args.monitoring_recheck_seconds = 1;
     let operator = Operator::start(client.clone(), operator_args).await?;
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
 
     // Without the CRDs: scrape annotations on the metrics Services.
-    secret(&client, &ns, "airq-database", "url", "postgres://airq:pw@db/airq").await?;
-    let platform: Platform = create(&client, &ns, PLATFORM).await?;
+    let database = common::pod_database(&client, &ns).await?;
+    let spec = common::platform_spec("  ingress: { enabled: false }\n").await?;
+    let platform: Platform = create(
+        &client,
+        &ns,
+        &format!("apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: {{ name: airq }}\nspec:\n{spec}"),
+    )
+    .await?;
     for name in ["airq-gateway", "airq-front", "airq-predictive", "airq-etl"] {
         let service = wait_for(&services, name, "the Service", 30, |_| Ok(())).await?;
         assert_eq!(scrape_annotation(&service).as_deref(), Some("true"), "{name}");
@@ -149,5 +154,7 @@ async fn service_monitor_and_rules_only_where_the_cluster_has_their_crds() -> an
 
     operator.stop().await;
     remove_prometheus_crds(&crds).await?;
+    database.test.remove().await?;
+    airq_testenv::delete_namespace(&client, &ns).await?;
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! Platform on the real control plane: waits for its Secret without looping, then creates the core services, the
-//! route table and the Ingress; follows updates; removes the Ingress it no longer wants; a restart with nothing
-//! changed writes nothing; deletion cascades.
+//! Platform on the real control plane and node: waits for its Secret without looping, then creates the core
+//! services, the route table and the Ingress; is Ready once the core services' pods run and pass their readiness
+//! probes; follows updates; removes the Ingress it no longer wants; a restart with nothing changed writes nothing;
+//! deletion cascades.
 
 mod common;
 
@@ -8,15 +9,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use airq_api::Platform;
-use common::{create, has_condition, run_pods, secret, settled_reconciles, setup, wait_for, wait_gone};
+use common::{create, has_condition, pod_database, settled_reconciles, setup, wait_for, wait_gone};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
-
-const PLATFORM: &str = "apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: { name: airq }\nspec:\n  version: \"1.0.0\"\n  gateway: { replicas: 2 }\n  ingress: { host: airq.test }\n";
 
 async fn versions(client: &kube::Client, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let mut all = BTreeMap::new();
@@ -56,8 +55,12 @@ async fn platform_lifecycle() -> anyhow::Result<()> {
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
 
+    let images = airq_testenv::images().await?;
+    let spec = common::platform_spec("  gateway: { replicas: 2 }\n  ingress: { host: airq.test }\n").await?;
+    let yaml = format!("apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: {{ name: airq }}\nspec:\n{spec}");
+
     // Without its database Secret: Ready=False, nothing created, no loop.
-    let platform: Platform = create(&client, &ns, PLATFORM).await?;
+    let platform: Platform = create(&client, &ns, &yaml).await?;
     wait_for(
         &platforms,
         "airq",
@@ -76,7 +79,7 @@ async fn platform_lifecycle() -> anyhow::Result<()> {
     assert!(deployments.list(&ListParams::default()).await?.items.is_empty());
 
     // The Secret appears: the Platform is reconciled again without any change to it.
-    secret(&client, &ns, "airq-database", "url", "postgres://airq:pw@db/airq").await?;
+    let database = pod_database(&client, &ns).await?;
     for name in ["airq-gateway", "airq-front", "airq-predictive", "airq-etl"] {
         let deployment = wait_for(&deployments, name, name, 30, |_| Ok(())).await?;
         assert!(common::owned_by(&deployment, &platform.uid().unwrap_or_default()));
@@ -85,10 +88,7 @@ async fn platform_lifecycle() -> anyhow::Result<()> {
     let spec = gateway.spec.clone().unwrap_or_default();
     assert_eq!(spec.replicas, Some(2));
     let pod = spec.template.spec.clone().unwrap_or_default();
-    assert_eq!(
-        pod.containers[0].image.as_deref(),
-        Some("ghcr.io/airq-dev/airq-gateway:1.0.0")
-    );
+    assert_eq!(pod.containers[0].image, Some(images.image("gateway")));
     assert!(
         pod.volumes
             .unwrap_or_default()
@@ -122,18 +122,17 @@ async fn platform_lifecycle() -> anyhow::Result<()> {
         has_condition("Ready", "False", Some("Progressing")),
     )
     .await?;
-    // Plays the kubelet until the Platform is Ready: pods created late (a slow ReplicaSet controller on a loaded
-    // machine) are run too, rather than waited for in vain.
-    let ready_check = has_condition::<Platform>("Ready", "True", Some("Available"));
-    let ready = airq_testenv::eventually("the Platform Ready", Duration::from_secs(180), || async {
-        let started = run_pods(&client, &ns, "app.kubernetes.io/instance=airq")
-            .await
-            .map_err(|e| e.to_string())?;
-        let platform = platforms.get("airq").await.map_err(|e| e.to_string())?;
-        ready_check(&platform).map_err(|why| format!("{started} pods run; {why}"))?;
-        Ok(platform)
-    })
+    // Ready once the pods of every core service run on the node and pass their readiness probes (which ask the
+    // database).
+    let ready = wait_for(
+        &platforms,
+        "airq",
+        "the Platform Ready",
+        180,
+        has_condition("Ready", "True", Some("Available")),
+    )
     .await?;
+    common::pods_ready(&client, &ns, "app.kubernetes.io/instance=airq", 5).await?;
     let status = ready.status.unwrap_or_default();
     assert_eq!(
         (status.routes, status.url.as_deref()),
@@ -143,7 +142,7 @@ async fn platform_lifecycle() -> anyhow::Result<()> {
     // A restart with nothing changed: the new operator reconciles everything and writes nothing.
     let before = versions(&client, &ns).await?;
     operator.stop().await;
-    let restarted = airq_operator::Operator::start(client.clone(), common::args(&ns)).await?;
+    let restarted = airq_operator::Operator::start(client.clone(), common::args(&ns).await?).await?;
     airq_testenv::eventually(
         "the restarted operator to reconcile the Platform",
         Duration::from_secs(30),
@@ -169,11 +168,12 @@ async fn platform_lifecycle() -> anyhow::Result<()> {
     );
 
     // Update → children follow; an Ingress no longer wanted is deleted.
+    let next = images.tagged(&format!("{}-next", images.tag)).await?;
     platforms
         .patch(
             "airq",
             &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "version": "1.1.0", "ingress": { "enabled": false } } })),
+            &Patch::Merge(json!({ "spec": { "version": next.tag, "ingress": { "enabled": false } } })),
         )
         .await?;
     wait_for(&deployments, "airq-front", "the new image", 30, |d| {
@@ -187,10 +187,19 @@ async fn platform_lifecycle() -> anyhow::Result<()> {
             .containers[0]
             .image
             .clone();
-        (image.as_deref() == Some("ghcr.io/airq-dev/airq-front:1.1.0"))
+        (image == Some(next.image("front")))
             .then_some(())
             .ok_or(format!("{image:?}"))
     })
+    .await?;
+    // The new version's pods replace the old ones, which keep answering until then.
+    wait_for(
+        &platforms,
+        "airq",
+        "the Platform Ready on the new version",
+        180,
+        has_condition("Ready", "True", Some("Available")),
+    )
     .await?;
     wait_gone(&ingresses, "airq", "the unwanted Ingress to be deleted").await?;
 
@@ -206,5 +215,7 @@ async fn platform_lifecycle() -> anyhow::Result<()> {
     )
     .await?;
     restarted.stop().await;
+    database.test.remove().await?;
+    airq_testenv::delete_namespace(&client, &ns).await?;
     Ok(())
 }

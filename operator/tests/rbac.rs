@@ -74,13 +74,16 @@ async fn the_operator_works_with_the_charts_rbac_and_no_more() -> anyhow::Result
         matches!(Api::<Node>::all(restricted.clone()).list(&ListParams::default()).await, Err(kube::Error::Api(s)) if s.code == 403)
     );
 
-    let operator = airq_operator::Operator::start(restricted, common::args(&ns)).await?;
-    secret(&admin, &ns, "airq-database", "url", "postgres://airq:pw@db/airq").await?;
+    let operator = airq_operator::Operator::start(restricted, common::args(&ns).await?).await?;
+    let database = common::pod_database(&admin, &ns).await?;
     secret(&admin, &ns, "openaq", "api-key", "k").await?;
     create::<Platform>(
         &admin,
         &ns,
-        "apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: { name: airq }\nspec: {}\n",
+        &format!(
+            "apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: {{ name: airq }}\nspec:\n{}",
+            common::platform_spec("").await?
+        ),
     )
     .await?;
     create::<AdhocService>(&admin, &ns, "apiVersion: airq.dev/v1alpha1\nkind: AdhocService\nmetadata: { name: maps }\nspec:\n  image: x/maps:1\n  route: { pathPrefix: /adhoc/maps/ }\n  access: { public: true }\n").await?;
@@ -135,5 +138,7 @@ async fn the_operator_works_with_the_charts_rbac_and_no_more() -> anyhow::Result
     })
     .await?;
     operator.stop().await;
+    database.test.remove().await?;
+    airq_testenv::delete_namespace(&admin, &ns).await?;
     Ok(())
 }

@@ -9,8 +9,10 @@
 pub mod browser;
 pub mod debian;
 pub mod error;
-pub mod kubelet;
+pub mod images;
 pub mod kubernetes;
+pub mod node;
+pub mod pods;
 pub mod postgres;
 pub mod process;
 pub mod service;
@@ -31,6 +33,7 @@ use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 
 pub use error::{Error, Result};
+pub use images::images;
 
 use crate::error::io;
 
@@ -48,12 +51,32 @@ pub struct PostgresInfo {
     pub port: u16,
     /// The superuser's URL, to database `postgres`.
     pub admin_url: String,
+    /// This machine's address, where pods of the test node reach the server.
+    pub pod_address: Option<std::net::Ipv4Addr>,
+    /// The superuser's password, which connections from pods must give.
+    pub pod_password: String,
 }
 
 impl PostgresInfo {
+    /// What tests need to know of `server`.
+    pub fn from_server(server: &postgres::PostgresServer) -> Self {
+        Self {
+            port: server.port,
+            admin_url: server.admin_url(),
+            pod_address: server.pod_address,
+            pod_password: server.pod_password.clone(),
+        }
+    }
+
     /// The URL of database `name` on this server.
     pub fn url_for(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The URL with which pods reach database `name` at `host:port` (a Service in front of this server, or its
+    /// address and port).
+    pub fn pod_url_for(&self, host: &str, port: u16, name: &str) -> String {
+        format!("postgres://postgres:{}@{host}:{port}/{name}", self.pod_password)
     }
 }
 
@@ -85,11 +108,16 @@ impl Published for KubernetesInfo {
 impl Published for HelmInfo {
     const NAME: &'static str = "helm";
 }
+impl Published for node::NodeInfo {
+    const NAME: &'static str = "node";
+}
 
 /// Servers started by this process, kept alive until it exits.
 static OWN_SERVERS: Mutex<Vec<OwnServer>> = Mutex::new(Vec::new());
 
 #[allow(dead_code)] // Held only to keep the servers alive.
+// At most one of each per process, kept until it exits: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum OwnServer {
     Postgres(postgres::PostgresServer),
     Kubernetes(kubernetes::ControlPlane),
@@ -111,10 +139,7 @@ pub async fn postgres() -> Result<PostgresInfo> {
             .await
             .map_err(|e| format!("starting PostgreSQL panicked: {e}"))?
             .map_err(|e| e.to_string())?;
-        let info = PostgresInfo {
-            port: started.port,
-            admin_url: started.admin_url(),
-        };
+        let info = PostgresInfo::from_server(&started);
         keep(OwnServer::Postgres(started));
         Ok(info)
     })
@@ -142,6 +167,18 @@ pub async fn kubernetes() -> Result<KubernetesInfo> {
     .await
     .clone()
     .map_err(Error::Setup)
+}
+
+/// The test node, on which pods run. It is host-wide (one per machine), so only the test runner starts it: under
+/// `cargo test-all`, or with `airq-testenv up` in another shell and its `AIRQ_TESTENV_DIR` exported.
+pub async fn node() -> Result<node::NodeInfo> {
+    match runner_dir() {
+        Some(dir) => wait_published(&dir).await,
+        None => Err(Error::Setup(format!(
+            "this test needs the test node, which only the test runner starts (one per machine): run `cargo \
+             test-all`, or `cargo run -p airq-testenv -- up` in another shell and export the {ENV_DIR} it prints"
+        ))),
+    }
 }
 
 /// The helm binary built from `tests/tools/helm`.
@@ -205,6 +242,34 @@ pub async fn namespace(client: &kube::Client) -> Result<String> {
         .create(&PostParams::default(), &namespace)
         .await?;
     Ok(name)
+}
+
+/// Creates a namespace of its own for one test, whose pods must meet the Pod Security Standard "restricted": the
+/// API server refuses a pod that asks for more.
+pub async fn restricted_namespace(client: &kube::Client) -> Result<String> {
+    use kube::api::{Patch, PatchParams};
+    let name = namespace(client).await?;
+    let labels = serde_json::json!({ "metadata": { "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&labels))
+        .await?;
+    Ok(name)
+}
+
+/// Deletes a test's namespace (with everything in it) once the test passed: pods on the test node stop, and their
+/// CPU and memory requests no longer hold the node's room. A failing test keeps its namespace to be looked at.
+pub async fn delete_namespace(client: &kube::Client, name: &str) -> Result<()> {
+    match Api::<Namespace>::all(client.clone())
+        .delete(name, &kube::api::DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Polls `probe` until it returns `Ok`, or fails after `timeout` quoting the last reason `probe` gave for not yet.

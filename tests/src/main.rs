@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use airq_testenv::kubernetes::ControlPlane;
+use airq_testenv::node::{Node, NodeInfo};
 use airq_testenv::postgres::PostgresServer;
 use airq_testenv::{ENV_DIR, ENV_PID, HelmInfo, KubernetesInfo, PostgresInfo, create_run_dir, publish, tools};
 use clap::{Parser, Subcommand};
@@ -35,8 +36,11 @@ enum Cmd {
     },
     /// Start the servers and print how to use them from another shell; stop them on Ctrl-C.
     Up,
-    /// Only build (or find in the cache) the Go tools: the control plane and helm.
+    /// Only build (or find in the cache) the Go tools: the control plane, the node, CoreDNS and helm.
     Build,
+    /// Remove what a test node left on this machine (after a run that was killed): its pods, mounts, bridge,
+    /// iptables chains and cgroups.
+    Clean,
 }
 
 /// The servers this runner started, stopped at the end.
@@ -44,10 +48,14 @@ enum Cmd {
 struct Servers {
     postgres: Option<PostgresServer>,
     kubernetes: Option<ControlPlane>,
+    node: Option<Node>,
 }
 
 impl Servers {
     fn stop(&mut self) {
+        if let Some(mut node) = self.node.take() {
+            node.stop();
+        }
         if let Some(mut plane) = self.kubernetes.take() {
             plane.stop();
         }
@@ -74,11 +82,26 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Build => {
             let started = Instant::now();
             let kubernetes = tokio::task::spawn_blocking(tools::kubernetes_binaries);
+            let coredns = tokio::task::spawn_blocking(tools::coredns_binary);
             let helm = tokio::task::spawn_blocking(tools::helm_binary);
-            eprintln!("control plane: {}", kubernetes.await??.display());
+            eprintln!("control plane and node: {}", kubernetes.await??.display());
+            eprintln!("CoreDNS: {}", coredns.await??.display());
             eprintln!("helm: {}", helm.await??.display());
             eprintln!("done in {:.1?}", started.elapsed());
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Clean => {
+            let found = airq_testenv::node::clean_host();
+            if found.is_empty() {
+                eprintln!("airq-testenv: no test node's leftovers on this machine");
+            } else {
+                eprintln!("airq-testenv: removed {}", found.join("; "));
+            }
+            Ok(if found.iter().any(|f| f.starts_with("could not")) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Cmd::Up => {
             let dir = create_run_dir()?;
@@ -89,9 +112,15 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                 build_helm(&dir)
             );
             let outcome = (|| -> anyhow::Result<()> {
-                let (pg, k8s, helm) = (pg?, k8s?, helm?);
+                let (pg, (k8s, node), helm) = (pg?, k8s?, helm?);
                 println!("PostgreSQL: {}", pg.admin_url);
                 println!("Kubernetes: {} (kubeconfig {})", k8s.server, k8s.kubeconfig.display());
+                println!(
+                    "node: {} at {} (containerd {})",
+                    node.name,
+                    node.address,
+                    node.containerd.display()
+                );
                 println!("helm: {}", helm.binary.display());
                 println!(
                     "\nIn another shell:\n  export {ENV_DIR}={}\n  export KUBECONFIG={}",
@@ -102,7 +131,11 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                 Ok(())
             })();
             if outcome.is_ok() {
-                let _ = tokio::signal::ctrl_c().await;
+                let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
             }
             lock(&servers).stop();
             let _ = std::fs::remove_dir_all(&dir);
@@ -133,11 +166,22 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                 .env(ENV_PID, std::process::id().to_string())
                 .spawn()
                 .map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))?;
-            // Ctrl-C reaches the command too (same terminal); the runner outlives it to stop the servers.
+            // Ctrl-C reaches the command too (same terminal); the runner outlives it to stop the servers. SIGTERM
+            // (a CI job cancelled) is passed on to the command, and the servers are stopped once it has ended.
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let status = loop {
                 tokio::select! {
                     status = child.wait() => break status?,
                     _ = tokio::signal::ctrl_c() => eprintln!("airq-testenv: interrupted; waiting for the command to stop"),
+                    _ = terminate.recv() => {
+                        eprintln!("airq-testenv: terminated; stopping the command, then the servers");
+                        if let Some(pid) = child.id() {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid.cast_signed()),
+                                nix::sys::signal::Signal::SIGTERM,
+                            );
+                        }
+                    }
                 }
             };
             starting.abort();
@@ -183,10 +227,7 @@ async fn start_postgres(dir: &Path, servers: Arc<Mutex<Servers>>) -> anyhow::Res
     let result = tokio::task::spawn_blocking(move || PostgresServer::start(&pg_dir))
         .await?
         .map(|server| {
-            let info = PostgresInfo {
-                port: server.port,
-                admin_url: server.admin_url(),
-            };
+            let info = PostgresInfo::from_server(&server);
             lock(&servers).postgres = Some(server);
             info
         });
@@ -197,21 +238,47 @@ async fn start_postgres(dir: &Path, servers: Arc<Mutex<Servers>>) -> anyhow::Res
     Ok(result?)
 }
 
-async fn start_kubernetes(dir: &Path, servers: Arc<Mutex<Servers>>) -> anyhow::Result<KubernetesInfo> {
+/// Starts the control plane, then the node that joins it.
+async fn start_kubernetes(dir: &Path, servers: Arc<Mutex<Servers>>) -> anyhow::Result<(KubernetesInfo, NodeInfo)> {
     let started = Instant::now();
-    let result = ControlPlane::start(&dir.join("kubernetes")).await.map(|plane| {
-        let info = KubernetesInfo {
-            kubeconfig: plane.kubeconfig.clone(),
-            server: plane.server.clone(),
-        };
-        lock(&servers).kubernetes = Some(plane);
-        info
-    });
-    report("Kubernetes control plane", &result, started, |info| {
-        format!("at {}", info.server)
-    });
-    publish(dir, &result)?;
-    Ok(result?)
+    let result = ControlPlane::start(&dir.join("kubernetes")).await;
+    let (result, node_result) = match result {
+        Ok(plane) => {
+            let info = KubernetesInfo {
+                kubeconfig: plane.kubeconfig.clone(),
+                server: plane.server.clone(),
+            };
+            report("Kubernetes control plane", &Ok(info.clone()), started, |info| {
+                format!("at {}", info.server)
+            });
+            publish(dir, &Ok(info.clone()))?;
+            let node_started = Instant::now();
+            let node = Node::start(&dir.join("node"), &plane).await;
+            lock(&servers).kubernetes = Some(plane);
+            let node = node.map(|node| {
+                let info = node.info.clone();
+                lock(&servers).node = Some(node);
+                info
+            });
+            report("Kubernetes node", &node, node_started, |info| {
+                format!("{} at {}", info.name, info.address)
+            });
+            (Ok(info), node)
+        }
+        Err(err) => {
+            let failed = Err(err);
+            report("Kubernetes control plane", &failed, started, |_: &KubernetesInfo| {
+                String::new()
+            });
+            publish(dir, &failed)?;
+            let node = Err(airq_testenv::Error::Setup(
+                "the node cannot start: the control plane did not".to_owned(),
+            ));
+            (failed, node)
+        }
+    };
+    publish(dir, &node_result)?;
+    Ok((result?, node_result?))
 }
 
 async fn build_helm(dir: &Path) -> anyhow::Result<HelmInfo> {

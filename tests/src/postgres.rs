@@ -1,5 +1,8 @@
 //! A PostgreSQL server for tests, run from the machine's PostgreSQL binaries (`initdb`, `postgres`, `pg_ctl`) in a
-//! temporary folder on a free loopback port. When the binaries are missing, the Debian package is installed first.
+//! temporary folder on a free port. When the binaries are missing, the Debian package is installed first.
+//!
+//! Tests connect on loopback without a password. Pods of the test node connect to this machine's own address, as
+//! to an external database, with the superuser's password (generated per server) — only from the pods' range.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +21,10 @@ pub const MAJOR_VERSION: u32 = 15;
 #[derive(Debug)]
 pub struct PostgresServer {
     pub port: u16,
+    /// The machine's address it also listens on, for pods (`None` on a machine with loopback only).
+    pub pod_address: Option<std::net::Ipv4Addr>,
+    /// The superuser's password, asked of connections from pods.
+    pub pod_password: String,
     bin: PathBuf,
     data: PathBuf,
     process: ServerProcess,
@@ -25,7 +32,7 @@ pub struct PostgresServer {
 }
 
 impl PostgresServer {
-    /// Creates a cluster under `dir` and starts it on a free port of 127.0.0.1.
+    /// Creates a cluster under `dir` and starts it on a free port of 127.0.0.1 and of this machine's address.
     pub fn start(dir: &Path) -> Result<Self> {
         let bin = binaries()?;
         // PostgreSQL refuses to run as root; then it runs as the `postgres` user (or `nobody`).
@@ -64,7 +71,22 @@ impl PostgresServer {
         ]);
         as_user(&mut initdb, run_as.as_ref());
         run_to_completion(initdb, &dir.join("initdb.log"))?;
-
+        let pod_address = crate::kubernetes::host_address();
+        let pod_password = uuid::Uuid::new_v4().simple().to_string();
+        let listen = match pod_address {
+            Some(address) => {
+                // Pods come from their own range, or from the node's address when a Service's traffic is masqueraded.
+                let hba = data.join("pg_hba.conf");
+                let mut rules = std::fs::read_to_string(&hba).map_err(io(format!("cannot read {}", hba.display())))?;
+                rules.push_str(&format!(
+                    "\n# Pods of the test node (airq-testenv)\nhost all all {} scram-sha-256\nhost all all {address}/32 scram-sha-256\n",
+                    crate::node::POD_CIDR
+                ));
+                std::fs::write(&hba, rules).map_err(io(format!("cannot write {}", hba.display())))?;
+                format!("listen_addresses=127.0.0.1,{address}")
+            }
+            None => "listen_addresses=127.0.0.1".to_owned(),
+        };
         let log = dir.join("postgres.log");
         let mut last_error = None;
         for _attempt in 0..3 {
@@ -79,7 +101,7 @@ impl PostgresServer {
                 .arg(&sockets);
             // Durability is irrelevant for a throw-away test cluster; speed is not.
             for setting in [
-                "listen_addresses=127.0.0.1",
+                listen.as_str(),
                 "fsync=off",
                 "synchronous_commit=off",
                 "full_page_writes=off",
@@ -94,12 +116,17 @@ impl PostgresServer {
             let process = ServerProcess::spawn("PostgreSQL", postgres, &log, Signal::SIGQUIT)?;
             let mut server = Self {
                 port,
+                pod_address,
+                pod_password: pod_password.clone(),
                 bin: bin.clone(),
                 data: data.clone(),
                 process,
                 run_as: run_as.clone(),
             };
-            match server.wait_ready(Duration::from_secs(60)) {
+            match server
+                .wait_ready(Duration::from_secs(60))
+                .and_then(|()| server.set_password())
+            {
                 Ok(()) => return Ok(server),
                 Err(err) => {
                     server.stop();
@@ -133,6 +160,25 @@ impl PostgresServer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    fn set_password(&self) -> Result<()> {
+        let mut psql = Command::new(self.bin.join("psql"));
+        psql.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ])
+        .arg("-c")
+        .arg(format!("alter role postgres password '{}'", self.pod_password));
+        let log = self.data.with_file_name("password.log");
+        run_to_completion(psql, &log)
     }
 
     /// The superuser's connection URL.

@@ -1,5 +1,6 @@
 //! The Go-built tools of the test environment: the Kubernetes control plane (etcd, kube-apiserver,
-//! kube-controller-manager) and helm. Their versions are pinned by the Go modules under `tests/tools/`; the binaries
+//! kube-controller-manager, kube-scheduler), the node's kubelet and kube-proxy, the cluster's DNS server (CoreDNS)
+//! and helm. Their versions are pinned by the Go modules under `tests/tools/`; the binaries
 //! are built from those modules on first use and cached outside the repository, keyed by the module files and the Go
 //! version, so a version bump rebuilds and nothing else does.
 
@@ -31,9 +32,28 @@ const KUBERNETES: GoTool = GoTool {
         "go.etcd.io/etcd/server/v3",
         "k8s.io/kubernetes/cmd/kube-apiserver",
         "k8s.io/kubernetes/cmd/kube-controller-manager",
+        "k8s.io/kubernetes/cmd/kube-scheduler",
+        "k8s.io/kubernetes/cmd/kubelet",
+        "k8s.io/kubernetes/cmd/kube-proxy",
+        "k8s.io/kubernetes/cmd/kubectl",
     ],
     renames: &[("server", "etcd")],
-    binaries: &["etcd", "kube-apiserver", "kube-controller-manager"],
+    binaries: &[
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "kubectl",
+    ],
+};
+
+const COREDNS: GoTool = GoTool {
+    module: "coredns",
+    packages: &["github.com/coredns/coredns"],
+    renames: &[],
+    binaries: &["coredns"],
 };
 
 const HELM: GoTool = GoTool {
@@ -43,9 +63,15 @@ const HELM: GoTool = GoTool {
     binaries: &["helm"],
 };
 
-/// The folder holding `etcd`, `kube-apiserver` and `kube-controller-manager`, built first if needed.
+/// The folder holding `etcd`, `kube-apiserver`, `kube-controller-manager`, `kube-scheduler`, `kubelet`,
+/// `kube-proxy` and `kubectl`, built first if needed.
 pub fn kubernetes_binaries() -> Result<PathBuf> {
     KUBERNETES.ensure_built()
+}
+
+/// The `coredns` binary, built first if needed.
+pub fn coredns_binary() -> Result<PathBuf> {
+    Ok(COREDNS.ensure_built()?.join("coredns"))
 }
 
 /// The `helm` binary, built first if needed.
@@ -56,6 +82,11 @@ pub fn helm_binary() -> Result<PathBuf> {
 /// The Kubernetes version the test control plane runs, as pinned in `tests/tools/kubernetes/go.mod`.
 pub fn kubernetes_version() -> Result<String> {
     required_version(&tools_dir().join("kubernetes"), "k8s.io/kubernetes")
+}
+
+/// The CoreDNS version pinned in `tests/tools/coredns/go.mod`.
+pub fn coredns_version() -> Result<String> {
+    required_version(&tools_dir().join("coredns"), "github.com/coredns/coredns")
 }
 
 /// The helm version pinned in `tests/tools/helm/go.mod`.
@@ -264,6 +295,8 @@ mod tests {
         assert!(k8s.starts_with("v1."), "{k8s}");
         let helm = helm_version()?;
         assert!(helm.starts_with("v3."), "{helm}");
+        let coredns = coredns_version()?;
+        assert!(coredns.starts_with("v1."), "{coredns}");
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The test control plane is a real Kubernetes: the API server validates and serves custom resources and enforces
 //! RBAC, and kube-controller-manager turns Deployments into ReplicaSets, CronJobs into Jobs, and garbage-collects
-//! what an owner leaves behind. None of these tests could pass against a fake API.
+//! what an owner leaves behind; the test node runs pods of airq's images, which reach the database through a
+//! Service by its DNS name and answer through theirs. None of these tests could pass against a fake API.
 
 use std::time::Duration;
 
@@ -145,7 +146,7 @@ async fn deployment_gets_a_replica_set_which_is_garbage_collected_with_it() -> a
     assert!(replica_set.name_any().starts_with("web-"), "{}", replica_set.name_any());
     assert_eq!(replica_set.spec.as_ref().and_then(|s| s.replicas), Some(2));
 
-    // The replica-set controller creates the Pods (nothing runs them: there is no kubelet).
+    // The replica-set controller creates the Pods (the scheduler binds them; their image does not exist).
     eventually("two Pods owned by the ReplicaSet", Duration::from_secs(60), || async {
         let list = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
         let owned = list
@@ -345,5 +346,95 @@ async fn helm_installs_a_chart_into_the_control_plane() -> anyhow::Result<()> {
             .as_deref(),
         Some("smoke")
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_of_an_airq_image_runs_on_the_node_and_answers_through_its_service() -> anyhow::Result<()> {
+    let client = kube_client().await?;
+    let ns = namespace(&client).await?;
+    let images = airq_testenv::images().await?;
+    let database = airq_testenv::pods::pod_database(&client, &ns).await?;
+    let deployment: Deployment = from_json(json!({
+        "metadata": { "name": "front" },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "front" } },
+            "template": {
+                "metadata": { "labels": { "app": "front" } },
+                "spec": {
+                    "securityContext": { "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } },
+                    "containers": [{
+                        "name": "front",
+                        "image": images.image("front"),
+                        "imagePullPolicy": "Never",
+                        "env": [{ "name": "AIRQ_DATABASE_URL",
+                                  "valueFrom": { "secretKeyRef": { "name": "airq-database", "key": "url" } } }],
+                        "ports": [{ "name": "http", "containerPort": 8080 }],
+                        "readinessProbe": { "httpGet": { "path": "/readyz", "port": "http" }, "periodSeconds": 1 },
+                        "securityContext": { "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                             "capabilities": { "drop": ["ALL"] } },
+                    }],
+                },
+            },
+        },
+    }))?;
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let service: k8s_openapi::api::core::v1::Service = from_json(json!({
+        "metadata": { "name": "front" },
+        "spec": { "selector": { "app": "front" }, "ports": [{ "port": 80, "targetPort": "http" }] },
+    }))?;
+    let service = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &service)
+        .await?;
+    // Running and ready: its readiness probe asks the database, reached as airq-database.<namespace>.svc.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = eventually("the pod to run and be ready", Duration::from_secs(90), || async {
+        let list = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let pod = list.items.into_iter().next().ok_or("no pod yet")?;
+        let status = pod.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready {
+            Ok(pod)
+        } else {
+            Err(format!("{:?}", status.container_statuses))
+        }
+    })
+    .await?;
+    let status = pod.status.clone().unwrap_or_default();
+    let address = status.pod_ip.unwrap_or_default();
+    assert!(
+        address.starts_with("198.18."),
+        "a pod address outside the pod range: {address}"
+    );
+    assert_eq!(status.host_ip, Some(airq_testenv::node().await?.address.to_string()));
+    // Its Service answers from this machine, through kube-proxy.
+    let ip = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    assert!(
+        ip.starts_with("198.19."),
+        "a Service address outside the Service range: {ip}"
+    );
+    let http = airq_testenv::http_client();
+    let answer: serde_json::Value = eventually("the Service to answer", Duration::from_secs(30), || async {
+        let response = http
+            .get(format!("http://{ip}/readyz"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        response.json().await.map_err(|e| e.to_string())
+    })
+    .await?;
+    assert_eq!(answer["status"], "ready", "{answer}");
+    // Its log, through the API server and the kubelet.
+    let log = pods.logs(&pod.name_any(), &Default::default()).await?;
+    assert!(log.contains("listening"), "{log}");
+    database.test.remove().await?;
+    airq_testenv::delete_namespace(&client, &ns).await?;
     Ok(())
 }

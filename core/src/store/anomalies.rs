@@ -1,11 +1,14 @@
 //! The anomalies every part of the platform reports, in one table: the gateway's traffic, loads, forecast errors.
 //! A reporter opens (or refreshes) an episode while it lasts and closes it when the signal is back in its band; the
-//! dashboard's operations page and `GET /api/anomalies` read them.
+//! dashboard's operations page and `GET /api/anomalies` read them. Services that follow live signals with
+//! `airq_anomaly::watch` record through [`Store::record_watched`].
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Error, Result, RowAccess, Store, sql};
+use airq_anomaly::watch::Anomaly;
+
+use super::{Error, Result, RowAccess, Store, sql, timestamp};
 use crate::db::Database;
 
 /// An anomaly as its reporter sees it now.
@@ -83,18 +86,20 @@ fn read(row: &dyn RowAccess, now: DateTime<Utc>) -> Result<StoredAnomaly, sqlx::
 
 impl Store {
     /// Opens the episode `report` describes, or refreshes it (newest value and score, highest peak, expiry) if
-    /// its reporter already has it open. Episodes that expired are closed first, so a signal that comes back
-    /// after its reporter went quiet opens a new one.
+    /// its reporter already has it open. An episode of the same key that expired is closed first, so a signal that
+    /// comes back after its reporter went quiet opens a new one.
     pub async fn anomaly_report(&self, report: &AnomalyReport) -> Result<()> {
         const CLOSE_EXPIRED: &str = "update anomalies set closed_at = expires_at
-            where closed_at is null and expires_at is not null and expires_at <= $1";
+            where component = $2 and signal = $3 and subject = $4 and reporter = $5
+                and closed_at is null and expires_at <= $1";
         const UPSERT: &str = "insert into anomalies (component, signal, subject, reporter, opened_at, expires_at,
                 value, expected, score, peak_score, detail, updated_at)
             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
             on conflict (component, signal, subject, reporter) where closed_at is null do update set
                 expires_at = excluded.expires_at, value = excluded.value, expected = excluded.expected,
-                score = excluded.score, peak_score = max_peak, detail = excluded.detail,
-                updated_at = excluded.updated_at";
+                score = excluded.score, detail = excluded.detail, updated_at = excluded.updated_at,
+                peak_score = case when excluded.peak_score > anomalies.peak_score then excluded.peak_score
+                    else anomalies.peak_score end";
         let what = "recording an anomaly";
         let now = Utc::now();
         let r = report;
@@ -103,10 +108,14 @@ impl Store {
                 let mut tx = pool.begin().await.map_err(sql(what))?;
                 sqlx::query(CLOSE_EXPIRED)
                     .bind(now)
+                    .bind(&r.component)
+                    .bind(&r.signal)
+                    .bind(&r.subject)
+                    .bind(&r.reporter)
                     .execute(&mut *tx)
                     .await
                     .map_err(sql(what))?;
-                sqlx::query(&UPSERT.replace("max_peak", "greatest(anomalies.peak_score, excluded.peak_score)"))
+                sqlx::query(UPSERT)
                     .bind(&r.component)
                     .bind(&r.signal)
                     .bind(&r.subject)
@@ -128,10 +137,14 @@ impl Store {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(sql(what))?;
                 sqlx::query(CLOSE_EXPIRED)
                     .bind(now.timestamp())
+                    .bind(&r.component)
+                    .bind(&r.signal)
+                    .bind(&r.subject)
+                    .bind(&r.reporter)
                     .execute(&mut *tx)
                     .await
                     .map_err(sql(what))?;
-                sqlx::query(&UPSERT.replace("max_peak", "max(anomalies.peak_score, excluded.peak_score)"))
+                sqlx::query(UPSERT)
                     .bind(&r.component)
                     .bind(&r.signal)
                     .bind(&r.subject)
@@ -150,6 +163,41 @@ impl Store {
                 tx.commit().await.map_err(sql(what))
             }
         }
+    }
+
+    /// Records what a [`Watcher`](airq_anomaly::watch::Watcher) reports for `component` as `reporter`: each `open`
+    /// anomaly refreshed (valid until `expires_at`, described by `detail`), each `closed` one closed when it closed.
+    pub async fn record_watched(
+        &self,
+        component: &str,
+        reporter: &str,
+        open: &[Anomaly],
+        closed: &[Anomaly],
+        expires_at: DateTime<Utc>,
+        detail: impl Fn(&Anomaly) -> String,
+    ) -> Result<()> {
+        for anomaly in open {
+            self.anomaly_report(&AnomalyReport {
+                component: component.to_owned(),
+                signal: anomaly.signal.clone(),
+                subject: anomaly.subject.clone(),
+                reporter: reporter.to_owned(),
+                opened_at: timestamp(anomaly.since),
+                value: anomaly.value,
+                expected: anomaly.expected,
+                score: anomaly.score,
+                peak_score: anomaly.peak_score,
+                detail: detail(anomaly),
+                expires_at: Some(expires_at),
+            })
+            .await?;
+        }
+        for anomaly in closed {
+            let at = anomaly.closed.map_or_else(Utc::now, timestamp);
+            self.anomaly_close(component, &anomaly.signal, &anomaly.subject, reporter, at)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Closes `reporter`'s open episode of `signal` for `subject` at `at`; false when none was open.
@@ -201,7 +249,7 @@ impl Store {
                  opened_at desc, id desc
              limit $3"
         );
-        let mut found: Vec<StoredAnomaly> = match &self.db {
+        let found: Vec<StoredAnomaly> = match &self.db {
             Database::Postgres(pool) => sqlx::query(&query)
                 .bind(closed_since)
                 .bind(now)
@@ -223,8 +271,6 @@ impl Store {
                 .map(|r| read(r, now).map_err(sql(what)))
                 .collect::<Result<_, Error>>()?,
         };
-        // The database compared with its clock's second; the expiry is judged with one `now` here.
-        found.sort_by_key(|a| (!a.is_open(), std::cmp::Reverse((a.opened_at, a.id))));
         Ok(found)
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use airq_api::adhoc::{AdhocService, AdhocServiceStatus};
 use airq_api::platform::{PLATFORM_NAME, Platform};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction, VolumeMount,
+};
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
     ServiceBackendPort,
@@ -22,7 +24,7 @@ use crate::children::{self, Child, Desired, Owner};
 use crate::context::Context;
 use crate::error::Result;
 use crate::status::{condition, event, update};
-use crate::workload::{container_security, pod_template};
+use crate::workload::{container_security, pod_template, tmp_volume};
 
 /// The name of an AdhocService's Deployment, Service and Ingress.
 pub fn child_name(adhoc: &str) -> String {
@@ -71,8 +73,13 @@ pub fn build(adhoc: &AdhocService, owner: &Owner, platform: Option<&Platform>) -
         resources: spec.resources.clone(),
         readiness_probe: Some(tcp_probe.clone()),
         liveness_probe: Some(tcp_probe),
-        // Another team's image may write where it likes; it must still run as a non-root user.
-        security_context: Some(container_security(false)),
+        // Another team's image must run as a non-root user; it writes to /tmp only unless its spec says otherwise.
+        security_context: Some(container_security(!spec.writable_root_filesystem)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        }]),
         ..Container::default()
     };
     let deployment = Deployment {
@@ -88,7 +95,7 @@ pub fn build(adhoc: &AdhocService, owner: &Owner, platform: Option<&Platform>) -
                 vec![container],
                 &Default::default(),
                 None,
-                vec![],
+                vec![tmp_volume()],
                 false,
             ),
             ..DeploymentSpec::default()

@@ -35,7 +35,8 @@ fn job_template(etl: &EtlSchedule, owner: &Owner, image: String) -> (ObjectMeta,
     labels.insert(SCHEDULE_LABEL.to_owned(), owner.name.clone());
     let mut environment = vec![
         env("AIRQ_LOG_FORMAT", "json"),
-        env("AIRQ_LOAD_NAME", format!("{}/{}", owner.namespace, owner.name)),
+        // Named as in the namespace, like models (and like `airq up`): the ETL API lists runs by that name.
+        env("AIRQ_LOAD_NAME", owner.name.clone()),
         env("AIRQ_LOAD_SPEC", spec.load_spec().to_string()),
         database_env(&spec.database),
     ];
@@ -179,7 +180,10 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
         .cloned()
         .collect();
     let image = etl.spec.image.clone().unwrap_or_else(|| ctx.args.image("etl"));
-    let desired = build(&etl, &owner, image, &own_jobs);
+    let mut desired = build(&etl, &owner, image, &own_jobs);
+    if etl.spec.image.is_none() {
+        crate::workload::set_pull_policy(&mut desired.children, &ctx.args.image_pull_policy);
+    }
     let one_off = desired
         .children
         .iter()

@@ -108,6 +108,19 @@ pub async fn termination_message(ctx: &Context, namespace: &str, job: &str) -> R
         .map(|(_, message)| message.clone()))
 }
 
+/// The line that says why a pod failed, from its termination message (its log's end when it wrote none): the
+/// first line of an `Error: …` block, else the last line; at most 300 characters.
+pub fn last_line(message: &str) -> String {
+    let lines: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("Error: "))
+        .map(|l| l.trim_start_matches("Error: "))
+        .or_else(|| lines.last().copied())
+        .unwrap_or_default();
+    line.chars().take(300).collect()
+}
+
 /// The report the finished Job `job` wrote to its termination log, parsed as `T`; the reason when there is none or
 /// it cannot be read.
 pub async fn report<T: DeserializeOwned>(ctx: &Context, namespace: &str, job: &str) -> Result<Result<T, String>> {
@@ -116,4 +129,23 @@ pub async fn report<T: DeserializeOwned>(ctx: &Context, namespace: &str, job: &s
         Some(message) => serde_json::from_str(&message)
             .map_err(|e| format!("Job {job} left a report that cannot be read ({e}): {message}")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_line;
+
+    #[test]
+    fn the_line_that_says_why_a_pod_failed() {
+        let error = "Error: unknown station \"Atlantis\"\n\nCaused by:\n    no such row\n";
+        assert_eq!(last_line(error), "unknown station \"Atlantis\"");
+        let log_end =
+            "{\"level\":\"INFO\",\"message\":\"reading\"}\n{\"level\":\"ERROR\",\"message\":\"out of memory\"}\n";
+        assert_eq!(
+            last_line(log_end),
+            "{\"level\":\"ERROR\",\"message\":\"out of memory\"}"
+        );
+        assert_eq!(last_line(""), "");
+        assert_eq!(last_line(&"x".repeat(1000)).len(), 300);
+    }
 }

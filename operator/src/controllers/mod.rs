@@ -20,6 +20,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -188,6 +189,7 @@ impl Operator {
         let mut config_maps = Feed::<ConfigMap>::new();
         let mut cron_jobs = Feed::<CronJob>::new();
         let mut jobs = Feed::<Job>::new();
+        let pod_disruption_budgets = Feed::<PodDisruptionBudget>::new();
         let mut secrets = Feed::<PartialObjectMeta<Secret>>::new();
 
         // Who hears about what.
@@ -233,6 +235,7 @@ impl Operator {
             config_maps: config_maps.start(&mut tasks, api(&client, ns), managed()),
             cron_jobs: cron_jobs.start(&mut tasks, api(&client, ns), managed()),
             jobs: jobs.start(&mut tasks, api(&client, ns), managed()),
+            pod_disruption_budgets: pod_disruption_budgets.start(&mut tasks, api(&client, ns), managed()),
             secrets: secrets.start(&mut tasks, api(&client, ns), all()),
         };
         // Every cache must hold the cluster's state before the first reconcile, or a restart would rewrite
@@ -249,6 +252,10 @@ impl Operator {
             ("ConfigMaps", s.config_maps.wait_until_ready().boxed()),
             ("CronJobs", s.cron_jobs.wait_until_ready().boxed()),
             ("Jobs", s.jobs.wait_until_ready().boxed()),
+            (
+                "PodDisruptionBudgets",
+                s.pod_disruption_budgets.wait_until_ready().boxed(),
+            ),
             ("Secrets", s.secrets.wait_until_ready().boxed()),
         ];
         let mut pending: Vec<&str> = waits.iter().map(|(name, _)| *name).collect();

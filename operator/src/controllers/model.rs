@@ -24,7 +24,9 @@ use crate::controllers::jobs::{self, JobState};
 use crate::error::Result;
 use crate::monitoring::METRICS_LABEL;
 use crate::status::{condition, event, update};
-use crate::workload::{HTTP_PORT, database_env, env, job_container, pod_template, service_container, tmp_volume};
+use crate::workload::{
+    HTTP_PORT, database_env, disruption_budget, env, job_container, pod_template, service_container, tmp_volume,
+};
 
 /// The label naming the model a training Job belongs to (also on Jobs its CronJob starts).
 pub const MODEL_LABEL: &str = "airq.dev/predictive-model";
@@ -42,7 +44,9 @@ fn training_job_spec(model: &PredictiveModel, owner: &Owner, image: String, revi
     labels.insert(REVISION_LABEL.to_owned(), revision.to_owned());
     let environment = vec![
         env("AIRQ_LOG_FORMAT", "json"),
-        env("AIRQ_MODEL", format!("{}/{}", owner.namespace, owner.name)),
+        // The model's name in the database is its name in the namespace, as on one machine: the predictive API
+        // (through the gateway) knows it by that name. Each namespace's Platform has its own database.
+        env("AIRQ_MODEL", owner.name.clone()),
         env("AIRQ_MODEL_REVISION", revision),
         env("AIRQ_MODEL_SPEC", spec.training_spec().to_string()),
         database_env(&spec.database),
@@ -136,7 +140,7 @@ pub fn build(
             HTTP_PORT,
             vec![
                 env("AIRQ_LOG_FORMAT", "json"),
-                env("AIRQ_MODEL", format!("{}/{}", owner.namespace, owner.name)),
+                env("AIRQ_MODEL", owner.name.clone()),
                 env("AIRQ_MODEL_VERSION", served.version.clone()),
                 database_env(&spec.database),
             ],
@@ -149,6 +153,9 @@ pub fn build(
             mount_path: "/tmp".to_owned(),
             ..VolumeMount::default()
         }]);
+        if let Some(budget) = disruption_budget(owner, &name, labels.clone(), selector.clone(), spec.serving.replicas) {
+            children.push(Child::PodDisruptionBudget(budget));
+        }
         children.push(Child::Deployment(Deployment {
             metadata: owner.meta(&name, labels.clone()),
             spec: Some(DeploymentSpec {
@@ -335,6 +342,9 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
 
     let image = model.spec.image.clone().unwrap_or_else(|| ctx.args.image("predictive"));
     let mut desired = build(&model, &owner, image, &revision, served.as_ref(), &own_jobs);
+    if model.spec.image.is_none() {
+        crate::workload::set_pull_policy(&mut desired.children, &ctx.args.image_pull_policy);
+    }
     crate::monitoring::annotate_for_scraping(&mut desired.children, ctx.monitoring_apis().await);
     let changes = children::apply(&ctx, &owner, desired).await?;
     if !changes.is_empty() {
@@ -372,14 +382,22 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
             ModelPhase::Serving,
         ),
         Some((name, JobState::Failed { message, .. })) => {
+            // Why: what the training pod said last (its error), not only the Job's "backoff limit".
+            let last_words = jobs::termination_message(&ctx, &owner.namespace, name)
+                .await?
+                .map(|words| jobs::last_line(&words))
+                .filter(|words| !words.is_empty());
+            let why = match last_words {
+                Some(words) => format!("{words} ({message})"),
+                None => message.clone(),
+            };
             if previous_reason.as_deref() != Some("TrainingFailed") {
-                let last_words = jobs::termination_message(&ctx, &owner.namespace, name).await?;
-                let note = format!("Job {name}: {message}: {}", last_words.unwrap_or_default());
+                let note = format!("Job {name}: {why}");
                 event(&ctx, model.as_ref(), true, "TrainingFailed", "Train", note).await;
             }
             (
                 "TrainingFailed",
-                format!("Job {name} failed: {message}; change the spec or retrainRequest to try again"),
+                format!("Job {name} failed: {why}; change the spec or retrainRequest to try again"),
                 ModelPhase::Failed,
             )
         }
@@ -524,8 +542,22 @@ mod tests {
         };
         let desired = build(&model, &owner(), "img/p:1".to_owned(), &rev, Some(&served), &[]);
         let kinds: Vec<ChildKind> = desired.children.iter().map(Child::kind).collect();
-        assert_eq!(kinds, [ChildKind::CronJob, ChildKind::Deployment, ChildKind::Service]);
-        let Child::Deployment(deployment) = &desired.children[1] else {
+        assert_eq!(
+            kinds,
+            [
+                ChildKind::CronJob,
+                ChildKind::PodDisruptionBudget,
+                ChildKind::Deployment,
+                ChildKind::Service
+            ]
+        );
+        // Two replicas: evicted one at a time.
+        let Child::PodDisruptionBudget(budget) = &desired.children[1] else {
+            panic!()
+        };
+        let budget = budget.spec.clone().unwrap_or_default();
+        assert_eq!(budget.max_unavailable, Some(IntOrString::Int(1)));
+        let Child::Deployment(deployment) = &desired.children[2] else {
             panic!()
         };
         assert_eq!(deployment_version(deployment).as_deref(), Some("v7"));

@@ -27,7 +27,9 @@ use crate::controllers::adhoc::deployment_available;
 use crate::error::Result;
 use crate::monitoring::METRICS_LABEL;
 use crate::status::{condition, event, update};
-use crate::workload::{HTTP_PORT, database_env, env, pod_template, secret_env, service_container, tmp_volume};
+use crate::workload::{
+    HTTP_PORT, database_env, disruption_budget, env, pod_template, secret_env, service_container, tmp_volume,
+};
 
 /// The core services, in the order they are built.
 pub const COMPONENTS: [&str; 4] = ["gateway", "front", "predictive", "etl"];
@@ -139,6 +141,15 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
             volumes,
             true,
         );
+        if let Some(budget) = disruption_budget(
+            owner,
+            &service_name,
+            labels.clone(),
+            selector(owner, name),
+            part.replicas,
+        ) {
+            children.push(Child::PodDisruptionBudget(budget));
+        }
         children.push(Child::Deployment(Deployment {
             metadata: owner.meta(&service_name, labels.clone()),
             spec: Some(DeploymentSpec {

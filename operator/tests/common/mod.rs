@@ -1,10 +1,10 @@
 //! What the operator's integration tests share: the CRDs installed in the test control plane, an operator running
-//! in the test process and watching only the test's namespace, and the kubelet's part played by the test.
+//! in the test process and watching only the test's namespace, and what its pods need to run on the test node: the
+//! images this test run built, and a database they reach.
 //!
-//! The test control plane has no kubelet and no scheduler, so nothing runs a pod. Where a test needs a pod to have
-//! run — a Deployment's pods ready, a Job's pod finished with its report — it does what a kubelet would: binds the
-//! pod to a Node object the test created, and writes the pod's status through the API. kube-controller-manager's
-//! Deployment and Job controllers then do the rest, as they would in a cluster.
+//! Every pod the operator's children make really runs on the test node (`airq_testenv::node`): Deployments' pods
+//! pass their readiness probes, Jobs' pods run `airq-etl` and `airq-predictive` and report through their termination
+//! message, as in a cluster.
 
 #![allow(dead_code)]
 
@@ -19,26 +19,31 @@ use serde_json::json;
 
 // Each test file uses some of them.
 #[allow(unused_imports)]
-pub use airq_testenv::kubelet::{create, fail_job, finish_job, run_pods};
+pub use airq_testenv::kubernetes::create;
+#[allow(unused_imports)]
+pub use airq_testenv::pods::pod_database;
 
 /// Applies airq's CRDs (once per test process) and waits until they are served.
 pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
-    airq_testenv::kubelet::install_crds(client, airq_api::crds()).await
+    airq_testenv::kubernetes::install_crds(client, airq_api::crds()).await
 }
 
-/// The operator's arguments for a test: its namespace only, no leader election, test image names.
-pub fn args(namespace: &str) -> OperatorArgs {
-    OperatorArgs {
+/// The operator's arguments for a test: its namespace only, no leader election, the images made for the test node
+/// (never pulled).
+pub async fn args(namespace: &str) -> anyhow::Result<OperatorArgs> {
+    let images = airq_testenv::images().await?;
+    Ok(OperatorArgs {
         namespace: Some(namespace.to_owned()),
-        image_registry: "registry.invalid/airq".to_owned(),
-        image_version: "test".to_owned(),
+        image_registry: images.registry,
+        image_version: images.tag,
+        image_pull_policy: "Never".to_owned(),
         concurrency: 8,
         leader_election: false,
         lease_namespace: "default".to_owned(),
         lease_name: "airq-operator".to_owned(),
         identity: Some(format!("test-{namespace}")),
         monitoring_recheck_seconds: 60,
-    }
+    })
 }
 
 /// A client, a fresh namespace with airq's CRDs installed, and an operator watching that namespace.
@@ -46,8 +51,65 @@ pub async fn setup() -> anyhow::Result<(kube::Client, String, Operator)> {
     let client = airq_testenv::kube_client().await?;
     install_crds(&client).await?;
     let ns = airq_testenv::namespace(&client).await?;
-    let operator = Operator::start(client.clone(), args(&ns)).await?;
+    let operator = Operator::start(client.clone(), args(&ns).await?).await?;
     Ok((client, ns, operator))
+}
+
+/// A Platform spec (YAML, indented for `spec:`) that runs the images made for the test node, with `extra` lines.
+pub async fn platform_spec(extra: &str) -> anyhow::Result<String> {
+    let images = airq_testenv::images().await?;
+    Ok(format!(
+        "  registry: {}\n  version: \"{}\"\n  imagePullPolicy: Never\n{extra}",
+        images.registry, images.tag
+    ))
+}
+
+/// Waits until every pod the operator made in `ns` runs and is ready, and every Deployment is rolled out.
+pub async fn pods_ready(client: &kube::Client, ns: &str, selector: &str, count: usize) -> anyhow::Result<()> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    airq_testenv::eventually(
+        &format!("{count} ready pods ({selector})"),
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels(selector))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .count();
+            if ready == count {
+                Ok(())
+            } else {
+                let states: Vec<String> = list
+                    .items
+                    .iter()
+                    .map(|p| {
+                        let status = p.status.clone().unwrap_or_default();
+                        format!(
+                            "{}: {:?} {:?}",
+                            p.metadata.name.clone().unwrap_or_default(),
+                            status.phase,
+                            status
+                                .container_statuses
+                                .map(|c| c.into_iter().map(|c| c.state).collect::<Vec<_>>())
+                        )
+                    })
+                    .collect();
+                Err(format!("{ready} of {count} ready: {states:?}"))
+            }
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Creates a Secret with one key.

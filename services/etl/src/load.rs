@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use airq_api::etl::{Backfill, CsvFormat, CsvSource, EtlSource, LoadMode};
 use airq_api::reports::LoadReport;
 use airq_core::db::Database;
-use airq_core::store::{Batch, Measurement, NewRun, Store, WriteCounts};
+use airq_core::store::{Batch, Measurement, NewRun, RunEnd, Store, WriteCounts};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use indicatif::ProgressBar;
@@ -182,12 +182,12 @@ type Started = (
 );
 
 /// Starts the connector of `spec.source`.
-fn start_source(request: &LoadRequest, range: TimeRange) -> Result<Started, LoadError> {
+async fn start_source(request: &LoadRequest, range: TimeRange) -> Result<Started, LoadError> {
     let parallelism = request.parallelism.max(1);
     let (tx, rx) = mpsc::channel::<Chunk>(parallelism * 2);
     let source = &request.spec.source;
     if let Some(csv_source) = &source.csv {
-        let inputs = csv::inputs(&csv_source.url)?;
+        let inputs = csv::resolve(&csv_source.url).await?;
         let total = inputs.iter().map(csv::Input::size).sum::<Option<u64>>();
         let format = csv_source.format;
         let task = tokio::spawn(read_csv_inputs(inputs, format, range, parallelism, tx));
@@ -334,7 +334,15 @@ pub async fn run_reporting_start(
             if let Some(watermark) = watermark {
                 store.advance_watermark(&request.name, watermark).await?;
             }
-            store.finish_run(handle, None).await?;
+            store
+                .finish_run(
+                    handle,
+                    RunEnd::Succeeded {
+                        stuck: marks.stuck,
+                        jump: marks.jump,
+                    },
+                )
+                .await?;
             metrics::histogram!("airq_etl_load_duration_seconds", "source" => source, "status" => "succeeded")
                 .record(seconds);
             let watermark = store.watermark(&request.name).await?.or(watermark);
@@ -378,7 +386,7 @@ pub async fn run_reporting_start(
             let message = error.to_string();
             tracing::error!(run = run_id, error = %message, "load failed");
             // The failure is recorded if the database still answers; the load's own error is what the caller sees.
-            if let Err(e) = store.finish_run(handle, Some(&message)).await {
+            if let Err(e) = store.finish_run(handle, RunEnd::Failed(&message)).await {
                 tracing::error!(run = run_id, error = %e, "could not record the failure of the load");
             }
             Err(error)
@@ -386,7 +394,7 @@ pub async fn run_reporting_start(
     }
 }
 
-/// Recomputes the quality marks of the series the run touched and records their counts on the run.
+/// Recomputes the quality marks of the series the run touched; the run records their counts when it finishes.
 async fn mark(
     store: &Store,
     request: &LoadRequest,
@@ -409,7 +417,6 @@ async fn mark(
                 .to_owned(),
         )),
     };
-    store.set_run_marks(run_id, marks.stuck, marks.jump).await?;
     tracing::info!(
         run = run_id,
         stuck = marks.stuck,
@@ -429,7 +436,7 @@ async fn load_chunks(
     progress: &ProgressBar,
     stop: &CancellationToken,
 ) -> Result<(i64, WriteCounts, Option<i64>, Touched), LoadError> {
-    let (rx, reader, total) = start_source(request, range)?;
+    let (rx, reader, total) = start_source(request, range).await?;
     match total {
         Some(total) => progress.set_length(total),
         // API sources: requests done, without a total.

@@ -60,7 +60,7 @@ impl Predictive {
         url.path_segments_mut()
             .map_err(|()| PredictiveError::Unreachable("the predictive URL cannot take a path".to_owned()))?
             .pop_if_empty()
-            // A model name `namespace/name` becomes one segment (`%2F`), as the predictive API expects.
+            // Each part is one path segment, whatever it holds.
             .extend(segments);
         Ok(url)
     }

@@ -70,21 +70,32 @@ impl Drop for Finish {
             Some((user, key)) => (Some(user.as_ref()), key.as_deref()),
             None => (None, None),
         };
-        tracing::info!(
-            target: "airq_gateway::access",
-            request_id = %self.request_id,
-            trace_id = %self.trace_id,
-            route,
-            method = %self.method,
-            path = %self.path,
-            status = self.status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            bytes_in = self.record.bytes_in.load(Ordering::Relaxed),
-            bytes_out = self.bytes_out,
-            user,
-            key_id,
-            "request"
-        );
+        macro_rules! access_line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "airq_gateway::access",
+                    $level,
+                    request_id = %self.request_id,
+                    trace_id = %self.trace_id,
+                    route,
+                    method = %self.method,
+                    path = %self.path,
+                    status = self.status,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    bytes_in = self.record.bytes_in.load(Ordering::Relaxed),
+                    bytes_out = self.bytes_out,
+                    user,
+                    key_id,
+                    "request"
+                )
+            };
+        }
+        // Probes and scrapes come every few seconds from the kubelet and Prometheus: a line only at debug level.
+        if route == "ops" {
+            access_line!(tracing::Level::DEBUG);
+        } else {
+            access_line!(tracing::Level::INFO);
+        }
     }
 }
 

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airq_anomaly::watch::{Anomaly, Settings, Watcher};
-use airq_core::store::{AnomalyReport, Store};
+use airq_core::store::Store;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::json;
 
 use crate::AppState;
@@ -66,14 +66,11 @@ pub async fn follow(state: AppState, interval: Duration, log: Store) {
             let mut watcher = lock(&state.anomalies);
             (watcher.open(), watcher.take_closed())
         };
-        if let Err(e) = record(&log, &reporter, &open, &closed, Utc::now() + lease).await {
+        let recorded = log.record_watched("gateway", &reporter, &open, &closed, Utc::now() + lease, detail);
+        if let Err(e) = recorded.await {
             tracing::warn!(error = %e, "could not record the gateway's anomalies");
         }
     }
-}
-
-fn time(seconds: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(seconds, 0).unwrap_or_default()
 }
 
 /// What people read of an anomaly of `signal` on a route.
@@ -91,37 +88,6 @@ fn detail(anomaly: &Anomaly) -> String {
         "{what} on route {}: {:.3} where {expected} is usual",
         anomaly.subject, anomaly.value
     )
-}
-
-async fn record(
-    log: &Store,
-    reporter: &str,
-    open: &[Anomaly],
-    closed: &[Anomaly],
-    expires_at: DateTime<Utc>,
-) -> Result<(), airq_core::store::Error> {
-    for anomaly in open {
-        log.anomaly_report(&AnomalyReport {
-            component: "gateway".to_owned(),
-            signal: anomaly.signal.clone(),
-            subject: anomaly.subject.clone(),
-            reporter: reporter.to_owned(),
-            opened_at: time(anomaly.since),
-            value: anomaly.value,
-            expected: anomaly.expected,
-            score: anomaly.score,
-            peak_score: anomaly.peak_score,
-            detail: detail(anomaly),
-            expires_at: Some(expires_at),
-        })
-        .await?;
-    }
-    for anomaly in closed {
-        let at = anomaly.closed.map_or_else(Utc::now, time);
-        log.anomaly_close("gateway", &anomaly.signal, &anomaly.subject, reporter, at)
-            .await?;
-    }
-    Ok(())
 }
 
 /// Takes one sample of every route and updates the anomaly metrics.

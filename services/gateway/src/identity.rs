@@ -114,6 +114,12 @@ impl Principal {
         self.groups.iter().any(|g| groups.contains(g))
     }
 
+    /// Whether this caller may use a route open to `groups`: a member of one of them, or an administrator (who
+    /// could make itself a member through the admin API anyway).
+    pub fn may_use(&self, groups: &[String]) -> bool {
+        self.in_any(groups) || self.groups.iter().any(|g| g == crate::admin::ADMIN_GROUP)
+    }
+
     /// What rate limits and quotas are counted against: the key, or the token's subject.
     pub fn limit_key(&self) -> &str {
         self.key_id.as_deref().unwrap_or(&self.user)

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airq_core::db::Database;
-use airq_core::http::{ReadinessCheck, ops_router, shutdown_signal};
+use airq_core::http::{ReadinessCheck, ops_router};
 use axum::Router;
 use axum::http::HeaderName;
 use tower::ServiceBuilder;
@@ -89,6 +89,9 @@ pub fn app(
     ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(axum::middleware::from_fn(
+            airq_core::http::close_connections_when_draining,
+        ))
         .layer(axum::middleware::from_fn_with_state(state, access::edge))
         .service(routed)
 }
@@ -253,7 +256,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         db.clone(),
         listener,
         ops_router(telemetry.clone(), checks),
-        shutdown_signal(),
+        airq_core::http::shutdown_after_drain(Duration::from_secs(config.serve.shutdown_drain_seconds)),
     )
     .await;
     db.close().await;

@@ -214,7 +214,7 @@ async fn forward(
         let Some(principal) = &principal else {
             return Err(GatewayError::Unauthenticated);
         };
-        if !principal.in_any(&route.access.groups) {
+        if !principal.may_use(&route.access.groups) {
             return Err(GatewayError::Forbidden(format!(
                 "{} may not use route {}: it is open to the group(s) {}",
                 principal.user,

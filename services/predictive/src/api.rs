@@ -14,7 +14,7 @@
 //! | GET | `/forecast` | the same for the model this service serves (`AIRQ_MODEL`) |
 //! | GET | `/openapi.json` | this API's OpenAPI 3.1 description |
 //!
-//! Model names may be `namespace/name` (as the operator names them): encode the slash as `%2F` in paths.
+//! A model's name is its PredictiveModel's name (unique in a namespace, whose Platform has a database of its own).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -679,7 +679,7 @@ pub fn openapi_document() -> Value {
     }
     let err = |d: &str| json!({ "description": d, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
     let name = json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" },
-                       "description": "The model's name; `namespace/name` with the slash as %2F" });
+                       "description": "The model's name (its PredictiveModel's)" });
     let forecast_params = json!([
         { "name": "station", "in": "query", "required": true, "schema": { "type": "string" } },
         { "name": "at", "in": "query", "schema": { "type": "string", "format": "date-time" }, "description": "The hour forecast; every hour of the horizon when absent" },

@@ -56,7 +56,7 @@ pub struct Config {
     pub serve: ServeArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Serve only this model (`namespace/name` or a name), as a PredictiveModel's Deployment does; every model
+    /// Serve only this model, as a PredictiveModel's Deployment does; every model
     /// when absent.
     #[arg(long, env = "AIRQ_MODEL")]
     pub model: Option<String>,
@@ -84,7 +84,7 @@ pub struct SpecArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
-    /// The model's name (`namespace/name` from the operator).
+    /// The model's name (the PredictiveModel's, from the operator).
     #[arg(long, env = "AIRQ_MODEL")]
     pub name: String,
     #[command(flatten)]

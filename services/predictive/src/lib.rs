@@ -41,17 +41,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let state = api::ApiState::new(registry::Registry::new(db.clone()), Store::new(db), served.clone());
         if let Some((name, version)) = served {
             let warm = state.clone();
-            let model = name.clone();
             tokio::spawn(async move {
-                match warm.model(&model, version).await {
-                    Ok(loaded) => tracing::info!(model = %model, version = %loaded.0.version, "model loaded"),
-                    Err(e) => tracing::warn!(model = %model, error = %e.message, "model not loaded yet"),
+                match warm.model(&name, version).await {
+                    Ok(loaded) => tracing::info!(model = %name, version = %loaded.0.version, "model loaded"),
+                    Err(e) => tracing::warn!(model = %name, error = %e.message, "model not loaded yet"),
                 }
             });
             // A model's server follows its forecasts' error once the truth is stored.
             if !score_interval.is_zero() {
-                let names = move |_| std::future::ready(vec![name.clone()]);
-                tokio::spawn(monitor::follow(state.clone(), names, score_interval, monitor_stop));
+                tokio::spawn(monitor::follow(state.clone(), score_interval, monitor_stop));
             }
         }
         api::router(state)

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use airq_anomaly::watch::{Anomaly, Settings, Watcher};
-use airq_core::store::{AnomalyReport, Store};
+use airq_core::store::Store;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -155,28 +155,11 @@ impl ModelMonitor {
 
     /// Records the open anomalies (valid until `expires_at` unless refreshed) and closes those that ended.
     pub async fn record(&mut self, log: &Store, expires_at: DateTime<Utc>) -> Result<(), airq_core::store::Error> {
-        for anomaly in self.watcher.open() {
-            log.anomaly_report(&AnomalyReport {
-                component: "predictive".to_owned(),
-                signal: SIGNAL.to_owned(),
-                subject: anomaly.subject.clone(),
-                reporter: String::new(),
-                opened_at: time(anomaly.since),
-                value: anomaly.value,
-                expected: anomaly.expected,
-                score: anomaly.score,
-                peak_score: anomaly.peak_score,
-                detail: self.detail(&anomaly),
-                expires_at: Some(expires_at),
-            })
-            .await?;
-        }
-        for anomaly in self.watcher.take_closed() {
-            let at = anomaly.closed.map_or_else(Utc::now, time);
-            log.anomaly_close("predictive", SIGNAL, &anomaly.subject, "", at)
-                .await?;
-        }
-        Ok(())
+        let closed = self.watcher.take_closed();
+        log.record_watched("predictive", "", &self.watcher.open(), &closed, expires_at, |a| {
+            self.detail(a)
+        })
+        .await
     }
 
     fn detail(&self, anomaly: &Anomaly) -> String {
@@ -206,10 +189,6 @@ impl ModelMonitor {
     }
 }
 
-fn time(seconds: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(seconds, 0).unwrap_or_default()
-}
-
 /// Each hour from `from` to `latest` with the forecast made `lead` hours before it (`None` where the truth or the
 /// origin is missing from `data`).
 fn score_hours(
@@ -224,27 +203,23 @@ fn score_hours(
         return Ok(Vec::new());
     };
     let hours: Vec<i64> = (0..=(latest - from) / HOUR).map(|i| from + i * HOUR).collect();
-    let keys: Vec<(usize, usize)> = hours
+    // Each hour's truth and the origin of its forecast; only hours with both are forecast.
+    let inputs: Vec<Option<(f32, usize)>> = hours
         .iter()
-        .filter_map(|&t| Some((s, data.index(t - lead * HOUR)?)))
+        .map(|&t| {
+            let truth = data.stations[s].target[data.index(t)?];
+            let origin = data.index(t - lead * HOUR)?;
+            (!truth.is_nan()).then_some((truth, origin))
+        })
         .collect();
-    let raw = model.forecast_many(data, &keys).map_err(|e| e.to_string())?;
-    let mut forecasts = keys.iter().zip(raw).map(|(&(_, origin), f)| (origin, f)).peekable();
+    let keys: Vec<(usize, usize)> = inputs.iter().flatten().map(|&(_, origin)| (s, origin)).collect();
+    let mut forecasts = model.forecast_many(data, &keys).map_err(|e| e.to_string())?.into_iter();
     let fz = &model.meta.featurizer;
     let h = (lead as usize).saturating_sub(1);
     let mut scored = Vec::with_capacity(hours.len());
-    for &t in &hours {
-        let origin = data.index(t - lead * HOUR);
-        let truth = data
-            .index(t)
-            .map(|i| data.stations[s].target[i])
-            .filter(|v| !v.is_nan());
-        let forecast = match origin {
-            Some(o) if forecasts.peek().is_some_and(|(k, _)| *k == o) => forecasts.next().map(|(_, f)| f),
-            _ => None,
-        };
-        let hour = match (forecast, truth) {
-            (Some(f), Some(truth)) => {
+    for (&t, input) in hours.iter().zip(&inputs) {
+        let hour = match input.and_then(|(truth, _)| Some((truth, forecasts.next()?))) {
+            Some((truth, f)) => {
                 let p = f.points[h];
                 let (lo, hi) = model
                     .conformal
@@ -259,20 +234,16 @@ fn score_hours(
                     inside: (f64::from(fz.inverse(p + lo))..=f64::from(fz.inverse(p + hi))).contains(&truth),
                 })
             }
-            _ => None,
+            None => None,
         };
         scored.push((t, hour));
     }
     Ok(scored)
 }
 
-/// Follows the models `names` gives each round (the served one, or every trained one) every `interval` until
-/// `stop`, recording their anomalies in the database.
-pub async fn follow<F, Fut>(state: ApiState, names: F, interval: Duration, stop: CancellationToken)
-where
-    F: Fn(ApiState) -> Fut,
-    Fut: std::future::Future<Output = Vec<String>>,
-{
+/// Follows, every `interval` until `stop`, the model `state` serves (a PredictiveModel's server) or, serving every
+/// model (one machine), each model with a version; records their anomalies in the database.
+pub async fn follow(state: ApiState, interval: Duration, stop: CancellationToken) {
     let lease = chrono::Duration::from_std((interval * 3).max(Duration::from_secs(60))).unwrap_or_default();
     let mut monitors: HashMap<String, ModelMonitor> = HashMap::new();
     let mut ticks = tokio::time::interval(interval);
@@ -282,7 +253,11 @@ where
             _ = ticks.tick() => {}
             () = stop.cancelled() => return,
         }
-        for name in names(state.clone()).await {
+        let names = match &state.served {
+            Some((name, _)) => vec![name.clone()],
+            None => state.registry.names().await.unwrap_or_default(),
+        };
+        for name in names {
             let monitor = monitors.entry(name.clone()).or_insert_with(|| ModelMonitor::new(&name));
             match monitor.round(&state).await {
                 Ok(scored) if !scored.is_empty() => {

@@ -298,7 +298,7 @@ async fn the_training_job_stores_a_version_and_reports_it() {
     let report = dir.path().join("report.json");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_airq-predictive"))
         .arg("train")
-        .env("AIRQ_MODEL", "default/no2")
+        .env("AIRQ_MODEL", "no2")
         .env("AIRQ_MODEL_REVISION", "abc123")
         .env(
             "AIRQ_MODEL_SPEC",
@@ -324,12 +324,12 @@ async fn the_training_job_stores_a_version_and_reports_it() {
         "{logs}"
     );
     let registry = Registry::new(db.clone());
-    let stored = registry.versions(Some("default/no2")).await.unwrap();
+    let stored = registry.versions(Some("no2")).await.unwrap();
     assert_eq!(stored[0].revision.as_deref(), Some("abc123"));
     // A spec with an unknown algorithm fails with the field named, and stores nothing.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_airq-predictive"))
         .arg("train")
-        .env("AIRQ_MODEL", "default/no2")
+        .env("AIRQ_MODEL", "no2")
         .env("AIRQ_MODEL_SPEC", common::spec(json!({ "forest": {} })).to_string())
         .env("AIRQ_DATABASE_URL", &test_db.url)
         .output()
@@ -337,7 +337,7 @@ async fn the_training_job_stores_a_version_and_reports_it() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown algorithm \"forest\""));
-    assert_eq!(registry.versions(Some("default/no2")).await.unwrap().len(), 1);
+    assert_eq!(registry.versions(Some("no2")).await.unwrap().len(), 1);
     db.close().await;
     test_db.remove().await.unwrap();
 }

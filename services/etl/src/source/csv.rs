@@ -1,4 +1,5 @@
-//! CSV files: a path, a folder of files, or an `http(s)://` URL; plain or gzip-compressed (detected from the first
+//! CSV files: a path, a folder of files, an `http(s)://` URL, or a folder's index over HTTP (a URL ending in `/`,
+//! [`super::index`]); plain or gzip-compressed (detected from the first
 //! bytes); in the Beijing layout (wide, local time, `NA`) or the long layout (`station,parameter,time,value,unit`).
 //! Files are read as a stream in fixed-size chunks, so memory stays flat whatever their size.
 
@@ -44,6 +45,17 @@ impl Input {
             Self::Url(_) => None,
         }
     }
+}
+
+/// The files `location` names: a URL, every `.csv` and `.csv.gz` file an index over HTTP lists (a URL ending in
+/// `/`), a file, or every `.csv` and `.csv.gz` file of a folder (sorted by name).
+pub async fn resolve(location: &str) -> Result<Vec<Input>, SourceError> {
+    if super::index::is_index(location) {
+        let client = super::http::client()?;
+        let files = super::index::fetch(&client, location).await?;
+        return Ok(files.into_iter().map(|url| Input::Url(url.into())).collect());
+    }
+    inputs(location)
 }
 
 /// The files `location` names: a URL, a file, or every `.csv` and `.csv.gz` file of a folder (sorted by name).

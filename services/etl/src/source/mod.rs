@@ -3,6 +3,7 @@
 
 pub mod csv;
 pub mod http;
+pub mod index;
 pub mod open_meteo;
 pub mod openaq;
 
