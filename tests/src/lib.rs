@@ -115,8 +115,8 @@ impl Published for node::NodeInfo {
 /// Servers started by this process, kept alive until it exits.
 static OWN_SERVERS: Mutex<Vec<OwnServer>> = Mutex::new(Vec::new());
 
-#[allow(dead_code)] // Held only to keep the servers alive.
-// At most one of each per process, kept until it exits: their size does not matter.
+// Held only to keep the servers alive. At most one of each per process, kept until it exits: their size does not matter.
+#[allow(dead_code)]
 #[allow(clippy::large_enum_variant)]
 enum OwnServer {
     Postgres(postgres::PostgresServer),

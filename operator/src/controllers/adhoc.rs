@@ -51,6 +51,8 @@ pub fn build(adhoc: &AdhocService, owner: &Owner, platform: Option<&Platform>) -
             port: IntOrString::String("http".to_owned()),
             host: None,
         }),
+        // As for airq's own services: a moment for the process to listen before the first probe.
+        initial_delay_seconds: Some(2),
         period_seconds: Some(10),
         ..Probe::default()
     };
