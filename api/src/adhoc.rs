@@ -28,7 +28,8 @@ use crate::common::{Access, ConditionedStatus};
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("size(self.metadata.name) <= 50").message("the name must be at most 50 characters"),
+    validation = Rule::new("size(self.metadata.name) <= 50").message("metadata.name: at most 50 characters (it names the Deployment and the Service adhoc-<name>)"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: only lower-case letters, digits and '-', starting and ending with a letter or digit (it names a Service, which allows no dots)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AdhocServiceSpec {

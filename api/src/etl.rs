@@ -27,7 +27,8 @@ use crate::common::{ConditionedStatus, DatabaseRef, PodOptions, SecretKeyRef};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("size(self.metadata.name) <= 40").message("the name must be at most 40 characters (it prefixes the names of the CronJob and its Jobs)"),
+    validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name: at most 40 characters (it prefixes the names of the CronJob etl-<name> and of its Jobs)"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: only lower-case letters, digits and '-', starting and ending with a letter or digit (it names the CronJob and its Jobs)"),
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -265,6 +266,9 @@ pub struct EtlScheduleStatus {
     /// When the CronJob last started a run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<Time>,
+    /// When a run last succeeded (kept while later runs fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<Time>,
     /// The last run that finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<LoadRunStatus>,

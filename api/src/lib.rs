@@ -7,6 +7,7 @@ pub mod common;
 pub mod etl;
 pub mod gateway;
 pub mod model;
+pub mod paths;
 pub mod platform;
 pub mod reports;
 pub mod validation;

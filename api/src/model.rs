@@ -31,7 +31,8 @@ use crate::common::{ConditionedStatus, DatabaseRef, PodOptions};
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("size(self.metadata.name) <= 40").message("the name must be at most 40 characters (it prefixes the names of the model's Jobs, Deployment and Service)"),
+    validation = Rule::new("size(self.metadata.name) <= 38").message("metadata.name: at most 38 characters (it names the CronJob model-<name>-retrain, which allows 52)"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: only lower-case letters, digits and '-', starting and ending with a letter or digit (it names a Service, which allows no dots)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PredictiveModelSpec {

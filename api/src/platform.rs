@@ -21,7 +21,7 @@ pub const PLATFORM_NAME: &str = "airq";
     kind = "Platform",
     namespaced,
     status = "PlatformStatus",
-    shortname = "airq",
+    shortname = "aqp",
     category = "airq",
     doc = "The core of airq in a namespace: gateway, front, predictive and ETL services, the Ingress for the dashboard and the API, and the gateway's routes. One per namespace, named airq.",
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),

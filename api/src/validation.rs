@@ -48,9 +48,6 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
-/// Path prefixes the platform's own routes use; an AdhocService may not take them over.
-pub const RESERVED_PREFIXES: &[&str] = &["/api/predictive/", "/api/etl/", "/api/front/", "/api/admin/"];
-
 /// Checks a cron expression the way a Kubernetes CronJob reads it: five fields (minute, hour, day of month, month,
 /// day of week) or a macro such as `@hourly`.
 pub fn check_cron(expression: &str) -> Result<(), String> {
@@ -158,9 +155,53 @@ pub fn predictive_model(spec: &PredictiveModelSpec) -> Result<(), Problems> {
     problems.into_result()
 }
 
+/// The value of a Kubernetes quantity (`500m`, `1.5`, `2Gi`, `1e3`); `None` when the API server would not read it.
+pub fn quantity(text: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 14] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+    ];
+    if !text.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '+' || c == '-') {
+        return None;
+    }
+    let (number, factor) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, factor)| text.strip_suffix(suffix).map(|n| (n, *factor)))
+        .unwrap_or((text, 1.0));
+    let (number, factor) = match number.strip_suffix('E') {
+        Some(n) => (n, 1e18),
+        None => (number, factor),
+    };
+    number.parse::<f64>().ok().filter(|n| n.is_finite()).map(|n| n * factor)
+}
+
 /// Checks an AdhocService's spec.
 pub fn adhoc_service(spec: &AdhocServiceSpec) -> Result<(), Problems> {
     let mut problems = Problems::default();
+    if let Some(resources) = &spec.resources {
+        for (part, amounts) in [("limits", &resources.limits), ("requests", &resources.requests)] {
+            for (name, amount) in amounts.iter().flatten() {
+                if quantity(&amount.0).is_none() {
+                    problems.add(
+                        &format!("spec.resources.{part}.{name}"),
+                        format!("{:?} is not a quantity (e.g. 500m, 0.5, 256Mi, 1Gi)", amount.0),
+                    );
+                }
+            }
+        }
+    }
     let prefix = spec.route.path_prefix.as_str();
     if prefix == "/" {
         problems.add(
@@ -169,14 +210,10 @@ pub fn adhoc_service(spec: &AdhocServiceSpec) -> Result<(), Problems> {
         );
     }
     // The platform's routes, and the paths the gateway answers itself.
-    if let Some(reserved) = RESERVED_PREFIXES
-        .iter()
-        .chain(crate::gateway::GATEWAY_PATHS.iter())
-        .find(|reserved| prefix.starts_with(*reserved) || reserved.starts_with(prefix))
-    {
+    if let Some(reserved) = crate::paths::overlapping(prefix) {
         problems.add(
             "spec.route.pathPrefix",
-            format!("{prefix:?} overlaps {reserved:?}, which the platform's own routes use"),
+            format!("{prefix:?} overlaps {reserved:?}, which the platform's own services answer"),
         );
     }
     if let Some(limit) = &spec.route.rate_limit {
@@ -240,6 +277,39 @@ mod tests {
         assert!(message.contains("spec.route.cors"), "{message}");
         let message = adhoc_problems("{ pathPrefix: /admin/reports/ }");
         assert!(message.contains("overlaps \"/admin/\""), "{message}");
+    }
+
+    #[test]
+    fn quantities_are_read_as_the_api_server_reads_them() {
+        for (text, value) in [
+            ("500m", 0.5),
+            ("0.5", 0.5),
+            ("2Gi", 2.0 * 1073741824.0),
+            ("1e3", 1000.0),
+            ("1k", 1000.0),
+        ] {
+            assert_eq!(quantity(text), Some(value), "{text}");
+        }
+        for bad in ["lots", "", "Mi", " 1", "1 Gi", "1.5x", "inf", "NaN"] {
+            assert_eq!(quantity(bad), None, "{bad:?}");
+        }
+        let mut spec = adhoc("{ pathPrefix: /reports/ }");
+        spec.resources = serde_saphyr::from_str("limits: { cpu: lots, memory: 64Mi }").ok();
+        let message = adhoc_service(&spec).err().map(|p| p.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("spec.resources.limits.cpu") && !message.contains("memory"),
+            "{message}"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, reading it as a quantity answers (no panic), and a number with a suffix reads back.
+        #[test]
+        fn any_text_read_as_a_quantity_answers(text in ".{0,12}", n in 0u32..100_000, suffix in "(|m|k|Ki|Mi|Gi|M|G)") {
+            let _ = quantity(&text);
+            let written = format!("{n}{suffix}");
+            proptest::prop_assert!(quantity(&written).is_some(), "{}", written);
+        }
     }
 
     #[test]

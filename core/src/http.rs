@@ -123,9 +123,11 @@ async fn readyz(State(state): State<OpsState>) -> Response {
 
 async fn metrics_text(State(state): State<OpsState>) -> Response {
     state.telemetry.prometheus.run_upkeep();
+    let mut text = state.telemetry.prometheus.render();
+    text.push_str(&crate::telemetry::collected());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.telemetry.prometheus.render(),
+        text,
     )
         .into_response()
 }

@@ -255,3 +255,48 @@ fn prometheus_handle() -> Result<PrometheusHandle, Error> {
     *installed = Some(handle.clone());
     Ok(handle)
 }
+
+/// Writes metrics computed when `/metrics` is read, in the Prometheus text format: series that exist exactly as long
+/// as what they describe (one per object of a cache, say), which the `metrics` facade cannot remove.
+pub type Collector = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+static COLLECTORS: std::sync::Mutex<Vec<(u64, Collector)>> = std::sync::Mutex::new(Vec::new());
+static NEXT_COLLECTOR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Adds `collector` to what `/metrics` answers, until the returned guard is dropped.
+#[must_use = "the collector is removed when the guard is dropped"]
+pub fn add_collector(collector: Collector) -> CollectorGuard {
+    let id = NEXT_COLLECTOR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    COLLECTORS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((id, collector));
+    CollectorGuard(id)
+}
+
+/// Removes its collector when dropped.
+pub struct CollectorGuard(u64);
+
+impl Drop for CollectorGuard {
+    fn drop(&mut self) {
+        COLLECTORS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _)| *id != self.0);
+    }
+}
+
+/// What the collectors write now.
+pub fn collected() -> String {
+    let collectors: Vec<Collector> = COLLECTORS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(_, c)| c.clone())
+        .collect();
+    let mut text = String::new();
+    for collector in collectors {
+        collector(&mut text);
+    }
+    text
+}

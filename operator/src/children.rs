@@ -1,6 +1,6 @@
 //! The objects a resource owns: their common metadata (labels, owner reference), and applying the desired set —
 //! server-side apply under one field manager, skipped when the object already carries the hash of what would be
-//! applied, and deletion of owned objects no longer wanted.
+//! applied and its fields are still as applied, and deletion of owned objects no longer wanted.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -226,14 +226,104 @@ impl Changes {
     }
 }
 
-/// The applied-hash annotation of the object `name` in `store`; `None` when there is no such object.
-fn existing_hash<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Option<String>>
+/// What the cluster has of a child the operator wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Current {
+    /// No such object.
+    Missing,
+    /// The object has every field the operator applies, with the value it applies.
+    AsApplied,
+    /// The object differs: the operator's spec changed (another hash), or someone edited a field the operator sets.
+    Drifted,
+}
+
+/// How the object `name` in `store` compares with `desired` (the JSON to apply, its hash annotation included).
+fn current<K>(store: &Store<K>, namespace: &str, name: &str, desired: &serde_json::Value, hash: &str) -> Current
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Resource<DynamicType = ()> + Clone + Serialize + 'static,
 {
-    store
-        .get(&ObjectRef::new(name).within(namespace))
-        .map(|object| object.annotations().get(HASH_ANNOTATION).cloned())
+    let Some(object) = store.get(&ObjectRef::new(name).within(namespace)) else {
+        return Current::Missing;
+    };
+    if object.annotations().get(HASH_ANNOTATION).map(String::as_str) != Some(hash) {
+        return Current::Drifted;
+    }
+    // The hash says what was applied last; the fields say whether they are still so (`kubectl scale`, `kubectl edit`).
+    match serde_json::to_value(object.as_ref()).map(|live| difference(&live, desired)) {
+        Ok(None) => Current::AsApplied,
+        Ok(Some(field)) => {
+            tracing::info!(kind = %K::kind(&()), %namespace, %name, %field, "a child was changed by someone else; applying it again");
+            Current::Drifted
+        }
+        Err(_) => Current::Drifted,
+    }
+}
+
+/// Whether `live` has every field `desired` sets, with the same value. The API server adds defaults (fields the
+/// operator does not set) and leaves out empty values: those are not differences.
+pub fn covers(live: &serde_json::Value, desired: &serde_json::Value) -> bool {
+    difference(live, desired).is_none()
+}
+
+/// The first field `desired` sets that `live` does not have with the same value (`spec.replicas`), if any.
+pub fn difference(live: &serde_json::Value, desired: &serde_json::Value) -> Option<String> {
+    difference_at(live, desired, false)
+}
+
+/// Fields whose values are quantities.
+const QUANTITY_FIELDS: [&str; 4] = ["limits", "requests", "sizeLimit", "overhead"];
+
+fn difference_at(live: &serde_json::Value, desired: &serde_json::Value, quantities: bool) -> Option<String> {
+    use serde_json::Value;
+    let same =
+        match (desired, live) {
+            (Value::Object(want), Value::Object(have)) => {
+                return want.iter().find_map(|(field, want)| match have.get(field) {
+                    Some(have) => difference_at(have, want, quantities || QUANTITY_FIELDS.contains(&field.as_str()))
+                        .map(|inner| match inner.chars().next() {
+                            None => field.clone(),
+                            Some('[') => format!("{field}{inner}"),
+                            Some(_) => format!("{field}.{inner}"),
+                        }),
+                    None => (!is_empty(want)).then(|| field.clone()),
+                });
+            }
+            (Value::Array(want), Value::Array(have)) if want.len() == have.len() => {
+                return want.iter().zip(have).enumerate().find_map(|(i, (want, have))| {
+                    difference_at(have, want, quantities).map(|inner| {
+                        if inner.is_empty() {
+                            format!("[{i}]")
+                        } else {
+                            format!("[{i}].{inner}")
+                        }
+                    })
+                });
+            }
+            (Value::Array(_), Value::Array(_)) => false,
+            (Value::Number(want), Value::Number(have)) => want.as_f64() == have.as_f64(),
+            (want, Value::Null) => is_empty(want),
+            // The API server writes quantities in canonical form (`0.5` as `500m`, `1024Mi` as `1Gi`).
+            (Value::String(want), Value::String(have)) if quantities => {
+                want == have
+                    || airq_api::validation::quantity(want)
+                        .is_some_and(|w| airq_api::validation::quantity(have) == Some(w))
+            }
+            (want, have) => want == have,
+        };
+    (!same).then(String::new)
+}
+
+/// A value the API server stores as absent.
+fn is_empty(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_empty),
+    }
 }
 
 /// Names of the objects in `store` that `owner` controls.
@@ -257,7 +347,8 @@ where
 }
 
 /// Applies `desired` for `owner` and deletes the objects `owner` controls that are neither desired nor kept. An
-/// object whose applied-hash already matches is not written.
+/// object that carries the hash of what would be applied and still has every field the operator sets as it set them
+/// is not written; one edited by hand is applied again, which puts the operator's fields back.
 pub async fn apply(ctx: &Context, owner: &Owner, desired: Desired) -> Result<Changes> {
     let mut changes = Changes::default();
     let mut wanted: BTreeSet<(ChildKind, String)> = desired.keep.clone();
@@ -269,19 +360,19 @@ pub async fn apply(ctx: &Context, owner: &Owner, desired: Desired) -> Result<Cha
         let name = child.name().to_owned();
         wanted.insert((kind, name.clone()));
         let (value, hash) = child.to_apply()?;
-        let existing = match kind {
-            ChildKind::ConfigMap => existing_hash(&ctx.stores.config_maps, &owner.namespace, &name),
-            ChildKind::Service => existing_hash(&ctx.stores.services, &owner.namespace, &name),
-            ChildKind::Deployment => existing_hash(&ctx.stores.deployments, &owner.namespace, &name),
-            ChildKind::Ingress => existing_hash(&ctx.stores.ingresses, &owner.namespace, &name),
-            ChildKind::CronJob => existing_hash(&ctx.stores.cron_jobs, &owner.namespace, &name),
-            ChildKind::Job => existing_hash(&ctx.stores.jobs, &owner.namespace, &name),
-            ChildKind::PodDisruptionBudget => {
-                existing_hash(&ctx.stores.pod_disruption_budgets, &owner.namespace, &name)
-            }
+        let namespace = owner.namespace.as_str();
+        let stores = &ctx.stores;
+        let current = match kind {
+            ChildKind::ConfigMap => current(&stores.config_maps, namespace, &name, &value, &hash),
+            ChildKind::Service => current(&stores.services, namespace, &name, &value, &hash),
+            ChildKind::Deployment => current(&stores.deployments, namespace, &name, &value, &hash),
+            ChildKind::Ingress => current(&stores.ingresses, namespace, &name, &value, &hash),
+            ChildKind::CronJob => current(&stores.cron_jobs, namespace, &name, &value, &hash),
+            ChildKind::Job => current(&stores.jobs, namespace, &name, &value, &hash),
+            ChildKind::PodDisruptionBudget => current(&stores.pod_disruption_budgets, namespace, &name, &value, &hash),
         };
         // Jobs cannot change once created: an existing one is kept whatever its content.
-        if existing == Some(Some(hash)) || (kind == ChildKind::Job && existing.is_some()) {
+        if current == Current::AsApplied || (kind == ChildKind::Job && current != Current::Missing) {
             continue;
         }
         pending.push((kind, name, value));
@@ -378,4 +469,61 @@ where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {
     Api::namespaced(ctx.client.clone(), &owner.namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_the_server_adds_are_not_drift() {
+        let desired = json!({ "spec": { "replicas": 2, "ports": [{ "port": 80 }], "args": [], "paused": false } });
+        let live = json!({ "spec": { "replicas": 2, "ports": [{ "port": 80, "protocol": "TCP" }], "revisionHistoryLimit": 10 } });
+        assert!(covers(&live, &desired));
+    }
+
+    #[test]
+    fn a_hand_edit_of_a_field_the_operator_sets_is_drift() {
+        let desired = json!({ "spec": { "replicas": 2, "ports": [{ "port": 80 }] } });
+        assert!(!covers(
+            &json!({ "spec": { "replicas": 3, "ports": [{ "port": 80 }] } }),
+            &desired
+        ));
+        assert!(!covers(&json!({ "spec": { "ports": [{ "port": 80 }] } }), &desired));
+        assert!(!covers(
+            &json!({ "spec": { "replicas": 2, "ports": [{ "port": 80 }, { "port": 81 }] } }),
+            &desired
+        ));
+        assert!(!covers(
+            &json!({ "spec": { "replicas": 2, "ports": [{ "port": 8080 }] } }),
+            &desired
+        ));
+    }
+
+    #[test]
+    fn the_difference_names_the_field() {
+        let desired = json!({ "spec": { "replicas": 2, "ports": [{ "port": 80 }] } });
+        let live = json!({ "spec": { "replicas": 2, "ports": [{ "port": 8080 }] } });
+        assert_eq!(difference(&live, &desired).as_deref(), Some("spec.ports[0].port"));
+        assert_eq!(difference(&json!({}), &desired).as_deref(), Some("spec"));
+    }
+
+    #[test]
+    fn quantities_compare_by_amount() {
+        let desired = json!({ "limits": { "cpu": "0.5", "memory": "1024Mi", "storage": "1e3" } });
+        assert!(covers(
+            &json!({ "limits": { "cpu": "500m", "memory": "1Gi", "storage": "1k" } }),
+            &desired
+        ));
+        assert!(!covers(
+            &json!({ "limits": { "cpu": "600m", "memory": "1Gi", "storage": "1k" } }),
+            &desired
+        ));
+        // Elsewhere a string is only equal to itself.
+        assert!(!covers(
+            &json!({ "env": { "value": "1.20" } }),
+            &json!({ "env": { "value": "1.2" } })
+        ));
+    }
 }

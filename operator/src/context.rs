@@ -2,8 +2,8 @@
 //! and the counters of what it did.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airq_api::{AdhocService, EtlSchedule, Platform, PredictiveModel};
@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::config::OperatorArgs;
@@ -90,27 +89,30 @@ impl Stats {
 pub struct Context {
     pub client: kube::Client,
     pub stores: Stores,
-    pub recorder: Recorder,
+    pub events: crate::events::Events,
     pub args: OperatorArgs,
     pub stats: Stats,
-    /// Consecutive failures per object, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
-    /// The last status written per object (without transition times).
-    statuses: Mutex<HashMap<String, String>>,
+    /// What the operator remembers per object, by UID.
+    pub memory: Arc<Memory>,
     /// Whether the cluster serves the Prometheus Operator's kinds, and when that was asked.
     monitoring: tokio::sync::Mutex<Option<(std::time::Instant, crate::monitoring::Apis)>>,
 }
 
 impl Context {
-    pub fn new(client: kube::Client, stores: Stores, recorder: Recorder, args: OperatorArgs) -> Self {
+    pub fn new(
+        client: kube::Client,
+        stores: Stores,
+        events: crate::events::Events,
+        args: OperatorArgs,
+        memory: Arc<Memory>,
+    ) -> Self {
         Self {
             client,
             stores,
-            recorder,
+            events,
             args,
             stats: Stats::default(),
-            failures: Mutex::new(HashMap::new()),
-            statuses: Mutex::new(HashMap::new()),
+            memory,
             monitoring: tokio::sync::Mutex::new(None),
         }
     }
@@ -141,34 +143,124 @@ impl Context {
         *cached = Some((std::time::Instant::now(), apis));
         apis
     }
+}
 
-    /// The status last written for `key`, without transition times.
-    pub fn last_status(&self, key: &str) -> Option<String> {
-        self.statuses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
+/// What the operator remembers about each of its resources between reconciles: the last status it wrote (without
+/// transition times), the failures in a row (for the backoff) and the count of reconciles. Keyed by UID, so that an object deleted and created
+/// again under the same name starts afresh; an object's entries are dropped when it is deleted, and the whole is
+/// bounded (past [`Memory::LIMIT`] objects it starts over: the cost is one status write per object).
+#[derive(Default)]
+pub struct Memory {
+    objects: Mutex<HashMap<String, Remembered>>,
+}
+
+#[derive(Default)]
+struct Remembered {
+    status: Option<String>,
+    failures: u32,
+    reconciles: u64,
+}
+
+impl Memory {
+    /// The most objects remembered.
+    pub const LIMIT: usize = 100_000;
+    /// The longest wait between retries of a failing reconcile.
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(256);
+
+    fn with<T>(&self, uid: &str, f: impl FnOnce(&mut Remembered) -> T) -> T {
+        let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        if objects.len() >= Self::LIMIT && !objects.contains_key(uid) {
+            objects.clear();
+        }
+        f(objects.entry(uid.to_owned()).or_default())
     }
 
-    /// Remembers the status written for `key`.
-    pub fn remember_status(&self, key: String, status: String) {
-        self.statuses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, status);
+    /// The status last written for the object `uid`, without transition times.
+    pub fn last_status(&self, uid: &str) -> Option<String> {
+        let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        objects.get(uid).and_then(|r| r.status.clone())
     }
 
-    /// The delay before retrying `key` after one more failure: 1 s, doubling, at most 5 minutes.
-    pub fn backoff(&self, key: String) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let attempt = failures.entry(key).or_default();
-        *attempt = attempt.saturating_add(1);
-        Duration::from_secs(1u64 << (*attempt - 1).min(8)).min(Duration::from_secs(300))
+    /// Remembers the status written for the object `uid`.
+    pub fn remember_status(&self, uid: &str, status: String) {
+        self.with(uid, |r| r.status = Some(status));
     }
 
-    /// Forgets the failures of `key` after a success.
-    pub fn succeeded(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    /// The delay before retrying the object `uid` after one more failure: 1 s, doubling, at most
+    /// [`Memory::MAX_BACKOFF`].
+    pub fn backoff(&self, uid: &str) -> Duration {
+        self.with(uid, |r| {
+            r.failures = r.failures.saturating_add(1);
+            Duration::from_secs(1u64 << (r.failures - 1).min(8)).min(Self::MAX_BACKOFF)
+        })
+    }
+
+    /// Forgets the failures of the object `uid` after a success.
+    pub fn succeeded(&self, uid: &str) {
+        let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = objects.get_mut(uid) {
+            r.failures = 0;
+        }
+    }
+
+    /// Counts a reconcile of the object `uid`.
+    pub fn reconciled(&self, uid: &str) {
+        self.with(uid, |r| r.reconciles = r.reconciles.saturating_add(1));
+    }
+
+    /// The reconciles of the object `uid` since it was first seen (or since the memory started over).
+    pub fn reconciles(&self, uid: &str) -> u64 {
+        let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        objects.get(uid).map_or(0, |r| r.reconciles)
+    }
+
+    /// Forgets everything about the object `uid`: it was deleted.
+    pub fn forget(&self, uid: &str) {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+
+    /// How many objects are remembered.
+    pub fn len(&self) -> usize {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_is_remembered_by_uid_and_forgotten_when_deleted() {
+        let memory = Memory::default();
+        memory.remember_status("uid-1", "ready".to_owned());
+        assert_eq!(memory.last_status("uid-1").as_deref(), Some("ready"));
+        // The same name created again has another UID: nothing is remembered about it.
+        assert_eq!(memory.last_status("uid-2"), None);
+        memory.forget("uid-1");
+        assert_eq!(memory.last_status("uid-1"), None);
+        assert!(memory.is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_restarts_after_a_success() {
+        let memory = Memory::default();
+        let delays: Vec<u64> = (0..11).map(|_| memory.backoff("u").as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 256, 256]);
+        memory.succeeded("u");
+        assert_eq!(memory.backoff("u").as_secs(), 1);
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let memory = Memory::default();
+        for i in 0..Memory::LIMIT + 10 {
+            memory.remember_status(&format!("uid-{i}"), String::new());
+        }
+        assert!(memory.len() <= Memory::LIMIT);
     }
 }

@@ -30,6 +30,8 @@ pub enum Error {
     Serialize(&'static str, #[source] serde_json::Error),
     #[error("the object has no {0}")]
     MissingMetadata(&'static str),
+    #[error("writing the gateway's route table: {0}")]
+    RouteTable(String),
 }
 
 impl Error {
@@ -42,6 +44,7 @@ impl Error {
             Self::ReadPods { .. } => "read_pods",
             Self::Serialize(..) => "serialize",
             Self::MissingMetadata(_) => "missing_metadata",
+            Self::RouteTable(_) => "route_table",
         }
     }
 }

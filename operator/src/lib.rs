@@ -9,6 +9,7 @@ pub mod context;
 pub mod controllers;
 pub mod crds;
 pub mod error;
+pub mod events;
 pub mod monitoring;
 pub mod routes;
 pub mod status;

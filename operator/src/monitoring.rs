@@ -239,27 +239,88 @@ pub async fn apply(ctx: &Context, owner: &Owner, apis: Apis) -> Result<Vec<Strin
     Ok(applied)
 }
 
-/// Exports the gauges of an EtlSchedule the alerts read: whether its last run failed, when a run last succeeded,
-/// and its schedule's period.
-pub fn record_etl(namespace: &str, name: &str, schedule: Option<&str>, last_run: Option<&LoadRunStatus>) {
-    let labels = [("airq_namespace", namespace.to_owned()), ("schedule", name.to_owned())];
-    let failed = last_run.is_some_and(|r| !r.succeeded);
-    metrics::gauge!("airq_operator_etl_last_run_failed", &labels).set(if failed { 1.0 } else { 0.0 });
-    if let Some(at) = last_run
-        .filter(|r| r.succeeded)
-        .and_then(|r| r.completion_time.as_ref())
-    {
-        metrics::gauge!("airq_operator_etl_last_success_timestamp_seconds", &labels).set(at.0.as_second() as f64);
-    }
-    if let Some(period) = schedule.and_then(airq_api::validation::cron_period_seconds) {
-        metrics::gauge!("airq_operator_etl_schedule_period_seconds", &labels).set(period as f64);
-    }
+/// Writes, for every EtlSchedule and PredictiveModel in the caches, the gauges the alerts read (Prometheus text
+/// format): whether a schedule's last run failed, when a run last succeeded, its schedule's period, and whether a
+/// model's last training failed. Computed from the caches at each scrape, so a deleted resource's series go with it.
+pub fn write_resource_metrics(stores: &crate::context::Stores, out: &mut String) {
+    use std::fmt::Write;
+    let schedules = stores.etl_schedules.state();
+    let models = stores.models.state();
+    let mut gauge = |name: &str, help: &str, series: Vec<(String, f64)>| {
+        if series.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in series {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let etl_labels = |e: &airq_api::EtlSchedule| {
+        format!(
+            "airq_namespace=\"{}\",schedule=\"{}\"",
+            escape(e.metadata.namespace.as_deref().unwrap_or_default()),
+            escape(e.metadata.name.as_deref().unwrap_or_default())
+        )
+    };
+    let last_run = |e: &airq_api::EtlSchedule| -> Option<LoadRunStatus> { e.status.as_ref()?.last_run.clone() };
+    gauge(
+        "airq_operator_etl_last_run_failed",
+        "1 when the EtlSchedule's last finished run failed.",
+        schedules
+            .iter()
+            .map(|e| {
+                (
+                    etl_labels(e),
+                    f64::from(u8::from(last_run(e).is_some_and(|r| !r.succeeded))),
+                )
+            })
+            .collect(),
+    );
+    gauge(
+        "airq_operator_etl_last_success_timestamp_seconds",
+        "When a run of the EtlSchedule last succeeded (Unix seconds).",
+        schedules
+            .iter()
+            .filter_map(|e| {
+                let at = e.status.as_ref()?.last_success_time.as_ref()?;
+                Some((etl_labels(e), at.0.as_second() as f64))
+            })
+            .collect(),
+    );
+    gauge(
+        "airq_operator_etl_schedule_period_seconds",
+        "The period of the EtlSchedule's cron schedule.",
+        schedules
+            .iter()
+            .filter_map(|e| {
+                let period = airq_api::validation::cron_period_seconds(e.spec.schedule.as_deref()?)?;
+                Some((etl_labels(e), period as f64))
+            })
+            .collect(),
+    );
+    gauge(
+        "airq_operator_model_training_failed",
+        "1 when the PredictiveModel's last training failed.",
+        models
+            .iter()
+            .map(|m| {
+                let failed = m.status.as_ref().is_some_and(|s| {
+                    airq_api::common::condition(&s.conditions, "Trained").is_some_and(|c| c.reason == "TrainingFailed")
+                });
+                let labels = format!(
+                    "airq_namespace=\"{}\",model=\"{}\"",
+                    escape(m.metadata.namespace.as_deref().unwrap_or_default()),
+                    escape(m.metadata.name.as_deref().unwrap_or_default())
+                );
+                (labels, f64::from(u8::from(failed)))
+            })
+            .collect(),
+    );
 }
 
-/// Exports whether a PredictiveModel's last training failed.
-pub fn record_training(namespace: &str, name: &str, failed: bool) {
-    let labels = [("airq_namespace", namespace.to_owned()), ("model", name.to_owned())];
-    metrics::gauge!("airq_operator_model_training_failed", &labels).set(if failed { 1.0 } else { 0.0 });
+/// A label value escaped for the Prometheus text format.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]

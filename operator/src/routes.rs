@@ -88,7 +88,7 @@ pub fn table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> Route
         },
         Route {
             id: "predictive".to_owned(),
-            path_prefix: "/api/predictive/".to_owned(),
+            path_prefix: airq_api::paths::PREDICTIVE.to_owned(),
             host: None,
             upstream: service_url("airq-predictive", &namespace),
             strip_prefix: true,
@@ -104,7 +104,7 @@ pub fn table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> Route
         },
         Route {
             id: "etl".to_owned(),
-            path_prefix: "/api/etl/".to_owned(),
+            path_prefix: airq_api::paths::ETL.to_owned(),
             host: None,
             upstream: service_url("airq-etl", &namespace),
             strip_prefix: true,

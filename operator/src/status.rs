@@ -4,7 +4,6 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -12,6 +11,25 @@ use serde::de::DeserializeOwned;
 use crate::children::MANAGER;
 use crate::context::Context;
 use crate::error::{Error, Result};
+
+/// One of airq's resources, as the status functions handle it.
+pub trait Airq:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Airq for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug
+{
+}
 
 /// The conditions' `status` values.
 pub fn status_word(value: bool) -> String {
@@ -46,25 +64,18 @@ pub fn condition(
 /// Writes `status` into the resource's status subresource, unless it is already what the resource has.
 pub async fn update<K, S>(ctx: &Context, resource: &K, current: Option<&S>, status: S) -> Result<bool>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Airq,
     S: Serialize + PartialEq,
 {
     if current == Some(&status) {
         return Ok(false);
     }
     // The object in hand may predate the status this operator wrote a moment ago (its watch event not yet in): then
-    // the same status, but for its transition times, is not written again.
-    let key = format!(
-        "{}/{}/{}",
-        kind_label::<K>(),
-        resource.namespace().unwrap_or_default(),
-        resource.name_any()
-    );
+    // the same status, but for its transition times, is not written again. Remembered by UID: an object deleted and
+    // created again under the same name is another object, with no status yet.
+    let uid = resource.meta().uid.clone().ok_or(Error::MissingMetadata("uid"))?;
     let fingerprint = status_fingerprint(&status)?;
-    if ctx.last_status(&key).as_deref() == Some(fingerprint.as_str()) {
+    if ctx.memory.last_status(&uid).as_deref() == Some(fingerprint.as_str()) {
         return Ok(false);
     }
     let namespace = resource.namespace().ok_or(Error::MissingMetadata("namespace"))?;
@@ -78,8 +89,103 @@ where
         .await
         .map_err(Error::Status)?;
     ctx.stats.wrote(kind_label::<K>(), "status");
-    ctx.remember_status(key, fingerprint);
+    ctx.memory.remember_status(&uid, fingerprint);
     Ok(true)
+}
+
+/// Parks `resource` until it changes: `Ready=False` with `reason` and `message` as its only condition, the status
+/// fields `extra` sets (a JSON merge: `null` removes one), and a Warning Event when the reason or the generation is
+/// new. Every controller stops this way on what only a change of the resource (or of what it names) can fix.
+pub async fn park<K>(ctx: &Context, resource: &K, reason: &str, message: String, extra: serde_json::Value) -> Result<()>
+where
+    K: Airq,
+{
+    let generation = resource.meta().generation;
+    let current = serde_json::to_value(resource)
+        .map_err(|e| Error::Serialize("resource", e))?
+        .get("status")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let previous: Vec<Condition> = current
+        .get("conditions")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let previous_reason = previous.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.as_str());
+    let previous_generation = current.get("observedGeneration").and_then(serde_json::Value::as_i64);
+    if previous_reason != Some(reason) || previous_generation != generation {
+        event(ctx, resource, true, reason, "Validate", message.clone()).await;
+    }
+    let ready = condition(&previous, "Ready", false, reason, message, generation);
+    let mut patch = serde_json::json!({ "observedGeneration": generation, "conditions": [ready] });
+    // Set as they are: a `null` must reach the API server, where it removes the field.
+    if let (Some(patch), serde_json::Value::Object(extra)) = (patch.as_object_mut(), extra) {
+        patch.extend(extra);
+    }
+    let mut wanted = current.clone();
+    json_patch::merge(&mut wanted, &patch);
+    write_status(ctx, resource, &current, &wanted, &patch).await
+}
+
+/// Parks `resource` when the API server refused one of its children (an invalid or unreadable object, a forbidden
+/// write, a quota):
+/// `Ready=False`, reason `ChildRefused`, with the server's message, and an Event. The error is returned, so the
+/// reconcile is retried with backoff (a forbidden write may be allowed later).
+pub async fn refused<K>(ctx: &Context, resource: &K, error: Error) -> Error
+where
+    K: Airq,
+{
+    if let Error::Apply {
+        kind,
+        name,
+        source: kube::Error::Api(status),
+    } = &error
+        // 4xx: refused; 500: the API server could not even read the object (an invalid quantity, say). Not a conflict
+        // or a throttle, which pass by themselves.
+        && (400..=500).contains(&status.code)
+        && status.code != 409
+        && status.code != 429
+    {
+        let message = format!("the API server refused {kind} {name}: {}", status.message);
+        if let Err(e) = park(ctx, resource, "ChildRefused", message, serde_json::json!({})).await {
+            tracing::warn!(error = %e, "cannot write the status of a refused child");
+        }
+    }
+    error
+}
+
+/// Merge-patches the status with `patch` unless `wanted` (the status after it) is what `current` already is, or what
+/// this operator wrote last (transition times aside).
+async fn write_status<K>(
+    ctx: &Context,
+    resource: &K,
+    current: &serde_json::Value,
+    wanted: &serde_json::Value,
+    patch: &serde_json::Value,
+) -> Result<()>
+where
+    K: Airq,
+{
+    let uid = resource.meta().uid.clone().ok_or(Error::MissingMetadata("uid"))?;
+    let fingerprint = status_fingerprint(wanted)?;
+    if status_fingerprint(current)? == fingerprint || ctx.memory.last_status(&uid).as_deref() == Some(&fingerprint) {
+        return Ok(());
+    }
+    let namespace = resource.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch_status(
+        &resource.name_any(),
+        &params,
+        &Patch::Merge(&serde_json::json!({ "status": patch })),
+    )
+    .await
+    .map_err(Error::Status)?;
+    ctx.stats.wrote(kind_label::<K>(), "status");
+    ctx.memory.remember_status(&uid, fingerprint);
+    Ok(())
 }
 
 /// The status as JSON without the conditions' transition times.
@@ -100,28 +206,16 @@ pub async fn event<K>(ctx: &Context, resource: &K, warning: bool, reason: &str, 
 where
     K: Resource<DynamicType = ()>,
 {
-    let event = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: reason.to_owned(),
-        note: Some(truncate(note, 1000)),
-        action: action.to_owned(),
-        secondary: None,
+    let note = crate::events::Note {
+        warning,
+        reason,
+        action,
+        note,
     };
-    match ctx.recorder.publish(&event, &resource.object_ref(&())).await {
+    match ctx.events.publish(resource.object_ref(&()), note).await {
         Ok(()) => ctx.stats.wrote(kind_label::<K>(), "event"),
         Err(err) => tracing::warn!(error = %err, reason, "cannot publish an event"),
     }
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
 }
 
 /// The kind name as a `'static` label.

@@ -42,7 +42,7 @@ pub async fn pod_database(client: &kube::Client, ns: &str) -> Result<PodDatabase
         "metadata": { "name": DATABASE },
         "spec": { "ports": [{ "name": "postgres", "port": 5432, "targetPort": server.port, "protocol": "TCP" }] },
     }))?;
-    Api::<Service>::namespaced(client.clone(), ns)
+    let service = Api::<Service>::namespaced(client.clone(), ns)
         .create(&params, &service)
         .await?;
     let slice: EndpointSlice = serde_json::from_value(json!({
@@ -60,6 +60,20 @@ pub async fn pod_database(client: &kube::Client, ns: &str) -> Result<PodDatabase
     Api::<EndpointSlice>::namespaced(client.clone(), ns)
         .create(&params, &slice)
         .await?;
+    // kube-proxy writes the Service's rules a moment after it appears; until then a pod's connection to it finds no
+    // route. Pods are started only once it answers.
+    let cluster_ip = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    crate::eventually(
+        &format!("the Service {DATABASE} at {cluster_ip}:5432 answers"),
+        std::time::Duration::from_secs(30),
+        || async {
+            tokio::net::TcpStream::connect((cluster_ip.as_str(), 5432))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await?;
     let url = server.pod_url_for(&format!("{DATABASE}.{ns}.svc"), 5432, &test.name);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": { "name": DATABASE },

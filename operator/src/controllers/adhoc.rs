@@ -23,7 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use crate::children::{self, Child, Desired, Owner};
 use crate::context::Context;
 use crate::error::Result;
-use crate::status::{condition, event, update};
+use crate::status::{condition, event, park, refused, update};
 use crate::workload::{container_security, pod_template, tmp_volume};
 
 /// The name of an AdhocService's Deployment, Service and Ingress.
@@ -197,24 +197,14 @@ pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Ac
     let previous_reason = airq_api::common::condition(&previous.conditions, "Ready").map(|c| c.reason.clone());
 
     if let Err(problems) = airq_api::validation::adhoc_service(&adhoc.spec) {
-        let message = problems.to_string();
-        let status = AdhocServiceStatus {
-            observed_generation: generation,
-            conditions: vec![condition(
-                &previous.conditions,
-                "Ready",
-                false,
-                "InvalidSpec",
-                &message,
-                generation,
-            )],
-            available_replicas: previous.available_replicas,
-            url: None,
-        };
-        if previous_reason.as_deref() != Some("InvalidSpec") || previous.observed_generation != generation {
-            event(&ctx, adhoc.as_ref(), true, "InvalidSpec", "Validate", message).await;
+        // An invalid spec serves nothing: its Deployment, Service and Ingress go (the Platform drops its route), and
+        // the status has no URL, rather than the last valid spec half kept.
+        let changes = children::apply(&ctx, &owner, Desired::default()).await?;
+        if !changes.is_empty() {
+            event(&ctx, adhoc.as_ref(), false, "Removed", "Delete", changes.describe()).await;
         }
-        update(&ctx, adhoc.as_ref(), adhoc.status.as_ref(), status).await?;
+        let extra = serde_json::json!({ "url": null, "availableReplicas": null });
+        park(&ctx, adhoc.as_ref(), "InvalidSpec", problems.to_string(), extra).await?;
         // Nothing will change until the object does.
         return Ok(Action::await_change());
     }
@@ -223,7 +213,10 @@ pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Ac
         .stores
         .platforms
         .get(&ObjectRef::new(PLATFORM_NAME).within(&owner.namespace));
-    let changes = children::apply(&ctx, &owner, build(&adhoc, &owner, platform.as_deref())).await?;
+    let changes = match children::apply(&ctx, &owner, build(&adhoc, &owner, platform.as_deref())).await {
+        Ok(changes) => changes,
+        Err(error) => return Err(refused(&ctx, adhoc.as_ref(), error).await),
+    };
     if !changes.is_empty() {
         event(&ctx, adhoc.as_ref(), false, "Applied", "Apply", changes.describe()).await;
     }

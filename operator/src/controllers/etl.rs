@@ -16,7 +16,7 @@ use crate::children::{self, Child, ChildKind, Desired, Owner};
 use crate::context::Context;
 use crate::controllers::jobs::{self, JobState};
 use crate::error::Result;
-use crate::status::{condition, event, update};
+use crate::status::{condition, event, park, refused, update};
 use crate::workload::{database_env, env, job_container, pod_template, secret_env, tmp_volume};
 
 /// The label naming the EtlSchedule a load Job belongs to (also on Jobs its CronJob starts).
@@ -123,7 +123,6 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
     let owner = Owner::of(etl.as_ref())?;
     let generation = etl.metadata.generation;
     let previous = etl.status.clone().unwrap_or_default();
-    let previous_reason = airq_api::common::condition(&previous.conditions, "Ready").map(|c| c.reason.clone());
     let source = Some(etl.spec.source.kind().to_owned());
 
     let mut blocked = airq_api::validation::etl_schedule(&etl.spec)
@@ -150,23 +149,14 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
         }
     }
     if let Some((reason, message)) = blocked {
-        if previous_reason.as_deref() != Some(reason) || previous.observed_generation != generation {
-            event(&ctx, etl.as_ref(), true, reason, "Validate", message.clone()).await;
-        }
-        let status = EtlScheduleStatus {
-            observed_generation: generation,
-            conditions: vec![condition(
-                &previous.conditions,
-                "Ready",
-                false,
-                reason,
-                message,
-                generation,
-            )],
-            source,
-            ..previous.clone()
-        };
-        update(&ctx, etl.as_ref(), etl.status.as_ref(), status).await?;
+        park(
+            &ctx,
+            etl.as_ref(),
+            reason,
+            message,
+            serde_json::json!({ "source": source }),
+        )
+        .await?;
         return Ok(Action::await_change());
     }
 
@@ -189,7 +179,10 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
         .iter()
         .find(|c| matches!(c, Child::Job(_)) && !c.name().contains("-run-"))
         .map(|c| c.name().to_owned());
-    let changes = children::apply(&ctx, &owner, desired).await?;
+    let changes = match children::apply(&ctx, &owner, desired).await {
+        Ok(changes) => changes,
+        Err(error) => return Err(refused(&ctx, etl.as_ref(), error).await),
+    };
     if !changes.is_empty() {
         event(&ctx, etl.as_ref(), false, "Applied", "Apply", changes.describe()).await;
     }
@@ -298,12 +291,11 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
         (None, Some(JobState::Failed { message, .. })) => (false, "LoadFailed", message),
         (None, _) => (false, "Running", "the load runs".to_owned()),
     };
-    crate::monitoring::record_etl(
-        &owner.namespace,
-        &owner.name,
-        etl.spec.schedule.as_deref(),
-        last_run.as_ref(),
-    );
+    let last_success_time = last_run
+        .as_ref()
+        .filter(|r| r.succeeded)
+        .and_then(|r| r.completion_time.clone())
+        .or(previous.last_success_time.clone());
     let status = EtlScheduleStatus {
         observed_generation: generation,
         conditions: vec![condition(
@@ -316,6 +308,7 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
         )],
         source,
         last_schedule_time,
+        last_success_time,
         last_run,
         watermark,
     };

@@ -23,7 +23,6 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -32,7 +31,7 @@ use tokio::task::JoinSet;
 
 use crate::children::{MANAGED_BY, MANAGER, OWNER_KIND_LABEL};
 use crate::config::OperatorArgs;
-use crate::context::{Context, Stores};
+use crate::context::{Context, Memory, Stores};
 use crate::error::{Error, Result};
 
 /// How long the caches may take to fill before the operator gives up starting.
@@ -63,6 +62,8 @@ struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
     reader: Store<K>,
     writer: reflector::store::Writer<K>,
     subscribers: Vec<(Filter<K>, Sender<K>)>,
+    /// Told the UID of each deleted object.
+    memory: Option<Arc<Memory>>,
 }
 
 impl<K> Feed<K>
@@ -75,6 +76,15 @@ where
             reader,
             writer,
             subscribers: Vec::new(),
+            memory: None,
+        }
+    }
+
+    /// A feed whose deleted objects are forgotten by `memory`.
+    fn remembered_in(memory: &Arc<Memory>) -> Self {
+        Self {
+            memory: Some(memory.clone()),
+            ..Self::new()
         }
     }
 
@@ -96,6 +106,7 @@ where
             reader,
             writer,
             subscribers,
+            memory,
         } = self;
         let stream = watcher(api, config)
             .default_backoff()
@@ -112,6 +123,9 @@ where
                     }
                 };
                 if let Some((object, deleted)) = change {
+                    if deleted && let (Some(memory), Some(uid)) = (&memory, &object.meta().uid) {
+                        memory.forget(uid);
+                    }
                     for (filter, sender) in &subscribers {
                         if filter(&object, deleted) {
                             let _ = sender.unbounded_send(Ok(object.clone()));
@@ -170,6 +184,8 @@ pub struct Operator {
     watches: JoinSet<()>,
     controllers: JoinSet<()>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Keeps the per-resource gauges in `/metrics` while the controllers run.
+    _metrics: airq_core::telemetry::CollectorGuard,
 }
 
 impl Operator {
@@ -179,10 +195,11 @@ impl Operator {
         let ns = ns.as_deref();
         let all = watcher::Config::default;
 
-        let mut platforms = Feed::<Platform>::new();
-        let mut adhoc_services = Feed::<AdhocService>::new();
-        let mut etl_schedules = Feed::<EtlSchedule>::new();
-        let mut models = Feed::<PredictiveModel>::new();
+        let memory = Arc::new(Memory::default());
+        let mut platforms = Feed::<Platform>::remembered_in(&memory);
+        let mut adhoc_services = Feed::<AdhocService>::remembered_in(&memory);
+        let mut etl_schedules = Feed::<EtlSchedule>::remembered_in(&memory);
+        let mut models = Feed::<PredictiveModel>::remembered_in(&memory);
         let mut deployments = Feed::<Deployment>::new();
         let mut services = Feed::<Service>::new();
         let mut ingresses = Feed::<Ingress>::new();
@@ -281,14 +298,14 @@ impl Operator {
         }
 
         let identity = args.identity.clone().unwrap_or_else(|| MANAGER.to_owned());
-        let recorder = Recorder::new(
+        let events = crate::events::Events::new(client.clone(), MANAGER, &identity);
+        let ctx = Arc::new(Context::new(
             client.clone(),
-            Reporter {
-                controller: MANAGER.to_owned(),
-                instance: Some(identity),
-            },
-        );
-        let ctx = Arc::new(Context::new(client.clone(), stores.clone(), recorder, args.clone()));
+            stores.clone(),
+            events,
+            args.clone(),
+            memory,
+        ));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let shutdown = move || {
             let mut stopped = stopped.clone();
@@ -410,6 +427,11 @@ impl Operator {
                 ctx.clone(),
             );
 
+        let metric_stores = stores.clone();
+        let metrics = airq_core::telemetry::add_collector(Arc::new(move |out: &mut String| {
+            crate::monitoring::write_resource_metrics(&metric_stores, out);
+        }));
+
         let mut controllers = JoinSet::new();
         controllers.spawn(adhoc.for_each(|_| async {}));
         controllers.spawn(platform.for_each(|_| async {}));
@@ -420,6 +442,7 @@ impl Operator {
             watches: tasks,
             controllers,
             stop,
+            _metrics: metrics,
         })
     }
 
@@ -489,14 +512,19 @@ async fn observe<K: Resource>(
     reconcile: impl Future<Output = Result<Action>>,
 ) -> Result<Action> {
     let started = Instant::now();
+    if let Some(uid) = &object.meta().uid {
+        ctx.memory.reconciled(uid);
+    }
     let result = reconcile.await;
     ctx.stats.reconciled(
         kind,
         if result.is_ok() { "success" } else { "error" },
         started.elapsed(),
     );
-    if result.is_ok() {
-        ctx.succeeded(&object_key(kind, object.as_ref()));
+    if result.is_ok()
+        && let Some(uid) = &object.meta().uid
+    {
+        ctx.memory.succeeded(uid);
     }
     result
 }
@@ -513,7 +541,7 @@ fn object_key<K: Resource>(kind: &str, object: &K) -> String {
 fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     let kind = crate::status::kind_label::<K>();
     let key = object_key(kind, object.as_ref());
-    let delay = ctx.backoff(key.clone());
+    let delay = ctx.memory.backoff(object.meta().uid.as_deref().unwrap_or(&key));
     tracing::warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
     let namespace = object.meta().namespace.clone().unwrap_or_default();
     metrics::counter!(

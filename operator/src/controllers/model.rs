@@ -23,7 +23,7 @@ use crate::controllers::adhoc::deployment_available;
 use crate::controllers::jobs::{self, JobState};
 use crate::error::Result;
 use crate::monitoring::METRICS_LABEL;
-use crate::status::{condition, event, update};
+use crate::status::{condition, event, park, refused, update};
 use crate::workload::{
     HTTP_PORT, database_env, disruption_budget, env, job_container, pod_template, service_container, tmp_volume,
 };
@@ -253,24 +253,9 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
         ));
     }
     if let Some((reason, message)) = blocked {
-        if previous_reason.as_deref() != Some(reason) || previous.observed_generation != generation {
-            event(&ctx, model.as_ref(), true, reason, "Validate", message.clone()).await;
-        }
-        let status = PredictiveModelStatus {
-            observed_generation: generation,
-            conditions: vec![condition(
-                &previous.conditions,
-                "Ready",
-                false,
-                reason,
-                message,
-                generation,
-            )],
-            phase: Some(previous.phase.unwrap_or(ModelPhase::Pending)),
-            algorithm,
-            ..previous.clone()
-        };
-        update(&ctx, model.as_ref(), model.status.as_ref(), status).await?;
+        let phase = previous.phase.unwrap_or(ModelPhase::Pending);
+        let extra = serde_json::json!({ "phase": phase, "algorithm": algorithm });
+        park(&ctx, model.as_ref(), reason, message, extra).await?;
         return Ok(Action::await_change());
     }
 
@@ -346,7 +331,10 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
         crate::workload::set_pull_policy(&mut desired.children, &ctx.args.image_pull_policy);
     }
     crate::monitoring::annotate_for_scraping(&mut desired.children, ctx.monitoring_apis().await);
-    let changes = children::apply(&ctx, &owner, desired).await?;
+    let changes = match children::apply(&ctx, &owner, desired).await {
+        Ok(changes) => changes,
+        Err(error) => return Err(refused(&ctx, model.as_ref(), error).await),
+    };
     if !changes.is_empty() {
         event(&ctx, model.as_ref(), false, "Applied", "Apply", changes.describe()).await;
     }
@@ -357,10 +345,13 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
             false,
             "Trained",
             "Train",
-            format!(
-                "Job {job} trained version {} (MAE {:?})",
-                report.model_version, report.mae
-            ),
+            match report.mae {
+                Some(mae) => format!("Job {job} trained version {} (MAE {mae:.3})", report.model_version),
+                None => format!(
+                    "Job {job} trained version {} (no MAE: no test data)",
+                    report.model_version
+                ),
+            },
         )
         .await;
     }
@@ -468,7 +459,6 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
             generation,
         ),
     ];
-    crate::monitoring::record_training(&owner.namespace, &owner.name, trained_reason == "TrainingFailed");
     update(&ctx, model.as_ref(), model.status.as_ref(), status).await?;
     Ok(Action::await_change())
 }

@@ -24,9 +24,9 @@ use kube::runtime::reflector::ObjectRef;
 use crate::children::{self, Child, Desired, Owner};
 use crate::context::Context;
 use crate::controllers::adhoc::deployment_available;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::monitoring::METRICS_LABEL;
-use crate::status::{condition, event, update};
+use crate::status::{condition, event, park, refused, update};
 use crate::workload::{
     HTTP_PORT, database_env, disruption_budget, env, pod_template, secret_env, service_container, tmp_volume,
 };
@@ -70,7 +70,8 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
     let mut children = Vec::new();
 
     let table = crate::routes::table(platform, adhoc_services);
-    let routes_yaml = serde_saphyr::to_string(&table).unwrap_or_default();
+    // A table that cannot be written is an error, never an empty table (which would close every route).
+    let routes_yaml = serde_saphyr::to_string(&table).map_err(|e| Error::RouteTable(e.to_string()))?;
     children.push(Child::ConfigMap(ConfigMap {
         metadata: owner.meta(ROUTES_CONFIG_MAP, owner.labels("airq-gateway")),
         data: Some(BTreeMap::from([(ROUTES_KEY.to_owned(), routes_yaml)])),
@@ -248,7 +249,6 @@ pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Act
     let owner = Owner::of(platform.as_ref())?;
     let generation = platform.metadata.generation;
     let previous = platform.status.clone().unwrap_or_default();
-    let previous_reason = airq_api::common::condition(&previous.conditions, "Ready").map(|c| c.reason.clone());
 
     let mut missing = Vec::new();
     if !ctx
@@ -280,23 +280,7 @@ pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Act
                 ),
             )
         };
-        if previous_reason.as_deref() != Some(reason) {
-            event(&ctx, platform.as_ref(), true, reason, "Validate", message.clone()).await;
-        }
-        let status = PlatformStatus {
-            observed_generation: generation,
-            conditions: vec![condition(
-                &previous.conditions,
-                "Ready",
-                false,
-                reason,
-                message,
-                generation,
-            )],
-            routes: previous.routes,
-            url: previous.url.clone(),
-        };
-        update(&ctx, platform.as_ref(), platform.status.as_ref(), status).await?;
+        park(&ctx, platform.as_ref(), reason, message, serde_json::json!({})).await?;
         return Ok(Action::await_change());
     }
 
@@ -311,7 +295,10 @@ pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Act
     let monitoring = ctx.monitoring_apis().await;
     crate::monitoring::annotate_for_scraping(&mut desired.children, monitoring);
     let routes = crate::routes::table(&platform, &adhoc_services).routes.len();
-    let mut changes = children::apply(&ctx, &owner, desired).await?;
+    let mut changes = match children::apply(&ctx, &owner, desired).await {
+        Ok(changes) => changes,
+        Err(error) => return Err(refused(&ctx, platform.as_ref(), error).await),
+    };
     changes
         .applied
         .extend(crate::monitoring::apply(&ctx, &owner, monitoring).await?);

@@ -48,6 +48,14 @@ pub async fn args(namespace: &str) -> anyhow::Result<OperatorArgs> {
 
 /// A client, a fresh namespace with airq's CRDs installed, and an operator watching that namespace.
 pub async fn setup() -> anyhow::Result<(kube::Client, String, Operator)> {
+    // The operator's log lines go with the test's output (shown when it fails); `RUST_LOG` chooses them.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("airq_operator=info")),
+        )
+        .with_test_writer()
+        .try_init();
     let client = airq_testenv::kube_client().await?;
     install_crds(&client).await?;
     let ns = airq_testenv::namespace(&client).await?;

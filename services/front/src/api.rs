@@ -13,6 +13,7 @@
 //!
 //! Answers carry an ETag and `Cache-Control`; errors are `{"error": {"code", "message"}}`.
 
+use airq_api::paths::front as paths;
 use std::collections::BTreeMap;
 
 use airq_core::http::ApiError;
@@ -45,16 +46,17 @@ const ANOMALIES_LIMIT: i64 = 200;
 const ANOMALY_HOURS: i64 = 24;
 const ANOMALY_HOURS_MAX: i64 = 30 * 24;
 
+/// The API's routes, at the paths `airq_api::paths::front` reserves for them.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/stations", get(list_stations))
-        .route("/api/stations/{code}", get(get_station))
-        .route("/api/stations/{code}/series", get(series))
-        .route("/api/stations/{code}/forecast", get(forecast))
-        .route("/api/compare", get(compare))
-        .route("/api/ops", get(ops))
-        .route("/api/anomalies", get(anomalies))
-        .route("/api/openapi.json", get(openapi))
+        .route(paths::STATIONS, get(list_stations))
+        .route(&format!("{}/{{code}}", paths::STATIONS), get(get_station))
+        .route(&format!("{}/{{code}}/series", paths::STATIONS), get(series))
+        .route(&format!("{}/{{code}}/forecast", paths::STATIONS), get(forecast))
+        .route(paths::COMPARE, get(compare))
+        .route(paths::OPS, get(ops))
+        .route(paths::ANOMALIES, get(anomalies))
+        .route(paths::OPENAPI, get(openapi))
         .with_state(state)
 }
 
@@ -566,4 +568,27 @@ pub fn openapi_document() -> Value {
                 "count": { "type": "array", "items": { "type": "integer" } } } }
         } }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI document lists what the front answers: each of its paths must be one `airq_api::paths` reserves,
+    /// or an AdhocService could take it over.
+    #[test]
+    fn every_documented_path_is_reserved_for_the_front() {
+        let document = openapi_document();
+        let documented = document["paths"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect::<Vec<_>>());
+        let documented = documented.unwrap_or_default();
+        assert!(documented.len() >= 7, "{documented:?}");
+        for path in documented {
+            assert!(
+                paths::ALL.iter().any(|reserved| path.starts_with(reserved)),
+                "{path} is served by the front but not in airq_api::paths::front::ALL"
+            );
+        }
+    }
 }

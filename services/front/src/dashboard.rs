@@ -1,6 +1,7 @@
 //! The dashboard: one HTML page, its script and its style sheet, compiled into the binary. Every URL in them is
 //! relative, so the dashboard works wherever the gateway or the ingress mounts the front service (`/`, `/airq/`…).
 
+use airq_api::paths::front as paths;
 use std::sync::LazyLock;
 
 use axum::Router;
@@ -54,10 +55,19 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; st
 pub fn router() -> Router {
     Router::new()
         .route("/", get(|h: HeaderMap| async move { INDEX.respond(&h) }))
-        .route("/index.html", get(|h: HeaderMap| async move { INDEX.respond(&h) }))
-        .route("/assets/app.js", get(|h: HeaderMap| async move { SCRIPT.respond(&h) }))
-        .route("/assets/app.css", get(|h: HeaderMap| async move { STYLE.respond(&h) }))
-        .route("/assets/icon.svg", get(|h: HeaderMap| async move { ICON.respond(&h) }))
+        .route(paths::INDEX, get(|h: HeaderMap| async move { INDEX.respond(&h) }))
+        .route(
+            &format!("{}app.js", paths::ASSETS),
+            get(|h: HeaderMap| async move { SCRIPT.respond(&h) }),
+        )
+        .route(
+            &format!("{}app.css", paths::ASSETS),
+            get(|h: HeaderMap| async move { STYLE.respond(&h) }),
+        )
+        .route(
+            &format!("{}icon.svg", paths::ASSETS),
+            get(|h: HeaderMap| async move { ICON.respond(&h) }),
+        )
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),

@@ -1,0 +1,160 @@
+//! Events (`events.k8s.io/v1`) about airq's resources, as `kubectl describe` and `kubectl events` show them.
+//!
+//! The same event again — same object, type, reason, action *and note* — within [`SERIES_WINDOW`] only counts up the
+//! first one's series; an event with another note is a new Event. (kube's `Recorder` keys its series without the
+//! note, so a reason repeated with a new message kept showing the first message.)
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+/// How long a repeat counts up the earlier Event rather than making a new one.
+pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+/// The most Events remembered for counting repeats.
+const LIMIT: usize = 10_000;
+/// The longest note kept (the API server refuses notes over 1 kB).
+const MAX_NOTE: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    uid: String,
+    warning: bool,
+    reason: String,
+    action: String,
+    note: String,
+}
+
+struct Sent {
+    name: String,
+    count: i32,
+    at: Instant,
+}
+
+/// Publishes Events as one controller instance.
+pub struct Events {
+    client: kube::Client,
+    controller: String,
+    instance: String,
+    sent: Mutex<HashMap<Key, Sent>>,
+}
+
+/// One Event to publish.
+pub struct Note<'a> {
+    pub warning: bool,
+    pub reason: &'a str,
+    pub action: &'a str,
+    pub note: String,
+}
+
+impl Events {
+    pub fn new(client: kube::Client, controller: &str, instance: &str) -> Self {
+        Self {
+            client,
+            controller: controller.to_owned(),
+            instance: instance.to_owned(),
+            sent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes `note` about the object `regarding`: a new Event, or one more in the series of the same Event sent
+    /// within [`SERIES_WINDOW`].
+    pub async fn publish(&self, regarding: ObjectReference, note: Note<'_>) -> Result<(), kube::Error> {
+        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        let key = Key {
+            uid: regarding.uid.clone().unwrap_or_default(),
+            warning: note.warning,
+            reason: note.reason.to_owned(),
+            action: note.action.to_owned(),
+            note: truncate(note.note, MAX_NOTE),
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let repeat = self.repeat(&key);
+        if let Some((name, count)) = repeat {
+            let patch = serde_json::json!({
+                "series": EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) },
+            });
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => return Ok(()),
+                // Expired or deleted meanwhile: a new Event.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let now = Timestamp::now();
+        let name = format!(
+            "{}.{:x}",
+            regarding.name.as_deref().unwrap_or(&self.controller),
+            now.as_nanosecond()
+        );
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some(if key.warning { "Warning" } else { "Normal" }.to_owned()),
+            reason: Some(key.reason.clone()),
+            action: Some(key.action.clone()),
+            note: Some(key.note.clone()),
+            regarding: Some(regarding),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Event::default()
+        };
+        api.create(&PostParams::default(), &event).await?;
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key,
+            Sent {
+                name,
+                count: 1,
+                at: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// The name of the Event `key` repeats and its series' new count; forgets Events past the window.
+    fn repeat(&self, key: &Key) -> Option<(String, i32)> {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.retain(|_, s| s.at.elapsed() < SERIES_WINDOW);
+        if sent.len() >= LIMIT {
+            sent.clear();
+        }
+        let entry = sent.get_mut(key)?;
+        entry.count = entry.count.saturating_add(1);
+        entry.at = Instant::now();
+        // A series counts the repeats: the first Event is occurrence 1, so the second makes a series of 2.
+        Some((entry.name.clone(), entry.count))
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_are_cut_on_a_character_boundary() {
+        let note = "é".repeat(600);
+        let cut = truncate(note, MAX_NOTE);
+        assert!(cut.len() <= MAX_NOTE);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}
