@@ -257,6 +257,16 @@ impl Detector for FixedThreshold {
     }
 }
 
+/// Several detectors on the same values; the score is the largest of theirs (each is already in units of its own
+/// spread, so they compare). Alarms when any of them would.
+pub struct Maximum(pub Vec<Box<dyn Detector + Send>>);
+
+impl Detector for Maximum {
+    fn score(&mut self, value: f64) -> f64 {
+        self.0.iter_mut().map(|d| d.score(value)).fold(0.0, f64::max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ pub struct Settings {
     pub season: usize,
     /// Past seasons the expected value is taken from.
     pub seasons: usize,
-    /// The score above which a sample is anomalous (the NAB evaluation's best standard-profile threshold is 5.5).
+    /// The score above which a sample is anomalous (5.5: chosen on one NAB category, held out on the other).
     pub threshold: f64,
     /// Samples in a row below the threshold that close an anomaly.
     pub clear_after: usize,

@@ -96,6 +96,22 @@ pub struct Context {
     pub memory: Arc<Memory>,
     /// Whether the cluster serves the Prometheus Operator's kinds, and when that was asked.
     monitoring: tokio::sync::Mutex<Option<(std::time::Instant, crate::monitoring::Apis)>>,
+    /// The operator's objects of those kinds, each watched from the first time it is needed.
+    monitoring_caches: tokio::sync::Mutex<HashMap<&'static str, MonitoringCache>>,
+}
+
+/// A watch of one of the Prometheus Operator's kinds (the operator's objects only) and its cache.
+struct MonitoringCache {
+    store: Store<kube::api::DynamicObject>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        for cache in self.monitoring_caches.get_mut().values() {
+            cache.task.abort();
+        }
+    }
 }
 
 impl Context {
@@ -114,7 +130,61 @@ impl Context {
             stats: Stats::default(),
             memory,
             monitoring: tokio::sync::Mutex::new(None),
+            monitoring_caches: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The cache of the operator's objects of the Prometheus Operator kind `kind` (`resource`), watched from the first
+    /// call on; `None` while it cannot be filled (the kind just appeared, or the watch is refused), so that the caller
+    /// asks the API server instead.
+    pub async fn monitoring_cache(
+        &self,
+        kind: &'static str,
+        resource: &kube::api::ApiResource,
+    ) -> Option<Store<kube::api::DynamicObject>> {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, reflector, watcher};
+        let mut caches = self.monitoring_caches.lock().await;
+        let store = match caches.get(kind) {
+            Some(cache) => cache.store.clone(),
+            None => {
+                let api: kube::Api<kube::api::DynamicObject> = match &self.args.namespace {
+                    Some(namespace) => kube::Api::namespaced_with(self.client.clone(), namespace, resource),
+                    None => kube::Api::all_with(self.client.clone(), resource),
+                };
+                let writer = reflector::store::Writer::new(resource.clone());
+                let store = writer.as_reader();
+                let config = watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    crate::children::MANAGED_BY.0,
+                    crate::children::MANAGED_BY.1
+                ));
+                let stream = watcher(api, config)
+                    .default_backoff()
+                    .reflect(writer)
+                    .for_each(move |event| {
+                        if let Err(err) = event {
+                            tracing::warn!(kind, error = %err, "watch error; retrying");
+                        }
+                        futures::future::ready(())
+                    });
+                let task = tokio::spawn(stream);
+                caches.insert(
+                    kind,
+                    MonitoringCache {
+                        store: store.clone(),
+                        task,
+                    },
+                );
+                store
+            }
+        };
+        drop(caches);
+        tokio::time::timeout(Duration::from_secs(5), store.wait_until_ready())
+            .await
+            .ok()?
+            .ok()?;
+        Some(store)
     }
 
     /// Which of the Prometheus Operator's kinds the cluster serves, asked at most every

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use airq_api::etl::LoadRunStatus;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use crate::children::{Child, HASH_ANNOTATION, MANAGER, Owner, with_hash};
@@ -226,8 +227,18 @@ pub async fn apply(ctx: &Context, owner: &Owner, apis: Apis) -> Result<Vec<Strin
             name: NAME.to_owned(),
             source,
         };
-        let existing = api.get_opt(NAME).await.map_err(apply_error)?;
-        if existing.is_some_and(|o| o.metadata.annotations.and_then(|mut a| a.remove(HASH_ANNOTATION)) == Some(hash)) {
+        // From the watch cache; from the API server only while the cache cannot be filled.
+        let existing = match ctx.monitoring_cache(kind, &resource(kind)).await {
+            Some(store) => store
+                .get(&ObjectRef::new_with(NAME, resource(kind)).within(&owner.namespace))
+                .map(|o| o.as_ref().clone()),
+            None => api.get_opt(NAME).await.map_err(apply_error)?,
+        };
+        let as_applied = existing.is_some_and(|o| {
+            o.metadata.annotations.as_ref().and_then(|a| a.get(HASH_ANNOTATION)) == Some(&hash)
+                && serde_json::to_value(&o).is_ok_and(|live| crate::children::covers(&live, &value))
+        });
+        if as_applied {
             continue;
         }
         api.patch(NAME, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&value))
