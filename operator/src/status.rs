@@ -70,24 +70,38 @@ where
     if current == Some(&status) {
         return Ok(false);
     }
-    // The object in hand may predate the status this operator wrote a moment ago (its watch event not yet in): then
-    // the same status, but for its transition times, is not written again. Remembered by UID: an object deleted and
-    // created again under the same name is another object, with no status yet.
-    let uid = resource.meta().uid.clone().ok_or(Error::MissingMetadata("uid"))?;
     let fingerprint = status_fingerprint(&status)?;
+    let status = serde_json::to_value(&status).map_err(|e| Error::Serialize("status", e))?;
+    send_status(ctx, resource, fingerprint, &status).await
+}
+
+/// Merge-patches the status with `patch`, whose result has `fingerprint`, unless this operator wrote that status last:
+/// the object in hand may predate the status written a moment ago (its watch event not yet in), and the same status,
+/// but for its transition times, is not written again. Remembered by UID: an object deleted and created again under
+/// the same name is another object, with no status yet. True when written.
+async fn send_status<K: Airq>(
+    ctx: &Context,
+    resource: &K,
+    fingerprint: String,
+    patch: &serde_json::Value,
+) -> Result<bool> {
+    let uid = resource.meta().uid.clone().ok_or(Error::MissingMetadata("uid"))?;
     if ctx.memory.last_status(&uid).as_deref() == Some(fingerprint.as_str()) {
         return Ok(false);
     }
     let namespace = resource.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = serde_json::json!({ "status": status });
     let params = PatchParams {
         field_manager: Some(MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    api.patch_status(&resource.name_any(), &params, &Patch::Merge(&patch))
-        .await
-        .map_err(Error::Status)?;
+    api.patch_status(
+        &resource.name_any(),
+        &params,
+        &Patch::Merge(&serde_json::json!({ "status": patch })),
+    )
+    .await
+    .map_err(Error::Status)?;
     ctx.stats.wrote(kind_label::<K>(), "status");
     ctx.memory.remember_status(&uid, fingerprint);
     Ok(true)
@@ -155,36 +169,17 @@ where
 
 /// Merge-patches the status with `patch` unless `wanted` (the status after it) is what `current` already is, or what
 /// this operator wrote last (transition times aside).
-async fn write_status<K>(
+async fn write_status<K: Airq>(
     ctx: &Context,
     resource: &K,
     current: &serde_json::Value,
     wanted: &serde_json::Value,
     patch: &serde_json::Value,
-) -> Result<()>
-where
-    K: Airq,
-{
-    let uid = resource.meta().uid.clone().ok_or(Error::MissingMetadata("uid"))?;
+) -> Result<()> {
     let fingerprint = status_fingerprint(wanted)?;
-    if status_fingerprint(current)? == fingerprint || ctx.memory.last_status(&uid).as_deref() == Some(&fingerprint) {
-        return Ok(());
+    if status_fingerprint(current)? != fingerprint {
+        send_status(ctx, resource, fingerprint, patch).await?;
     }
-    let namespace = resource.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-    let params = PatchParams {
-        field_manager: Some(MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    api.patch_status(
-        &resource.name_any(),
-        &params,
-        &Patch::Merge(&serde_json::json!({ "status": patch })),
-    )
-    .await
-    .map_err(Error::Status)?;
-    ctx.stats.wrote(kind_label::<K>(), "status");
-    ctx.memory.remember_status(&uid, fingerprint);
     Ok(())
 }
 

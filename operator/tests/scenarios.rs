@@ -26,6 +26,18 @@ fn service_yaml(name: &str, image: &str, prefix: &str) -> String {
     )
 }
 
+/// Scales the Deployment `name` by hand, as `kubectl scale` would.
+async fn scale_by_hand(deployments: &Api<Deployment>, name: &str, replicas: i32) -> anyhow::Result<()> {
+    deployments
+        .patch(
+            name,
+            &by_hand(),
+            &Patch::Merge(json!({ "spec": { "replicas": replicas } })),
+        )
+        .await?;
+    Ok(())
+}
+
 /// A hand edit, as `kubectl` makes it: a merge patch under another field manager.
 fn by_hand() -> PatchParams {
     PatchParams {
@@ -93,13 +105,7 @@ async fn an_adhoc_service_deleted_and_created_again_gets_a_status_and_hand_edits
     // Its children run; then a Service edited by hand and a Deployment scaled by hand are put back.
     common::pods_ready(&client, &ns, "app.kubernetes.io/instance=echo", 1).await?;
     wait_for(&deployments, "adhoc-echo", "the Deployment", 30, |_| Ok(())).await?;
-    deployments
-        .patch(
-            "adhoc-echo",
-            &by_hand(),
-            &Patch::Merge(json!({ "spec": { "replicas": 3 } })),
-        )
-        .await?;
+    scale_by_hand(&deployments, "adhoc-echo", 3).await?;
     wait_for(&deployments, "adhoc-echo", "the scale put back to 1", 30, |d| {
         (replicas(d) == Some(1))
             .then_some(())
@@ -123,13 +129,7 @@ async fn an_adhoc_service_deleted_and_created_again_gets_a_status_and_hand_edits
 
     // An edit while the operator is down is put back when it starts.
     operator.stop().await;
-    deployments
-        .patch(
-            "adhoc-echo",
-            &by_hand(),
-            &Patch::Merge(json!({ "spec": { "replicas": 2 } })),
-        )
-        .await?;
+    scale_by_hand(&deployments, "adhoc-echo", 2).await?;
     let operator = Operator::start(client.clone(), common::args(&ns).await?).await?;
     wait_for(
         &deployments,
