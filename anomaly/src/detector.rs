@@ -187,11 +187,13 @@ impl Detector for Seasonal {
     }
 }
 
-/// The z-score against a trailing window's mean and standard deviation.
+/// The z-score against a trailing window's mean and standard deviation. A missing sample (NaN) is not scored and
+/// leaves the window as it was.
 #[derive(Debug, Clone)]
 pub struct RollingZ {
     window: usize,
     values: VecDeque<f64>,
+    last_band: Option<(f64, f64)>,
 }
 
 impl RollingZ {
@@ -199,19 +201,46 @@ impl RollingZ {
         Self {
             window: window.max(2),
             values: VecDeque::new(),
+            last_band: None,
         }
+    }
+
+    /// The window's length in values.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// The window's mean before the last value scored (`None` before eight values were seen).
+    pub fn last_expected(&self) -> Option<f64> {
+        self.last_band.map(|(mean, _)| mean)
+    }
+
+    /// The mean and the spread (standard deviation, floored) the last value was scored against.
+    pub fn last_band(&self) -> Option<(f64, f64)> {
+        self.last_band
+    }
+
+    /// A missing sample: nothing is expected or scored for it.
+    pub fn skip(&mut self) {
+        self.last_band = None;
     }
 }
 
 impl Detector for RollingZ {
     fn score(&mut self, value: f64) -> f64 {
+        if value.is_nan() {
+            self.skip();
+            return 0.0;
+        }
         let n = self.values.len();
         let z = if n >= 8 {
             let mean = self.values.iter().sum::<f64>() / n as f64;
             let var = self.values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-            let floor = 1e-3 * mean.abs().max(1e-9);
-            (value - mean).abs() / var.sqrt().max(floor)
+            let spread = var.sqrt().max(1e-3 * mean.abs().max(1e-9));
+            self.last_band = Some((mean, spread));
+            (value - mean).abs() / spread
         } else {
+            self.last_band = None;
             0.0
         };
         self.values.push_back(value);

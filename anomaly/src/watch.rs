@@ -1,20 +1,30 @@
-//! Following live signals (a route's request rate, error ratio, latency…): one [`Seasonal`] detector per signal,
-//! fed one sample per interval, and the anomalies currently open. An anomaly opens when a sample scores above the
+//! Following live signals (a route's request rate, error ratio, latency…): one detector per signal (a 1-day
+//! [`RollingZ`] or a [`Seasonal`] one, see [`Method`]), fed one sample per interval, and the anomalies currently open. An anomaly opens when a sample scores above the
 //! threshold and closes after `clear_after` samples in a row below it, so that a flapping score is one anomaly.
 //! Anomalies that closed are kept until [`Watcher::take_closed`] hands them to whoever records them.
 
 use std::collections::BTreeMap;
 
-use crate::detector::{Detector, Seasonal};
+use crate::detector::{Detector, RollingZ, Seasonal};
+
+/// The detector each signal gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The z-score against the mean and spread of the last `window` samples. With a day's window it is the
+    /// detector that won the held-out NAB evaluation on the standard and low-false-positive profiles (docs/benchmarks.md),
+    /// the gateway's default.
+    Rolling { window: usize },
+    /// The median of the same phase over the past `seasons` seasons of `season` samples (fewer missed windows held
+    /// out, about twice the false alarms).
+    Seasonal { season: usize, seasons: usize },
+}
 
 /// How the signals are followed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
-    /// Samples per season (a day of one-minute samples: 1,440).
-    pub season: usize,
-    /// Past seasons the expected value is taken from.
-    pub seasons: usize,
-    /// The score above which a sample is anomalous (5.5: chosen on one NAB category, held out on the other).
+    pub method: Method,
+    /// The score above which a sample is anomalous (chosen on one NAB category, held out on the other: 5.25 for
+    /// the 1-day rolling z-score, 5.5 for the daily seasonal detector).
     pub threshold: f64,
     /// Samples in a row below the threshold that close an anomaly.
     pub clear_after: usize,
@@ -23,12 +33,77 @@ pub struct Settings {
 impl Settings {
     /// Daily seasonality over a week, for samples taken every `interval_seconds`.
     pub fn daily(interval_seconds: f64, threshold: f64) -> Self {
-        let season = (86_400.0 / interval_seconds.max(1e-3)).round().max(2.0) as usize;
         Self {
-            season,
-            seasons: 7,
+            method: Method::Seasonal {
+                season: per_day(interval_seconds),
+                seasons: 7,
+            },
             threshold,
             clear_after: 5,
+        }
+    }
+
+    /// A rolling z-score over the last day, for samples taken every `interval_seconds`.
+    pub fn rolling_day(interval_seconds: f64, threshold: f64) -> Self {
+        Self {
+            method: Method::Rolling {
+                window: per_day(interval_seconds),
+            },
+            threshold,
+            clear_after: 5,
+        }
+    }
+}
+
+fn per_day(interval_seconds: f64) -> usize {
+    (86_400.0 / interval_seconds.max(1e-3)).round().max(2.0) as usize
+}
+
+/// One signal's detector.
+enum Tracker {
+    Rolling(RollingZ),
+    Seasonal(Seasonal),
+}
+
+impl Tracker {
+    fn new(method: Method) -> Self {
+        match method {
+            Method::Rolling { window } => Self::Rolling(RollingZ::new(window)),
+            Method::Seasonal { season, seasons } => {
+                Self::Seasonal(Seasonal::new(season, seasons, 2, season.min(1_440)))
+            }
+        }
+    }
+
+    fn score(&mut self, value: f64) -> f64 {
+        match self {
+            Self::Rolling(d) => d.score(value),
+            Self::Seasonal(d) => d.score(value),
+        }
+    }
+
+    fn skip(&mut self) {
+        match self {
+            Self::Rolling(d) => d.skip(),
+            Self::Seasonal(d) => d.skip(),
+        }
+    }
+
+    fn last_expected(&self) -> Option<f64> {
+        match self {
+            Self::Rolling(d) => d.last_expected(),
+            Self::Seasonal(d) => d.last_expected(),
+        }
+    }
+
+    /// For a rolling detector, the band (mean, spread) the last value was scored against and the window's length:
+    /// an episode is judged against the band that was usual when it opened, for at most a window. (A rolling window
+    /// learns the new level within minutes and would close an episode whose cause is still there; the seasonal
+    /// detector's median of past days does not.)
+    fn band(&self) -> Option<((f64, f64), usize)> {
+        match self {
+            Self::Rolling(d) => d.last_band().map(|band| (band, d.window())),
+            Self::Seasonal(_) => None,
         }
     }
 }
@@ -53,10 +128,14 @@ pub struct Anomaly {
 }
 
 struct Followed {
-    detector: Seasonal,
+    detector: Tracker,
     score: f64,
     open: Option<Anomaly>,
     below: usize,
+    /// The usual band when the open episode began and the samples it may last judged against it (rolling only).
+    band: Option<((f64, f64), usize)>,
+    /// Samples since the open episode began.
+    lasted: usize,
 }
 
 /// The signals followed and their open anomalies.
@@ -80,10 +159,12 @@ impl Watcher {
         self.followed
             .entry((signal.to_owned(), subject.to_owned()))
             .or_insert_with(|| Followed {
-                detector: Seasonal::new(settings.season, settings.seasons, 2, settings.season.min(1_440)),
+                detector: Tracker::new(settings.method),
                 score: 0.0,
                 open: None,
                 below: 0,
+                band: None,
+                lasted: 0,
             })
     }
 
@@ -105,7 +186,13 @@ impl Watcher {
         if followed.below < clear_after {
             return None;
         }
+        Self::close(followed, now)
+    }
+
+    fn close(followed: &mut Followed, now: i64) -> Option<Anomaly> {
         followed.below = 0;
+        followed.band = None;
+        followed.lasted = 0;
         followed.open.take().map(|mut anomaly| {
             anomaly.closed = Some(now);
             anomaly
@@ -116,11 +203,27 @@ impl Watcher {
     pub fn observe(&mut self, signal: &str, subject: &str, value: f64, now: i64) -> f64 {
         let settings = self.settings;
         let followed = self.followed(signal, subject);
-        let score = followed.detector.score(value);
-        let expected = followed.detector.last_expected();
+        let raw = followed.detector.score(value);
+        if followed.open.is_some() {
+            followed.lasted += 1;
+            if followed.band.is_some_and(|(_, most)| followed.lasted >= most) {
+                // Out of the old band for a whole window: that is the usual level now.
+                followed.score = raw;
+                let closed = Self::close(followed, now);
+                self.closed.extend(closed);
+                return raw;
+            }
+        }
+        let (score, expected) = match followed.band {
+            Some(((mean, spread), _)) => ((value - mean).abs() / spread, Some(mean)),
+            None => (raw, followed.detector.last_expected()),
+        };
         followed.score = score;
         if score > settings.threshold {
             followed.below = 0;
+            if followed.open.is_none() {
+                followed.band = followed.detector.band();
+            }
             let anomaly = followed.open.get_or_insert_with(|| Anomaly {
                 signal: signal.to_owned(),
                 subject: subject.to_owned(),
@@ -167,18 +270,28 @@ impl Watcher {
 mod tests {
     use super::*;
 
-    fn settings() -> Settings {
-        Settings {
-            season: 24,
-            seasons: 3,
+    /// Both detectors, each with a day of 24 samples.
+    fn every_method() -> [Settings; 2] {
+        [
+            Method::Rolling { window: 24 },
+            Method::Seasonal { season: 24, seasons: 3 },
+        ]
+        .map(|method| Settings {
+            method,
             threshold: 5.5,
             clear_after: 3,
-        }
+        })
     }
 
     #[test]
     fn a_burst_of_errors_opens_one_anomaly_that_closes_when_the_ratio_returns() {
-        let mut watcher = Watcher::new(settings());
+        for settings in every_method() {
+            a_burst_of_errors(settings);
+        }
+    }
+
+    fn a_burst_of_errors(settings: Settings) {
+        let mut watcher = Watcher::new(settings);
         let mut t = 0;
         let mut sample = |watcher: &mut Watcher, value: f64| {
             t += 60;
@@ -215,7 +328,13 @@ mod tests {
 
     #[test]
     fn missing_samples_count_as_quiet() {
-        let mut watcher = Watcher::new(settings());
+        for settings in every_method() {
+            missing_samples(settings);
+        }
+    }
+
+    fn missing_samples(settings: Settings) {
+        let mut watcher = Watcher::new(settings);
         for i in 0..100 {
             watcher.observe("abs_error", "pm25/Dongsi", 10.0 + f64::from(i % 5), i64::from(i));
         }
@@ -229,8 +348,45 @@ mod tests {
     }
 
     #[test]
+    fn a_lasting_shift_stays_one_episode_for_a_window_with_the_rolling_detector() {
+        let mut watcher = Watcher::new(every_method()[0]);
+        for t in 0..100 {
+            watcher.observe("error_ratio", "front", 0.01 + f64::from(t % 3) * 0.002, i64::from(t));
+        }
+        // The upstream fails 60 % of requests from t = 100 on: the window learns the new level within a few
+        // samples, but the episode is judged against the band usual before it.
+        for t in 100..124 {
+            watcher.observe("error_ratio", "front", 0.6, t);
+            let open = watcher.open();
+            assert_eq!(open.len(), 1, "t = {t}: {open:?}");
+            assert!(
+                open[0].score > 5.5 && open[0].expected.is_some_and(|e| e < 0.02),
+                "{open:?}"
+            );
+        }
+        assert!(watcher.take_closed().is_empty());
+        // A whole window later it is the usual level: the episode closes, and no other opens.
+        for t in 124..140 {
+            watcher.observe("error_ratio", "front", 0.6, t);
+        }
+        assert!(watcher.open().is_empty(), "{:?}", watcher.open());
+        let closed = watcher.take_closed();
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert_eq!((closed[0].since, closed[0].closed), (100, Some(124)));
+    }
+
+    #[test]
     fn daily_settings_count_samples_per_day() {
-        assert_eq!(Settings::daily(60.0, 5.5).season, 1_440);
-        assert_eq!(Settings::daily(300.0, 5.5).season, 288);
+        assert_eq!(
+            Settings::daily(60.0, 5.5).method,
+            Method::Seasonal {
+                season: 1_440,
+                seasons: 7
+            }
+        );
+        assert_eq!(
+            Settings::rolling_day(300.0, 5.25).method,
+            Method::Rolling { window: 288 }
+        );
     }
 }

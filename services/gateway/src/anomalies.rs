@@ -1,6 +1,6 @@
 //! Anomaly detection on the gateway's own traffic: every `--anomaly-interval-ms`, each route's request rate, share
-//! of 5xx answers and mean latency since the previous sample go to a seasonal detector per route and signal
-//! (`airq_anomaly::watch`). Open anomalies are exported as metrics, listed by `GET /admin/anomalies` (this
+//! of 5xx answers and mean latency since the previous sample go to a detector per route and signal (a rolling
+//! z-score over a day by default, `airq_anomaly::watch`). Open anomalies are exported as metrics, listed by `GET /admin/anomalies` (this
 //! replica's), and recorded in the platform's anomalies table as this replica's (the dashboard's operations page
 //! lists every part's): refreshed at each sample with an expiry a few samples ahead, so a replica that goes away
 //! leaves no anomaly open behind it.
@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airq_anomaly::watch::{Anomaly, Settings, Watcher};
+use airq_anomaly::watch::{Anomaly, Method, Settings, Watcher};
 use airq_core::store::Store;
 use axum::Json;
 use axum::extract::State;
@@ -17,19 +17,26 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::AppState;
+use crate::config::Detector;
 
 /// The watcher shared by the sampling task and the admin API.
 pub type SharedWatcher = Arc<Mutex<Watcher>>;
 
-/// A watcher for samples every `interval_ms` with a season of `season_seconds`.
-pub fn watcher(interval_ms: u64, season_seconds: u64, threshold: f64) -> SharedWatcher {
+/// A watcher for samples every `interval_ms` looking back `span_seconds` (the rolling window, or the season).
+pub fn watcher(detector: Detector, interval_ms: u64, span_seconds: u64, threshold: f64) -> SharedWatcher {
     let interval_ms = interval_ms.max(1);
-    let season = usize::try_from(season_seconds.saturating_mul(1_000) / interval_ms)
+    let samples = usize::try_from(span_seconds.saturating_mul(1_000) / interval_ms)
         .unwrap_or(usize::MAX)
-        .max(2);
+        .clamp(2, 1 << 20);
+    let method = match detector {
+        Detector::Rolling => Method::Rolling { window: samples },
+        Detector::Seasonal => Method::Seasonal {
+            season: samples,
+            seasons: 7,
+        },
+    };
     Arc::new(Mutex::new(Watcher::new(Settings {
-        season,
-        seasons: 7,
+        method,
         threshold,
         clear_after: 5,
     })))

@@ -234,9 +234,12 @@ pub async fn state(config: &Config, db: Database) -> Result<AppState, StartError
         ops_metrics: Arc::new(RouteMetrics::new("ops")),
         unmatched_metrics: Arc::new(RouteMetrics::new("none")),
         anomalies: anomalies::watcher(
+            config.anomaly_detector,
             config.anomaly_interval_ms,
             config.anomaly_season_seconds,
-            config.anomaly_threshold,
+            config
+                .anomaly_threshold
+                .unwrap_or_else(|| config.anomaly_detector.default_threshold()),
         ),
     })
 }

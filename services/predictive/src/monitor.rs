@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use airq_anomaly::watch::{Anomaly, Settings, Watcher};
+use airq_anomaly::watch::{Anomaly, Method, Settings, Watcher};
 use airq_core::store::Store;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -52,8 +52,7 @@ pub struct ModelMonitor {
 
 fn settings() -> Settings {
     Settings {
-        season: 24,
-        seasons: 7,
+        method: Method::Seasonal { season: 24, seasons: 7 },
         threshold: THRESHOLD,
         clear_after: 5,
     }
