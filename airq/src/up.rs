@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use airq_api::routes::Upstream;
 use airq_api::{AdhocService, EtlSchedule, Platform, PredictiveModel};
 use airq_core::config::{LogArgs, LogFormat};
 use airq_core::db::Database;
@@ -96,38 +97,25 @@ fn route_table(
     etl: &str,
 ) -> airq_api::gateway::RouteTable {
     let adhoc: Vec<Arc<AdhocService>> = adhoc_services.iter().cloned().map(Arc::new).collect();
-    let mut table = airq_operator::routes::table(platform, &adhoc);
-    let service = |name: &str| airq_operator::routes::service_url(name, NAMESPACE);
-    table.routes.retain_mut(|route| {
-        let local = if route.upstream == service("airq-front") {
-            Some(front.to_owned())
-        } else if route.upstream == service("airq-predictive") {
-            Some(predictive.to_owned())
-        } else if route.upstream == service("airq-etl") {
-            Some(etl.to_owned())
-        } else {
-            let name = route.id.trim_start_matches("adhoc/");
-            let url = adhoc_services
-                .iter()
-                .find(|a| a.name_any() == name)
-                .and_then(|a| a.annotations().get(LOCAL_URL_ANNOTATION).cloned());
+    airq_api::routes::table(platform, &adhoc, |upstream| match upstream {
+        Upstream::Core("airq-front") => Some(front.to_owned()),
+        Upstream::Core("airq-predictive") => Some(predictive.to_owned()),
+        Upstream::Core("airq-etl") => Some(etl.to_owned()),
+        Upstream::Core(other) => {
+            tracing::warn!(service = other, "no such service on this machine");
+            None
+        }
+        Upstream::Adhoc(adhoc) => {
+            let url = adhoc.annotations().get(LOCAL_URL_ANNOTATION).cloned();
             if url.is_none() {
                 tracing::warn!(
-                    adhoc_service = name,
+                    adhoc_service = adhoc.name_any(),
                     "no route on this machine: give the AdhocService the annotation {LOCAL_URL_ANNOTATION}: http://127.0.0.1:PORT (where it runs)"
                 );
             }
             url
-        };
-        match local {
-            Some(url) => {
-                route.upstream = url;
-                true
-            }
-            None => false,
         }
-    });
-    table
+    })
 }
 
 /// The Platform of the resources folder, or the defaults a cluster's `platform.yaml` would have.

@@ -10,6 +10,7 @@ pub mod model;
 pub mod paths;
 pub mod platform;
 pub mod reports;
+pub mod routes;
 pub mod validation;
 
 pub use adhoc::{AdhocService, AdhocServiceSpec, AdhocServiceStatus};

@@ -11,7 +11,6 @@ pub mod crds;
 pub mod error;
 pub mod events;
 pub mod monitoring;
-pub mod routes;
 pub mod status;
 pub mod workload;
 

@@ -233,7 +233,7 @@ pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Ac
         .into_iter()
         .filter(|a| a.metadata.namespace.as_deref() == Some(owner.namespace.as_str()))
         .collect::<Vec<_>>();
-    let conflict = crate::routes::conflict_winner(&adhoc, &peers).map(ResourceExt::name_any);
+    let conflict = airq_api::routes::conflict_winner(&adhoc, &peers).map(ResourceExt::name_any);
     let (routed, routed_reason, routed_message) = match (&platform, &conflict) {
         (None, _) => (
             false,

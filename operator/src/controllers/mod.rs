@@ -470,13 +470,13 @@ impl Operator {
 fn route_peers(store: &Store<AdhocService>, changed: &AdhocService) -> Vec<ObjectRef<AdhocService>> {
     let namespace = changed.metadata.namespace.as_deref();
     let name = changed.metadata.name.as_deref();
-    let changed_key = crate::routes::route_key(changed);
+    let changed_key = airq_api::routes::route_key(changed);
     store
         .state()
         .into_iter()
         .filter(|a| a.metadata.namespace.as_deref() == namespace && a.metadata.name.as_deref() != name)
         .filter(|a| {
-            crate::routes::route_key(a) == changed_key
+            airq_api::routes::route_key(a) == changed_key
                 || a.status.as_ref().is_some_and(|s| {
                     airq_api::common::condition(&s.conditions, "Routed").is_some_and(|c| c.reason == "PathConflict")
                 })

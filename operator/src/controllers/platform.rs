@@ -64,12 +64,20 @@ fn selector(owner: &Owner, component: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The route table of `platform`'s namespace: every route leads to a Service of that namespace.
+pub fn route_table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> airq_api::gateway::RouteTable {
+    let namespace = platform.namespace().unwrap_or_default();
+    airq_api::routes::table(platform, adhoc_services, |upstream| {
+        Some(upstream.in_cluster(&namespace))
+    })
+}
+
 /// The objects a Platform wants: pure, from the resource and the AdhocServices of its namespace.
 pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocService>]) -> Result<Desired> {
     let spec = &platform.spec;
     let mut children = Vec::new();
 
-    let table = crate::routes::table(platform, adhoc_services);
+    let table = route_table(platform, adhoc_services);
     // A table that cannot be written is an error, never an empty table (which would close every route).
     let routes_yaml = serde_saphyr::to_string(&table).map_err(|e| Error::RouteTable(e.to_string()))?;
     children.push(Child::ConfigMap(ConfigMap {
@@ -94,7 +102,7 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
             let namespace = platform.metadata.namespace.as_deref().unwrap_or_default();
             environment.push(env(
                 "AIRQ_PREDICTIVE_URL",
-                crate::routes::service_url("airq-predictive", namespace),
+                airq_api::routes::service_url("airq-predictive", namespace),
             ));
         }
         if name == "gateway" {
@@ -294,7 +302,7 @@ pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Act
     let mut desired = build(&platform, &owner, &adhoc_services)?;
     let monitoring = ctx.monitoring_apis().await;
     crate::monitoring::annotate_for_scraping(&mut desired.children, monitoring);
-    let routes = crate::routes::table(&platform, &adhoc_services).routes.len();
+    let routes = route_table(&platform, &adhoc_services).routes.len();
     let mut changes = match children::apply(&ctx, &owner, desired).await {
         Ok(changes) => changes,
         Err(error) => return Err(refused(&ctx, platform.as_ref(), error).await),
