@@ -14,7 +14,7 @@ use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
     ServiceBackendPort,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -189,10 +189,90 @@ fn url(adhoc: &AdhocService, namespace: &str, platform: Option<&Platform>) -> St
     }
 }
 
+/// What the AdhocService reconciler observed besides the resource, for [`derive_status`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdhocObserved<'a> {
+    /// The namespace's Platform (its gateway routes to the service).
+    pub platform: Option<&'a Platform>,
+    /// The service's Deployment.
+    pub deployment: Option<&'a Deployment>,
+    /// The older AdhocService holding the same host and prefix, if any.
+    pub conflict: Option<&'a str>,
+}
+
+/// The status of a valid `adhoc`, pure: `Available` from its Deployment, `Routed` from the Platform and route
+/// conflicts, `Ready` when both hold; conditions keep their transition time from `previous` when their status did
+/// not change.
+pub fn derive_status(adhoc: &AdhocService, previous: &[Condition], observed: &AdhocObserved) -> AdhocServiceStatus {
+    let generation = adhoc.metadata.generation;
+    let namespace = adhoc.metadata.namespace.as_deref().unwrap_or_default();
+    let (available, available_replicas) = deployment_available(observed.deployment);
+    let (routed, routed_reason, routed_message) = match (observed.platform, observed.conflict) {
+        (None, _) => (
+            false,
+            "NoPlatform",
+            format!(
+                "no Platform named {PLATFORM_NAME} in namespace {namespace}: the gateway that would route to this service is missing"
+            ),
+        ),
+        (Some(_), Some(winner)) => (
+            false,
+            "PathConflict",
+            format!(
+                "AdhocService {winner} already has host and prefix {}",
+                adhoc.spec.route.path_prefix
+            ),
+        ),
+        (Some(_), None) => (
+            true,
+            "Routed",
+            format!("the gateway routes {} here", adhoc.spec.route.path_prefix),
+        ),
+    };
+    let pods = format!("{available_replicas} of {} pods available", adhoc.spec.replicas);
+    let (ready_reason, ready_message) = if !routed {
+        (routed_reason, routed_message.clone())
+    } else if !available {
+        ("Progressing", pods.clone())
+    } else {
+        (
+            "Available",
+            "the service is routed and its pods are available".to_owned(),
+        )
+    };
+    AdhocServiceStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition(
+                previous,
+                "Available",
+                available,
+                if available {
+                    "MinimumReplicasAvailable"
+                } else {
+                    "Progressing"
+                },
+                pods,
+                generation,
+            ),
+            condition(previous, "Routed", routed, routed_reason, routed_message, generation),
+            condition(
+                previous,
+                "Ready",
+                routed && available,
+                ready_reason,
+                ready_message,
+                generation,
+            ),
+        ],
+        available_replicas: Some(available_replicas),
+        url: Some(url(adhoc, namespace, observed.platform)),
+    }
+}
+
 /// Reconciles one AdhocService.
 pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Action> {
     let owner = Owner::of(adhoc.as_ref())?;
-    let generation = adhoc.metadata.generation;
     let previous = adhoc.status.clone().unwrap_or_default();
     let previous_reason = airq_api::common::condition(&previous.conditions, "Ready").map(|c| c.reason.clone());
 
@@ -225,7 +305,6 @@ pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Ac
         .stores
         .deployments
         .get(&ObjectRef::new(&child_name(&owner.name)).within(&owner.namespace));
-    let (available, available_replicas) = deployment_available(deployment.as_deref());
     let peers = ctx
         .stores
         .adhoc_services
@@ -234,79 +313,18 @@ pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Ac
         .filter(|a| a.metadata.namespace.as_deref() == Some(owner.namespace.as_str()))
         .collect::<Vec<_>>();
     let conflict = airq_api::routes::conflict_winner(&adhoc, &peers).map(ResourceExt::name_any);
-    let (routed, routed_reason, routed_message) = match (&platform, &conflict) {
-        (None, _) => (
-            false,
-            "NoPlatform",
-            format!(
-                "no Platform named {PLATFORM_NAME} in namespace {}: the gateway that would route to this service is missing",
-                owner.namespace
-            ),
-        ),
-        (Some(_), Some(winner)) => (
-            false,
-            "PathConflict",
-            format!(
-                "AdhocService {winner} already has host and prefix {}",
-                adhoc.spec.route.path_prefix
-            ),
-        ),
-        (Some(_), None) => (
-            true,
-            "Routed",
-            format!("the gateway routes {} here", adhoc.spec.route.path_prefix),
-        ),
+    let observed = AdhocObserved {
+        platform: platform.as_deref(),
+        deployment: deployment.as_deref(),
+        conflict: conflict.as_deref(),
     };
-    let (ready_reason, ready_message) = if !routed {
-        (routed_reason, routed_message.clone())
-    } else if !available {
-        (
-            "Progressing",
-            format!("{available_replicas} of {} pods available", adhoc.spec.replicas),
-        )
-    } else {
-        (
-            "Available",
-            "the service is routed and its pods are available".to_owned(),
-        )
-    };
-    let status = AdhocServiceStatus {
-        observed_generation: generation,
-        conditions: vec![
-            condition(
-                &previous.conditions,
-                "Available",
-                available,
-                if available {
-                    "MinimumReplicasAvailable"
-                } else {
-                    "Progressing"
-                },
-                format!("{available_replicas} of {} pods available", adhoc.spec.replicas),
-                generation,
-            ),
-            condition(
-                &previous.conditions,
-                "Routed",
-                routed,
-                routed_reason,
-                routed_message,
-                generation,
-            ),
-            condition(
-                &previous.conditions,
-                "Ready",
-                routed && available,
-                ready_reason,
-                ready_message.clone(),
-                generation,
-            ),
-        ],
-        available_replicas: Some(available_replicas),
-        url: Some(url(&adhoc, &owner.namespace, platform.as_deref())),
-    };
-    if !routed && previous_reason.as_deref() != Some(ready_reason) {
-        event(&ctx, adhoc.as_ref(), true, ready_reason, "Route", ready_message).await;
+    let status = derive_status(&adhoc, &previous.conditions, &observed);
+    // Not routed: one Warning per reason (no Platform, a path conflict).
+    if let Some(unrouted) = airq_api::common::condition(&status.conditions, "Routed").filter(|c| c.status == "False")
+        && previous_reason.as_deref() != Some(unrouted.reason.as_str())
+    {
+        let note = unrouted.message.clone();
+        event(&ctx, adhoc.as_ref(), true, &unrouted.reason, "Route", note).await;
     }
     update(&ctx, adhoc.as_ref(), adhoc.status.as_ref(), status).await?;
     Ok(Action::await_change())
@@ -401,5 +419,97 @@ spec:
             url(&adhoc(REPORTS), "airq", Some(&platform)),
             "http://airq.example/adhoc/reports/"
         );
+    }
+
+    fn ready(status: &AdhocServiceStatus) -> (String, String, String) {
+        let c = airq_api::common::condition(&status.conditions, "Ready").unwrap_or_else(|| panic!("no Ready"));
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn platform() -> Platform {
+        serde_saphyr::from_str(
+            "apiVersion: airq.dev/v1alpha1\nkind: Platform\nmetadata: { name: airq, namespace: airq }\nspec: {}\n",
+        )
+        .unwrap_or_else(|e| panic!("bad test YAML: {e}"))
+    }
+
+    fn deployment_with(ready: i32) -> Deployment {
+        let desired = build(&adhoc(REPORTS), &owner(), None);
+        let Some(Child::Deployment(mut deployment)) = desired.children.into_iter().next() else {
+            panic!("no Deployment")
+        };
+        deployment.metadata.generation = Some(2);
+        deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            observed_generation: Some(2),
+            available_replicas: Some(ready),
+            updated_replicas: Some(ready),
+            ..Default::default()
+        });
+        deployment
+    }
+
+    #[test]
+    fn status_without_a_platform_or_with_a_contested_prefix_is_not_routed() {
+        let adhoc = adhoc(REPORTS);
+        let status = derive_status(&adhoc, &[], &AdhocObserved::default());
+        let (value, reason, message) = ready(&status);
+        assert_eq!((value.as_str(), reason.as_str()), ("False", "NoPlatform"));
+        assert!(
+            message.contains("no Platform named airq in namespace airq"),
+            "{message}"
+        );
+        assert_eq!(
+            status.url.as_deref(),
+            Some("http://airq-gateway.airq.svc/adhoc/reports/")
+        );
+
+        let platform = platform();
+        let contested = AdhocObserved {
+            platform: Some(&platform),
+            conflict: Some("older"),
+            ..AdhocObserved::default()
+        };
+        let status = derive_status(&adhoc, &status.conditions, &contested);
+        assert_eq!(
+            ready(&status),
+            (
+                "False".to_owned(),
+                "PathConflict".to_owned(),
+                "AdhocService older already has host and prefix /adhoc/reports/".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn status_is_ready_when_routed_and_every_pod_is_available() {
+        let adhoc = adhoc(REPORTS);
+        let platform = platform();
+        let starting = deployment_with(1);
+        let observed = AdhocObserved {
+            platform: Some(&platform),
+            deployment: Some(&starting),
+            conflict: None,
+        };
+        let status = derive_status(&adhoc, &[], &observed);
+        assert_eq!(
+            ready(&status),
+            (
+                "False".to_owned(),
+                "Progressing".to_owned(),
+                "1 of 3 pods available".to_owned()
+            )
+        );
+        assert_eq!(status.available_replicas, Some(1));
+        let routed = airq_api::common::condition(&status.conditions, "Routed").map(|c| c.status.clone());
+        assert_eq!(routed.as_deref(), Some("True"));
+
+        let up = deployment_with(3);
+        let observed = AdhocObserved {
+            deployment: Some(&up),
+            ..observed
+        };
+        let first = derive_status(&adhoc, &status.conditions, &observed);
+        assert_eq!(ready(&first).0, "True");
+        assert_eq!(derive_status(&adhoc, &first.conditions, &observed), first);
     }
 }

@@ -118,10 +118,73 @@ pub fn build(etl: &EtlSchedule, owner: &Owner, image: String, own_jobs: &[Arc<Jo
     Desired { children, keep }
 }
 
+/// What the EtlSchedule reconciler observed besides the resource, for [`derive_status`].
+#[derive(Debug, Clone, Default)]
+pub struct EtlObserved<'a> {
+    /// The last finished run (from its Job and report), or the one the status already has.
+    pub last_run: Option<LoadRunStatus>,
+    /// How far the loads have read.
+    pub watermark: Option<String>,
+    /// The schedule's CronJob.
+    pub cron_job: Option<&'a CronJob>,
+    /// For a one-off load (no schedule), where its Job is.
+    pub one_off: Option<JobState>,
+}
+
+/// The status of a valid `etl`, pure: `Ready` says whether the schedule runs (or the one-off load finished) and
+/// why not — a failed last run of a schedule is `LoadFailed` while the schedule goes on; the times come from the
+/// CronJob and the runs, or stay as `previous` had them.
+pub fn derive_status(etl: &EtlSchedule, previous: &EtlScheduleStatus, observed: EtlObserved) -> EtlScheduleStatus {
+    let generation = etl.metadata.generation;
+    let last_run = observed.last_run;
+    let last_schedule_time = observed
+        .cron_job
+        .and_then(|c| c.status.as_ref())
+        .and_then(|s| s.last_schedule_time.clone())
+        .or(previous.last_schedule_time.clone());
+    let failed_last = last_run.as_ref().is_some_and(|r| !r.succeeded);
+    let (ready, reason, message) = match (&etl.spec.schedule, observed.one_off) {
+        (Some(schedule), _) if failed_last => (
+            false,
+            "LoadFailed",
+            format!(
+                "the last run failed: {}; the schedule {schedule} goes on",
+                last_run.as_ref().and_then(|r| r.message.clone()).unwrap_or_default()
+            ),
+        ),
+        (Some(_), _) if etl.spec.suspend => (true, "Suspended", "the schedule is suspended".to_owned()),
+        (Some(schedule), _) => (true, "Scheduled", format!("loads run on the schedule {schedule}")),
+        (None, _) if etl.spec.suspend => (false, "Suspended", "the one-off load is suspended".to_owned()),
+        (None, Some(JobState::Succeeded { .. })) => (true, "Succeeded", "the load finished".to_owned()),
+        (None, Some(JobState::Failed { message, .. })) => (false, "LoadFailed", message),
+        (None, _) => (false, "Running", "the load runs".to_owned()),
+    };
+    let last_success_time = last_run
+        .as_ref()
+        .filter(|r| r.succeeded)
+        .and_then(|r| r.completion_time.clone())
+        .or(previous.last_success_time.clone());
+    EtlScheduleStatus {
+        observed_generation: generation,
+        conditions: vec![condition(
+            &previous.conditions,
+            "Ready",
+            ready,
+            reason,
+            message,
+            generation,
+        )],
+        source: Some(etl.spec.source.kind().to_owned()),
+        last_schedule_time,
+        last_success_time,
+        last_run,
+        watermark: observed.watermark,
+    }
+}
+
 /// Reconciles one EtlSchedule.
 pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Action> {
     let owner = Owner::of(etl.as_ref())?;
-    let generation = etl.metadata.generation;
     let previous = etl.status.clone().unwrap_or_default();
     let source = Some(etl.spec.source.kind().to_owned());
 
@@ -265,53 +328,17 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
         .stores
         .cron_jobs
         .get(&ObjectRef::new(&cron_job_name(&owner.name)).within(&owner.namespace));
-    let last_schedule_time = cron_job
-        .as_ref()
-        .and_then(|c| c.status.as_ref())
-        .and_then(|s| s.last_schedule_time.clone())
-        .or(previous.last_schedule_time.clone());
-    let one_off_state = one_off
+    let one_off = one_off
         .as_ref()
         .and_then(|name| all_jobs.iter().find(|j| &j.name_any() == name))
         .map(|job| jobs::state(job));
-    let failed_last = last_run.as_ref().is_some_and(|r| !r.succeeded);
-    let (ready, reason, message) = match (&etl.spec.schedule, one_off_state) {
-        (Some(schedule), _) if failed_last => (
-            false,
-            "LoadFailed",
-            format!(
-                "the last run failed: {}; the schedule {schedule} goes on",
-                last_run.as_ref().and_then(|r| r.message.clone()).unwrap_or_default()
-            ),
-        ),
-        (Some(_), _) if etl.spec.suspend => (true, "Suspended", "the schedule is suspended".to_owned()),
-        (Some(schedule), _) => (true, "Scheduled", format!("loads run on the schedule {schedule}")),
-        (None, _) if etl.spec.suspend => (false, "Suspended", "the one-off load is suspended".to_owned()),
-        (None, Some(JobState::Succeeded { .. })) => (true, "Succeeded", "the load finished".to_owned()),
-        (None, Some(JobState::Failed { message, .. })) => (false, "LoadFailed", message),
-        (None, _) => (false, "Running", "the load runs".to_owned()),
-    };
-    let last_success_time = last_run
-        .as_ref()
-        .filter(|r| r.succeeded)
-        .and_then(|r| r.completion_time.clone())
-        .or(previous.last_success_time.clone());
-    let status = EtlScheduleStatus {
-        observed_generation: generation,
-        conditions: vec![condition(
-            &previous.conditions,
-            "Ready",
-            ready,
-            reason,
-            message,
-            generation,
-        )],
-        source,
-        last_schedule_time,
-        last_success_time,
+    let observed = EtlObserved {
         last_run,
         watermark,
+        cron_job: cron_job.as_deref(),
+        one_off,
     };
+    let status = derive_status(&etl, &previous, observed);
     update(&ctx, etl.as_ref(), etl.status.as_ref(), status).await?;
     Ok(Action::await_change())
 }
@@ -325,6 +352,7 @@ pub fn schedule_of_job(job: &Job) -> Option<ObjectRef<EtlSchedule>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn owner() -> Owner {
         Owner {
@@ -399,5 +427,117 @@ mod tests {
         let with_run = build(&requested, &owner(), "img".to_owned(), &[]);
         assert_eq!(with_run.children.len(), 2);
         assert!(with_run.children[1].name().starts_with("etl-beijing-run-"));
+    }
+
+    const SCHEDULED: &str = "  source: { openaq: { locations: [2178], apiKeySecret: { name: openaq, key: key } } }\n  schedule: \"15 * * * *\"\n";
+    const ONE_OFF: &str = "  source: { csv: { url: \"file:///data/PRSA_Data_Dongsi_20130301-20170228.csv\" } }\n";
+
+    fn ready(status: &EtlScheduleStatus) -> (String, String, String) {
+        let c = airq_api::common::condition(&status.conditions, "Ready").unwrap_or_else(|| panic!("no Ready"));
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn run(succeeded: bool, at: &str, message: Option<&str>) -> LoadRunStatus {
+        LoadRunStatus {
+            job: "etl-beijing-29000000".to_owned(),
+            succeeded,
+            completion_time: Some(Time(at.parse().unwrap_or_else(|e| panic!("{at}: {e}")))),
+            rows_inserted: 12,
+            message: message.map(str::to_owned),
+            ..LoadRunStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_schedule_is_ready_until_a_run_fails_and_its_times_come_from_the_cron_job_and_the_runs() {
+        let etl = etl(SCHEDULED);
+        let cron = CronJob {
+            status: Some(k8s_openapi::api::batch::v1::CronJobStatus {
+                last_schedule_time: Some(Time("2026-12-06T08:15:00Z".parse().unwrap_or_else(|e| panic!("{e}")))),
+                ..Default::default()
+            }),
+            ..CronJob::default()
+        };
+        let fresh = derive_status(&etl, &EtlScheduleStatus::default(), EtlObserved::default());
+        assert_eq!(
+            ready(&fresh),
+            (
+                "True".to_owned(),
+                "Scheduled".to_owned(),
+                "loads run on the schedule 15 * * * *".to_owned()
+            )
+        );
+        assert_eq!(fresh.source.as_deref(), Some("openaq"));
+        let ok = derive_status(
+            &etl,
+            &fresh,
+            EtlObserved {
+                last_run: Some(run(true, "2026-12-06T08:16:00Z", None)),
+                watermark: Some("2026-12-06T08:00:00Z".to_owned()),
+                cron_job: Some(&cron),
+                one_off: None,
+            },
+        );
+        assert_eq!(ready(&ok).1, "Scheduled");
+        assert_eq!(
+            ok.last_schedule_time.as_ref().map(|t| t.0.to_string()).as_deref(),
+            Some("2026-12-06T08:15:00Z")
+        );
+        let success = ok.last_success_time.clone();
+        assert!(success.is_some());
+        // A failed run: not ready, the reason says so, the last success and the watermark stay.
+        let failed = derive_status(
+            &etl,
+            &ok,
+            EtlObserved {
+                last_run: Some(run(false, "2026-12-06T09:16:00Z", Some("OpenAQ answered 401"))),
+                watermark: ok.watermark.clone(),
+                cron_job: None,
+                one_off: None,
+            },
+        );
+        assert_eq!(
+            ready(&failed),
+            (
+                "False".to_owned(),
+                "LoadFailed".to_owned(),
+                "the last run failed: OpenAQ answered 401; the schedule 15 * * * * goes on".to_owned()
+            )
+        );
+        assert_eq!(failed.last_success_time, success);
+        assert_eq!(failed.last_schedule_time, ok.last_schedule_time);
+        assert_eq!(failed.watermark.as_deref(), Some("2026-12-06T08:00:00Z"));
+    }
+
+    #[test]
+    fn a_one_off_load_is_ready_once_its_job_succeeded() {
+        let etl = etl(ONE_OFF);
+        let observed = |one_off| EtlObserved {
+            one_off,
+            ..EtlObserved::default()
+        };
+        let none = EtlScheduleStatus::default();
+        assert_eq!(ready(&derive_status(&etl, &none, observed(None))).1, "Running");
+        assert_eq!(
+            ready(&derive_status(&etl, &none, observed(Some(JobState::Running)))).1,
+            "Running"
+        );
+        let done = derive_status(&etl, &none, observed(Some(JobState::Succeeded { at: None })));
+        assert_eq!(ready(&done).0, "True");
+        let failed = JobState::Failed {
+            at: None,
+            message: "Job has reached the specified backoff limit".to_owned(),
+        };
+        let failed = derive_status(&etl, &none, observed(Some(failed)));
+        assert_eq!(
+            ready(&failed),
+            (
+                "False".to_owned(),
+                "LoadFailed".to_owned(),
+                "Job has reached the specified backoff limit".to_owned()
+            )
+        );
+        let suspended = self::etl(&format!("{ONE_OFF}  suspend: true\n"));
+        assert_eq!(ready(&derive_status(&suspended, &none, observed(None))).1, "Suspended");
     }
 }

@@ -11,7 +11,7 @@ use airq_api::reports::TrainingReport;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, VolumeMount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -228,6 +228,125 @@ fn deployment_version(deployment: &Deployment) -> Option<String> {
         .clone()
 }
 
+/// What the model reconciler observed besides the resource, for [`derive_status`].
+#[derive(Debug, Clone, Copy)]
+pub struct ModelObserved<'a> {
+    /// The revision the spec asks for.
+    pub revision: &'a str,
+    /// The newest training Job of that revision and where it is.
+    pub training: Option<&'a (String, JobState)>,
+    /// For a failed training, the last line its pod wrote.
+    pub last_words: Option<&'a str>,
+    /// The serving Deployment.
+    pub deployment: Option<&'a Deployment>,
+}
+
+/// Whether `status` holds a version trained for `revision`.
+fn is_trained(status: &PredictiveModelStatus, revision: &str) -> bool {
+    status.model_version.is_some() && status.trained_revision.as_deref() == Some(revision)
+}
+
+/// Why a training failed: its pod's last words, then the Job's message.
+fn failure(message: &str, last_words: Option<&str>) -> String {
+    match last_words {
+        Some(words) => format!("{words} ({message})"),
+        None => message.to_owned(),
+    }
+}
+
+/// The status of `model`, pure: `status` carries what its trainings reported (version, revision, metrics); the
+/// conditions (`Trained`, `Serving`, `Ready`), the phase and the active Job follow from `observed`. Conditions keep
+/// their transition time from `previous` when their status did not change.
+pub fn derive_status(
+    model: &PredictiveModel,
+    previous: &[Condition],
+    mut status: PredictiveModelStatus,
+    observed: &ModelObserved,
+) -> PredictiveModelStatus {
+    let generation = model.metadata.generation;
+    let trained = is_trained(&status, observed.revision);
+    let (trained_reason, trained_message, phase_if_not_trained) = match observed.training {
+        _ if trained => (
+            "Trained",
+            format!(
+                "version {} was trained for this spec",
+                status.model_version.clone().unwrap_or_default()
+            ),
+            ModelPhase::Serving,
+        ),
+        Some((name, JobState::Failed { message, .. })) => (
+            "TrainingFailed",
+            format!(
+                "Job {name} failed: {}; change the spec or retrainRequest to try again",
+                failure(message, observed.last_words)
+            ),
+            ModelPhase::Failed,
+        ),
+        Some((name, _)) => ("Training", format!("Job {name} trains the model"), ModelPhase::Training),
+        None => (
+            "Training",
+            format!(
+                "Job {} is being created",
+                training_job_name(model.metadata.name.as_deref().unwrap_or_default(), observed.revision)
+            ),
+            ModelPhase::Training,
+        ),
+    };
+    status.active_job = match observed.training {
+        Some((name, JobState::Running)) if !trained => Some(name.clone()),
+        _ => None,
+    };
+    let serving_version = observed.deployment.and_then(deployment_version);
+    let (available, ready_pods) = deployment_available(observed.deployment);
+    let serving = status.model_version.is_some()
+        && status.trained_revision.is_some()
+        && available
+        && serving_version == status.model_version;
+    let serving_message = match &status.model_version {
+        None => "no version trained yet".to_owned(),
+        Some(version) if serving => format!("version {version} answers on {ready_pods} pods"),
+        Some(version) => format!(
+            "version {version} is rolling out: {ready_pods} of {} pods ready",
+            model.spec.serving.replicas
+        ),
+    };
+    let ready = trained && serving;
+    let (ready_reason, ready_message) = if ready {
+        ("Serving", serving_message.clone())
+    } else if !trained {
+        (trained_reason, trained_message.clone())
+    } else {
+        ("RollingOut", serving_message.clone())
+    };
+    status.phase = Some(if !trained {
+        phase_if_not_trained
+    } else if serving {
+        ModelPhase::Serving
+    } else {
+        ModelPhase::Training
+    });
+    status.conditions = vec![
+        condition(
+            previous,
+            "Trained",
+            trained,
+            trained_reason,
+            trained_message,
+            generation,
+        ),
+        condition(
+            previous,
+            "Serving",
+            serving,
+            if serving { "Serving" } else { "NotServing" },
+            serving_message,
+            generation,
+        ),
+        condition(previous, "Ready", ready, ready_reason, ready_message, generation),
+    ];
+    status
+}
+
 /// Reconciles one PredictiveModel.
 pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result<Action> {
     let owner = Owner::of(model.as_ref())?;
@@ -356,109 +475,39 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
         .await;
     }
 
-    let training_job = training_job_name(&owner.name, &revision);
-    let current_state = all_jobs
+    let training = all_jobs
         .iter()
         .filter(|j| revision_of(j) == revision)
         .max_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0))
         .map(|j| (j.name_any(), jobs::state(j)));
-    let trained = served.as_ref().is_some_and(|s| s.revision == revision);
-    let (trained_reason, trained_message, phase_if_not_trained) = match &current_state {
-        _ if trained => (
-            "Trained",
-            format!(
-                "version {} was trained for this spec",
-                status.model_version.clone().unwrap_or_default()
-            ),
-            ModelPhase::Serving,
-        ),
-        Some((name, JobState::Failed { message, .. })) => {
-            // Why: what the training pod said last (its error), not only the Job's "backoff limit".
-            let last_words = jobs::termination_message(&ctx, &owner.namespace, name)
+    // Why a training failed: what its pod said last (its error), not only the Job's "backoff limit".
+    let last_words = match &training {
+        Some((name, JobState::Failed { .. })) if !is_trained(&status, &revision) => {
+            jobs::termination_message(&ctx, &owner.namespace, name)
                 .await?
                 .map(|words| jobs::last_line(&words))
-                .filter(|words| !words.is_empty());
-            let why = match last_words {
-                Some(words) => format!("{words} ({message})"),
-                None => message.clone(),
-            };
-            if previous_reason.as_deref() != Some("TrainingFailed") {
-                let note = format!("Job {name}: {why}");
-                event(&ctx, model.as_ref(), true, "TrainingFailed", "Train", note).await;
-            }
-            (
-                "TrainingFailed",
-                format!("Job {name} failed: {why}; change the spec or retrainRequest to try again"),
-                ModelPhase::Failed,
-            )
+                .filter(|words| !words.is_empty())
         }
-        Some((name, _)) => ("Training", format!("Job {name} trains the model"), ModelPhase::Training),
-        None => (
-            "Training",
-            format!("Job {training_job} is being created"),
-            ModelPhase::Training,
-        ),
-    };
-    status.active_job = match &current_state {
-        Some((name, JobState::Running)) if !trained => Some(name.clone()),
         _ => None,
     };
     let deployment = ctx
         .stores
         .deployments
         .get(&ObjectRef::new(&serving_name(&owner.name)).within(&owner.namespace));
-    let serving_version = deployment.as_deref().and_then(deployment_version);
-    let (available, ready_pods) = deployment_available(deployment.as_deref());
-    let serving = served.is_some() && available && serving_version == status.model_version;
-    let serving_message = match &status.model_version {
-        None => "no version trained yet".to_owned(),
-        Some(version) if serving => format!("version {version} answers on {} pods", ready_pods),
-        Some(version) => format!(
-            "version {version} is rolling out: {ready_pods} of {} pods ready",
-            model.spec.serving.replicas
-        ),
+    let observed = ModelObserved {
+        revision: &revision,
+        training: training.as_ref(),
+        last_words: last_words.as_deref(),
+        deployment: deployment.as_deref(),
     };
-    let ready = trained && serving;
-    let (ready_reason, ready_message) = if ready {
-        ("Serving", serving_message.clone())
-    } else if !trained {
-        (trained_reason, trained_message.clone())
-    } else {
-        ("RollingOut", serving_message.clone())
-    };
-    status.phase = Some(if !trained {
-        phase_if_not_trained
-    } else if serving {
-        ModelPhase::Serving
-    } else {
-        ModelPhase::Training
-    });
-    status.conditions = vec![
-        condition(
-            &previous.conditions,
-            "Trained",
-            trained,
-            trained_reason,
-            trained_message,
-            generation,
-        ),
-        condition(
-            &previous.conditions,
-            "Serving",
-            serving,
-            if serving { "Serving" } else { "NotServing" },
-            serving_message,
-            generation,
-        ),
-        condition(
-            &previous.conditions,
-            "Ready",
-            ready,
-            ready_reason,
-            ready_message,
-            generation,
-        ),
-    ];
+    let status = derive_status(&model, &previous.conditions, status, &observed);
+    if let Some((name, JobState::Failed { message, .. })) = &training
+        && airq_api::common::condition(&status.conditions, "Ready").is_some_and(|c| c.reason == "TrainingFailed")
+        && previous_reason.as_deref() != Some("TrainingFailed")
+    {
+        let note = format!("Job {name}: {}", failure(message, last_words.as_deref()));
+        event(&ctx, model.as_ref(), true, "TrainingFailed", "Train", note).await;
+    }
     update(&ctx, model.as_ref(), model.status.as_ref(), status).await?;
     Ok(Action::await_change())
 }
@@ -566,5 +615,164 @@ mod tests {
                 .any(|c| c.name() == format!("model-pm25-train-{retrain}"))
         );
         assert!(desired.children.iter().any(|c| c.kind() == ChildKind::Deployment));
+    }
+
+    /// The serving Deployment `build` makes for version `version`, with `ready` of its pods available.
+    fn serving_deployment(model: &PredictiveModel, version: &str, ready: i32) -> Deployment {
+        let rev = model.spec.revision();
+        let served = Served {
+            version: version.to_owned(),
+            revision: rev.clone(),
+        };
+        let desired = build(model, &owner(), "img/p:1".to_owned(), &rev, Some(&served), &[]);
+        let mut deployment = desired
+            .children
+            .into_iter()
+            .find_map(|c| match c {
+                Child::Deployment(d) => Some(d),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no Deployment"));
+        deployment.metadata.generation = Some(1);
+        deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            observed_generation: Some(1),
+            available_replicas: Some(ready),
+            updated_replicas: Some(ready),
+            ..Default::default()
+        });
+        deployment
+    }
+
+    fn reported(version: &str, revision: &str) -> PredictiveModelStatus {
+        PredictiveModelStatus {
+            model_version: Some(version.to_owned()),
+            trained_revision: Some(revision.to_owned()),
+            ..PredictiveModelStatus::default()
+        }
+    }
+
+    fn ready(status: &PredictiveModelStatus) -> (String, String, String) {
+        let c = airq_api::common::condition(&status.conditions, "Ready").unwrap_or_else(|| panic!("no Ready"));
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn status_of_a_new_model_says_its_training_job_is_coming() {
+        let model = model("");
+        let rev = model.spec.revision();
+        let observed = ModelObserved {
+            revision: &rev,
+            training: None,
+            last_words: None,
+            deployment: None,
+        };
+        let status = derive_status(&model, &[], PredictiveModelStatus::default(), &observed);
+        assert_eq!(status.phase, Some(ModelPhase::Training));
+        let (value, reason, message) = ready(&status);
+        assert_eq!((value.as_str(), reason.as_str()), ("False", "Training"));
+        assert_eq!(message, format!("Job model-pm25-train-{rev} is being created"));
+        let running = (format!("model-pm25-train-{rev}"), JobState::Running);
+        let observed = ModelObserved {
+            training: Some(&running),
+            ..observed
+        };
+        let status = derive_status(&model, &status.conditions, PredictiveModelStatus::default(), &observed);
+        assert_eq!(status.active_job.as_deref(), Some(running.0.as_str()));
+        assert_eq!(ready(&status).2, format!("Job {} trains the model", running.0));
+    }
+
+    #[test]
+    fn status_of_a_failed_training_carries_what_its_pod_said() {
+        let model = model("");
+        let rev = model.spec.revision();
+        let failed = (
+            "model-pm25-train-x".to_owned(),
+            JobState::Failed {
+                at: None,
+                message: "Job has reached the specified backoff limit".to_owned(),
+            },
+        );
+        let observed = ModelObserved {
+            revision: &rev,
+            training: Some(&failed),
+            last_words: Some("error: no measurements of pm25"),
+            deployment: None,
+        };
+        let status = derive_status(&model, &[], PredictiveModelStatus::default(), &observed);
+        assert_eq!(status.phase, Some(ModelPhase::Failed));
+        assert_eq!(status.active_job, None);
+        let (value, reason, message) = ready(&status);
+        assert_eq!((value.as_str(), reason.as_str()), ("False", "TrainingFailed"));
+        assert_eq!(
+            message,
+            "Job model-pm25-train-x failed: error: no measurements of pm25 (Job has reached the specified backoff \
+             limit); change the spec or retrainRequest to try again"
+        );
+    }
+
+    #[test]
+    fn status_is_ready_only_when_the_trained_version_answers_on_every_pod() {
+        let model = model("  serving: { replicas: 2 }\n");
+        let rev = model.spec.revision();
+        let rolling = serving_deployment(&model, "v7", 1);
+        let observed = ModelObserved {
+            revision: &rev,
+            training: None,
+            last_words: None,
+            deployment: Some(&rolling),
+        };
+        let status = derive_status(&model, &[], reported("v7", &rev), &observed);
+        assert_eq!(status.phase, Some(ModelPhase::Training));
+        let (value, reason, message) = ready(&status);
+        assert_eq!((value.as_str(), reason.as_str()), ("False", "RollingOut"));
+        assert_eq!(message, "version v7 is rolling out: 1 of 2 pods ready");
+
+        let old = serving_deployment(&model, "v6", 2);
+        let observed = ModelObserved {
+            deployment: Some(&old),
+            ..observed
+        };
+        assert_eq!(
+            ready(&derive_status(&model, &[], reported("v7", &rev), &observed)).1,
+            "RollingOut"
+        );
+
+        let serving = serving_deployment(&model, "v7", 2);
+        let observed = ModelObserved {
+            deployment: Some(&serving),
+            ..observed
+        };
+        let first = derive_status(&model, &[], reported("v7", &rev), &observed);
+        assert_eq!(first.phase, Some(ModelPhase::Serving));
+        assert_eq!(
+            ready(&first),
+            (
+                "True".to_owned(),
+                "Serving".to_owned(),
+                "version v7 answers on 2 pods".to_owned()
+            )
+        );
+        // Derived again from the same facts: the same status, transition times kept.
+        let again = derive_status(&model, &first.conditions, reported("v7", &rev), &observed);
+        assert_eq!(again, first);
+    }
+
+    #[test]
+    fn status_of_a_retraining_model_keeps_serving_the_old_version() {
+        let model = model("  retrainRequest: again\n");
+        let rev = model.spec.revision();
+        let serving = serving_deployment(&model, "v7", 1);
+        let running = ("model-pm25-train-new".to_owned(), JobState::Running);
+        let observed = ModelObserved {
+            revision: &rev,
+            training: Some(&running),
+            last_words: None,
+            deployment: Some(&serving),
+        };
+        let status = derive_status(&model, &[], reported("v7", "an-older-revision"), &observed);
+        let serving = airq_api::common::condition(&status.conditions, "Serving").map(|c| c.status.clone());
+        assert_eq!(serving.as_deref(), Some("True"));
+        assert_eq!(ready(&status).1, "Training");
+        assert_eq!(status.active_job.as_deref(), Some("model-pm25-train-new"));
     }
 }

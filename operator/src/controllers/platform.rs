@@ -15,7 +15,7 @@ use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
     IngressTLS, ServiceBackendPort,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -252,10 +252,41 @@ fn url(platform: &Platform, namespace: &str) -> String {
     }
 }
 
+/// The status of a valid `platform`, pure: `Ready` when the Deployment of every core service (`deployments`, in the
+/// order of `COMPONENTS`) is available; `routes` is the size of its route table.
+pub fn derive_status(
+    platform: &Platform,
+    previous: &[Condition],
+    deployments: [Option<&Deployment>; COMPONENTS.len()],
+    routes: usize,
+) -> PlatformStatus {
+    let generation = platform.metadata.generation;
+    let waiting: Vec<String> = COMPONENTS
+        .iter()
+        .zip(deployments)
+        .filter(|(_, deployment)| !deployment_available(*deployment).0)
+        .map(|(name, _)| format!("airq-{name}"))
+        .collect();
+    let ready = waiting.is_empty();
+    let (reason, message) = if ready {
+        ("Available", "every core service is available".to_owned())
+    } else {
+        ("Progressing", format!("waiting for {}", waiting.join(", ")))
+    };
+    PlatformStatus {
+        observed_generation: generation,
+        conditions: vec![condition(previous, "Ready", ready, reason, message, generation)],
+        routes: Some(i32::try_from(routes).unwrap_or(i32::MAX)),
+        url: Some(url(
+            platform,
+            platform.metadata.namespace.as_deref().unwrap_or_default(),
+        )),
+    }
+}
+
 /// Reconciles the Platform of a namespace.
 pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Action> {
     let owner = Owner::of(platform.as_ref())?;
-    let generation = platform.metadata.generation;
     let previous = platform.status.clone().unwrap_or_default();
 
     let mut missing = Vec::new();
@@ -314,35 +345,17 @@ pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Act
         event(&ctx, platform.as_ref(), false, "Applied", "Apply", changes.describe()).await;
     }
 
-    let mut waiting = Vec::new();
-    for name in COMPONENTS {
-        let deployment = ctx
-            .stores
+    let deployments = COMPONENTS.map(|name| {
+        ctx.stores
             .deployments
-            .get(&ObjectRef::new(&format!("airq-{name}")).within(&owner.namespace));
-        if !deployment_available(deployment.as_deref()).0 {
-            waiting.push(format!("airq-{name}"));
-        }
-    }
-    let ready = waiting.is_empty();
-    let (reason, message) = if ready {
-        ("Available", "every core service is available".to_owned())
-    } else {
-        ("Progressing", format!("waiting for {}", waiting.join(", ")))
-    };
-    let status = PlatformStatus {
-        observed_generation: generation,
-        conditions: vec![condition(
-            &previous.conditions,
-            "Ready",
-            ready,
-            reason,
-            message,
-            generation,
-        )],
-        routes: Some(i32::try_from(routes).unwrap_or(i32::MAX)),
-        url: Some(url(&platform, &owner.namespace)),
-    };
+            .get(&ObjectRef::new(&format!("airq-{name}")).within(&owner.namespace))
+    });
+    let status = derive_status(
+        &platform,
+        &previous.conditions,
+        deployments.each_ref().map(Option::as_deref),
+        routes,
+    );
     update(&ctx, platform.as_ref(), platform.status.as_ref(), status).await?;
     if monitoring.service_monitors && monitoring.prometheus_rules {
         Ok(Action::await_change())
@@ -496,5 +509,71 @@ mod tests {
         let reports = &table.routes[1];
         assert_eq!(reports.upstream, "http://adhoc-reports.prod.svc:80");
         assert!(desired.children.iter().all(|c| !matches!(c, Child::Ingress(_))));
+    }
+
+    /// The Deployments `build` makes for the core services, each with `missing[i]` of its pods not available.
+    fn core_deployments(platform: &Platform, missing: [i32; COMPONENTS.len()]) -> Vec<Deployment> {
+        let desired = build(platform, &owner(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        COMPONENTS
+            .iter()
+            .zip(missing)
+            .map(|(name, missing)| {
+                let mut deployment = desired
+                    .children
+                    .iter()
+                    .find_map(|c| match c {
+                        Child::Deployment(d) if d.metadata.name.as_deref() == Some(&format!("airq-{name}")) => {
+                            Some(d.clone())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| panic!("no Deployment for {name}"));
+                let ready = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) - missing;
+                deployment.metadata.generation = Some(1);
+                deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+                    observed_generation: Some(1),
+                    available_replicas: Some(ready),
+                    updated_replicas: Some(ready),
+                    ..Default::default()
+                });
+                deployment
+            })
+            .collect()
+    }
+
+    #[test]
+    fn status_names_the_core_services_it_waits_for() {
+        let platform = platform("  database: { secretName: db }\n");
+        let ready_of = |status: &PlatformStatus| {
+            let c = airq_api::common::condition(&status.conditions, "Ready").unwrap_or_else(|| panic!("no Ready"));
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let nothing = derive_status(&platform, &[], [None; COMPONENTS.len()], 3);
+        assert_eq!(
+            ready_of(&nothing),
+            (
+                "False".to_owned(),
+                "Progressing".to_owned(),
+                "waiting for airq-gateway, airq-front, airq-predictive, airq-etl".to_owned()
+            )
+        );
+        assert_eq!(nothing.routes, Some(3));
+        assert_eq!(nothing.url.as_deref(), Some("http://airq-gateway.prod.svc/"));
+        let some = core_deployments(&platform, [0, 1, 1, 0]);
+        let found = [0, 1, 2, 3].map(|i| some.get(i));
+        let partly = derive_status(&platform, &nothing.conditions, found, 3);
+        assert_eq!(ready_of(&partly).2, "waiting for airq-front, airq-predictive");
+        let all = core_deployments(&platform, [0; COMPONENTS.len()]);
+        let found = [0, 1, 2, 3].map(|i| all.get(i));
+        let up = derive_status(&platform, &partly.conditions, found, 3);
+        assert_eq!(
+            ready_of(&up),
+            (
+                "True".to_owned(),
+                "Available".to_owned(),
+                "every core service is available".to_owned()
+            )
+        );
+        assert_eq!(derive_status(&platform, &up.conditions, found, 3), up);
     }
 }
