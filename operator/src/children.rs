@@ -1,6 +1,10 @@
 //! The objects a resource owns: their common metadata (labels, owner reference), and applying the desired set —
 //! server-side apply under one field manager, skipped when the object already carries the hash of what would be
 //! applied and its fields are still as applied, and deletion of owned objects no longer wanted.
+//!
+//! Builders make typed children ([`Child`]); applying erases them to dynamic objects (JSON with `apiVersion` and
+//! `kind`, written through `Api<DynamicObject>`), so one code path applies, compares and deletes every kind. The
+//! kinds are listed once, in [`child_kinds!`]: the enum variants, their API resources and their caches follow.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,13 +14,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::context::Context;
+use crate::context::{Context, Stores};
 use crate::error::{Error, Result};
 
 /// The field manager of every write the operator makes.
@@ -85,87 +89,137 @@ impl Owner {
     }
 }
 
-/// A child object of one of the kinds the operator creates.
-// A handful are built per reconcile and applied at once; boxing them would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Child {
-    ConfigMap(ConfigMap),
-    Deployment(Deployment),
-    Service(Service),
-    Ingress(Ingress),
-    CronJob(CronJob),
-    Job(Job),
-    PodDisruptionBudget(PodDisruptionBudget),
-}
-
-/// The kinds of children, in the order they are applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ChildKind {
-    ConfigMap,
-    Service,
-    Deployment,
-    PodDisruptionBudget,
-    Ingress,
-    CronJob,
-    Job,
-}
-
-impl ChildKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ConfigMap => "ConfigMap",
-            Self::Service => "Service",
-            Self::Deployment => "Deployment",
-            Self::Ingress => "Ingress",
-            Self::CronJob => "CronJob",
-            Self::Job => "Job",
-            Self::PodDisruptionBudget => "PodDisruptionBudget",
+/// Declares the kinds of children once: `Variant(Type) => field of Stores`, in the order they are applied.
+macro_rules! child_kinds {
+    ($($kind:ident => $store:ident),+ $(,)?) => {
+        /// A child object of one of the kinds the operator creates.
+        // A handful are built per reconcile and applied at once; boxing them would buy nothing.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Child {
+            $($kind($kind),)+
         }
-    }
+
+        /// The kinds of children, in the order they are applied.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum ChildKind {
+            $($kind,)+
+        }
+
+        impl ChildKind {
+            /// Every kind, in the order they are applied.
+            pub const ALL: &[ChildKind] = &[$(ChildKind::$kind),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$kind => stringify!($kind),)+
+                }
+            }
+
+            /// The API resource of the kind, for dynamic objects.
+            pub fn api_resource(self) -> ApiResource {
+                match self {
+                    $(Self::$kind => ApiResource::erase::<$kind>(&()),)+
+                }
+            }
+
+            /// The operator's cache of the kind.
+            fn cache(self, stores: &Stores) -> &dyn Cached {
+                match self {
+                    $(Self::$kind => &stores.$store,)+
+                }
+            }
+        }
+
+        impl Child {
+            pub fn kind(&self) -> ChildKind {
+                match self {
+                    $(Self::$kind(_) => ChildKind::$kind,)+
+                }
+            }
+
+            fn meta(&self) -> &ObjectMeta {
+                match self {
+                    $(Self::$kind(o) => o.meta(),)+
+                }
+            }
+
+            /// The object as JSON with `apiVersion` and `kind`.
+            fn to_json(&self) -> Result<serde_json::Value> {
+                match self {
+                    $(Self::$kind(o) => typed_json(o),)+
+                }
+            }
+        }
+    };
+}
+
+child_kinds! {
+    ConfigMap => config_maps,
+    Service => services,
+    Deployment => deployments,
+    PodDisruptionBudget => pod_disruption_budgets,
+    Ingress => ingresses,
+    CronJob => cron_jobs,
+    Job => jobs,
 }
 
 impl Child {
-    pub fn kind(&self) -> ChildKind {
-        match self {
-            Self::ConfigMap(_) => ChildKind::ConfigMap,
-            Self::Deployment(_) => ChildKind::Deployment,
-            Self::Service(_) => ChildKind::Service,
-            Self::Ingress(_) => ChildKind::Ingress,
-            Self::CronJob(_) => ChildKind::CronJob,
-            Self::Job(_) => ChildKind::Job,
-            Self::PodDisruptionBudget(_) => ChildKind::PodDisruptionBudget,
-        }
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        match self {
-            Self::ConfigMap(o) => &o.metadata,
-            Self::Deployment(o) => &o.metadata,
-            Self::Service(o) => &o.metadata,
-            Self::Ingress(o) => &o.metadata,
-            Self::CronJob(o) => &o.metadata,
-            Self::Job(o) => &o.metadata,
-            Self::PodDisruptionBudget(o) => &o.metadata,
-        }
-    }
-
     pub fn name(&self) -> &str {
         self.meta().name.as_deref().unwrap_or_default()
     }
 
     /// The object as JSON with `apiVersion` and `kind`, and the hash of that JSON in [`HASH_ANNOTATION`].
     pub fn to_apply(&self) -> Result<(serde_json::Value, String)> {
-        let value = match self {
-            Self::ConfigMap(o) => typed_json(o)?,
-            Self::Deployment(o) => typed_json(o)?,
-            Self::Service(o) => typed_json(o)?,
-            Self::Ingress(o) => typed_json(o)?,
-            Self::CronJob(o) => typed_json(o)?,
-            Self::Job(o) => typed_json(o)?,
-            Self::PodDisruptionBudget(o) => typed_json(o)?,
+        with_hash(self.to_json()?, self.kind().as_str())
+    }
+}
+
+/// A cache of one kind of child, as [`apply`] uses it: compare a live object with what would be applied, list what
+/// an owner controls.
+trait Cached {
+    /// How the object `namespace`/`name` compares with `desired` (the JSON to apply, its hash annotation included).
+    fn current(&self, namespace: &str, name: &str, desired: &serde_json::Value, hash: &str) -> Current;
+    /// Names of the cached objects `owner` controls.
+    fn owned(&self, owner: &Owner) -> Vec<String>;
+}
+
+impl<K> Cached for Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + 'static,
+{
+    fn current(&self, namespace: &str, name: &str, desired: &serde_json::Value, hash: &str) -> Current {
+        let Some(object) = self.get(&ObjectRef::new(name).within(namespace)) else {
+            return Current::Missing;
         };
-        with_hash(value, self.kind().as_str())
+        if object.annotations().get(HASH_ANNOTATION).map(String::as_str) != Some(hash) {
+            return Current::Drifted;
+        }
+        // The hash says what was applied last; the fields say whether they are still so (`kubectl scale`,
+        // `kubectl edit`).
+        match serde_json::to_value(object.as_ref()).map(|live| difference(&live, desired)) {
+            Ok(None) => Current::AsApplied,
+            Ok(Some(field)) => {
+                tracing::info!(kind = %K::kind(&()), %namespace, %name, %field, "a child was changed by someone else; applying it again");
+                Current::Drifted
+            }
+            Err(_) => Current::Drifted,
+        }
+    }
+
+    fn owned(&self, owner: &Owner) -> Vec<String> {
+        self.state()
+            .iter()
+            // The uid test comes first: it rules out nearly every object without allocating.
+            .filter(|object| {
+                object
+                    .owner_references()
+                    .iter()
+                    .any(|r| r.uid == owner.uid && r.controller == Some(true))
+                    && object.meta().namespace.as_deref() == Some(owner.namespace.as_str())
+            })
+            .map(|object| object.name_any())
+            .collect()
     }
 }
 
@@ -237,28 +291,6 @@ enum Current {
     Drifted,
 }
 
-/// How the object `name` in `store` compares with `desired` (the JSON to apply, its hash annotation included).
-fn current<K>(store: &Store<K>, namespace: &str, name: &str, desired: &serde_json::Value, hash: &str) -> Current
-where
-    K: Resource<DynamicType = ()> + Clone + Serialize + 'static,
-{
-    let Some(object) = store.get(&ObjectRef::new(name).within(namespace)) else {
-        return Current::Missing;
-    };
-    if object.annotations().get(HASH_ANNOTATION).map(String::as_str) != Some(hash) {
-        return Current::Drifted;
-    }
-    // The hash says what was applied last; the fields say whether they are still so (`kubectl scale`, `kubectl edit`).
-    match serde_json::to_value(object.as_ref()).map(|live| difference(&live, desired)) {
-        Ok(None) => Current::AsApplied,
-        Ok(Some(field)) => {
-            tracing::info!(kind = %K::kind(&()), %namespace, %name, %field, "a child was changed by someone else; applying it again");
-            Current::Drifted
-        }
-        Err(_) => Current::Drifted,
-    }
-}
-
 /// Whether `live` has every field `desired` sets, with the same value. The API server adds defaults (fields the
 /// operator does not set) and leaves out empty values: those are not differences.
 pub fn covers(live: &serde_json::Value, desired: &serde_json::Value) -> bool {
@@ -326,26 +358,6 @@ fn is_empty(value: &serde_json::Value) -> bool {
     }
 }
 
-/// Names of the objects in `store` that `owner` controls.
-fn owned_names<K>(store: &Store<K>, owner: &Owner) -> Vec<String>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    store
-        .state()
-        .iter()
-        // The uid test comes first: it rules out nearly every object without allocating.
-        .filter(|object| {
-            object
-                .owner_references()
-                .iter()
-                .any(|r| r.uid == owner.uid && r.controller == Some(true))
-                && object.meta().namespace.as_deref() == Some(owner.namespace.as_str())
-        })
-        .map(|object| object.name_any())
-        .collect()
-}
-
 /// Applies `desired` for `owner` and deletes the objects `owner` controls that are neither desired nor kept. An
 /// object that carries the hash of what would be applied and still has every field the operator sets as it set them
 /// is not written; one edited by hand is applied again, which puts the operator's fields back.
@@ -360,17 +372,7 @@ pub async fn apply(ctx: &Context, owner: &Owner, desired: Desired) -> Result<Cha
         let name = child.name().to_owned();
         wanted.insert((kind, name.clone()));
         let (value, hash) = child.to_apply()?;
-        let namespace = owner.namespace.as_str();
-        let stores = &ctx.stores;
-        let current = match kind {
-            ChildKind::ConfigMap => current(&stores.config_maps, namespace, &name, &value, &hash),
-            ChildKind::Service => current(&stores.services, namespace, &name, &value, &hash),
-            ChildKind::Deployment => current(&stores.deployments, namespace, &name, &value, &hash),
-            ChildKind::Ingress => current(&stores.ingresses, namespace, &name, &value, &hash),
-            ChildKind::CronJob => current(&stores.cron_jobs, namespace, &name, &value, &hash),
-            ChildKind::Job => current(&stores.jobs, namespace, &name, &value, &hash),
-            ChildKind::PodDisruptionBudget => current(&stores.pod_disruption_budgets, namespace, &name, &value, &hash),
-        };
+        let current = kind.cache(&ctx.stores).current(&owner.namespace, &name, &value, &hash);
         // Jobs cannot change once created: an existing one is kept whatever its content.
         if current == Current::AsApplied || (kind == ChildKind::Job && current != Current::Missing) {
             continue;
@@ -387,36 +389,15 @@ pub async fn apply(ctx: &Context, owner: &Owner, desired: Desired) -> Result<Cha
         changes.applied.push(format!("{} {name}", kind.as_str()));
     }
 
-    let owned = [
-        (ChildKind::ConfigMap, owned_names(&ctx.stores.config_maps, owner)),
-        (ChildKind::Service, owned_names(&ctx.stores.services, owner)),
-        (ChildKind::Deployment, owned_names(&ctx.stores.deployments, owner)),
-        (ChildKind::Ingress, owned_names(&ctx.stores.ingresses, owner)),
-        (ChildKind::CronJob, owned_names(&ctx.stores.cron_jobs, owner)),
-        (ChildKind::Job, owned_names(&ctx.stores.jobs, owner)),
-        (
-            ChildKind::PodDisruptionBudget,
-            owned_names(&ctx.stores.pod_disruption_budgets, owner),
-        ),
-    ];
-    for (kind, names) in owned {
-        for name in names {
+    for &kind in ChildKind::ALL {
+        for name in kind.cache(&ctx.stores).owned(owner) {
             if wanted.contains(&(kind, name.clone())) {
                 continue;
             }
-            let params = DeleteParams::background();
-            let result = match kind {
-                ChildKind::ConfigMap => api::<ConfigMap>(ctx, owner).delete(&name, &params).await.map(drop),
-                ChildKind::Service => api::<Service>(ctx, owner).delete(&name, &params).await.map(drop),
-                ChildKind::Deployment => api::<Deployment>(ctx, owner).delete(&name, &params).await.map(drop),
-                ChildKind::Ingress => api::<Ingress>(ctx, owner).delete(&name, &params).await.map(drop),
-                ChildKind::CronJob => api::<CronJob>(ctx, owner).delete(&name, &params).await.map(drop),
-                ChildKind::Job => api::<Job>(ctx, owner).delete(&name, &params).await.map(drop),
-                ChildKind::PodDisruptionBudget => api::<PodDisruptionBudget>(ctx, owner)
-                    .delete(&name, &params)
-                    .await
-                    .map(drop),
-            };
+            let result = api(ctx, owner, kind)
+                .delete(&name, &DeleteParams::background())
+                .await
+                .map(drop);
             match result {
                 Ok(()) => {}
                 // Already gone: the cache had not caught up.
@@ -438,37 +419,20 @@ pub async fn apply(ctx: &Context, owner: &Owner, desired: Desired) -> Result<Cha
 
 async fn apply_one(ctx: &Context, owner: &Owner, kind: ChildKind, name: &str, value: &serde_json::Value) -> Result<()> {
     let params = PatchParams::apply(MANAGER).force();
-    let patch = Patch::Apply(value);
-    let result = match kind {
-        ChildKind::ConfigMap => api::<ConfigMap>(ctx, owner)
-            .patch(name, &params, &patch)
-            .await
-            .map(drop),
-        ChildKind::Service => api::<Service>(ctx, owner).patch(name, &params, &patch).await.map(drop),
-        ChildKind::Deployment => api::<Deployment>(ctx, owner)
-            .patch(name, &params, &patch)
-            .await
-            .map(drop),
-        ChildKind::Ingress => api::<Ingress>(ctx, owner).patch(name, &params, &patch).await.map(drop),
-        ChildKind::CronJob => api::<CronJob>(ctx, owner).patch(name, &params, &patch).await.map(drop),
-        ChildKind::Job => api::<Job>(ctx, owner).patch(name, &params, &patch).await.map(drop),
-        ChildKind::PodDisruptionBudget => api::<PodDisruptionBudget>(ctx, owner)
-            .patch(name, &params, &patch)
-            .await
-            .map(drop),
-    };
-    result.map_err(|source| Error::Apply {
-        kind: kind.as_str(),
-        name: name.to_owned(),
-        source,
-    })
+    api(ctx, owner, kind)
+        .patch(name, &params, &Patch::Apply(value))
+        .await
+        .map(drop)
+        .map_err(|source| Error::Apply {
+            kind: kind.as_str(),
+            name: name.to_owned(),
+            source,
+        })
 }
 
-fn api<K>(ctx: &Context, owner: &Owner) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    Api::namespaced(ctx.client.clone(), &owner.namespace)
+/// The API of `kind` in the owner's namespace, for dynamic objects.
+fn api(ctx: &Context, owner: &Owner, kind: ChildKind) -> Api<DynamicObject> {
+    Api::namespaced_with(ctx.client.clone(), &owner.namespace, &kind.api_resource())
 }
 
 #[cfg(test)]

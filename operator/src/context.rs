@@ -91,7 +91,7 @@ pub struct Context {
     pub stores: Stores,
     pub events: crate::events::Events,
     pub args: OperatorArgs,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     /// What the operator remembers per object, by UID.
     pub memory: Arc<Memory>,
     /// Whether the cluster serves the Prometheus Operator's kinds, and when that was asked.
@@ -119,6 +119,7 @@ impl Context {
         client: kube::Client,
         stores: Stores,
         events: crate::events::Events,
+        stats: Arc<Stats>,
         args: OperatorArgs,
         memory: Arc<Memory>,
     ) -> Self {
@@ -127,7 +128,7 @@ impl Context {
             stores,
             events,
             args,
-            stats: Stats::default(),
+            stats,
             memory,
             monitoring: tokio::sync::Mutex::new(None),
             monitoring_caches: tokio::sync::Mutex::new(HashMap::new()),

@@ -1,11 +1,15 @@
 //! Events (`events.k8s.io/v1`) about airq's resources, as `kubectl describe` and `kubectl events` show them.
 //!
+//! A reconcile only queues its Events ([`Events::send`]); one task publishes them in order, as client-go's event
+//! broadcaster does, so that Events never hold up the children and the status. A full queue (a burst of more than
+//! [`QUEUE`] Events) drops the newest, counted in `airq_operator_events_dropped_total`.
+//!
 //! The same event again — same object, type, reason, action *and note* — within [`SERIES_WINDOW`] only counts up the
 //! first one's series; an event with another note is a new Event. (kube's `Recorder` keys its series without the
 //! note, so a reason repeated with a new message kept showing the first message.)
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -13,6 +17,9 @@ use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use tokio::sync::mpsc;
+
+use crate::context::Stats;
 
 /// How long a repeat counts up the earlier Event rather than making a new one.
 pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
@@ -20,6 +27,8 @@ pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 const LIMIT: usize = 10_000;
 /// The longest note kept (the API server refuses notes over 1 kB).
 const MAX_NOTE: usize = 1000;
+/// Events waiting to be published, at most.
+pub const QUEUE: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -36,12 +45,9 @@ struct Sent {
     at: Instant,
 }
 
-/// Publishes Events as one controller instance.
+/// The queue of Events to publish, as one controller instance.
 pub struct Events {
-    client: kube::Client,
-    controller: String,
-    instance: String,
-    sent: Mutex<HashMap<Key, Sent>>,
+    queue: mpsc::Sender<Queued>,
 }
 
 /// One Event to publish.
@@ -52,19 +58,76 @@ pub struct Note<'a> {
     pub note: String,
 }
 
+struct Queued {
+    regarding: ObjectReference,
+    warning: bool,
+    reason: String,
+    action: String,
+    note: String,
+    /// The kind of the object, for the write counters.
+    kind: &'static str,
+}
+
 impl Events {
-    pub fn new(client: kube::Client, controller: &str, instance: &str) -> Self {
-        Self {
+    /// Starts the task that publishes the queued Events; it ends when the last sender is dropped, after publishing
+    /// what is queued.
+    pub fn start(client: kube::Client, controller: &str, instance: &str, stats: Arc<Stats>) -> Self {
+        let (queue, mut queued) = mpsc::channel::<Queued>(QUEUE);
+        let mut publisher = Publisher {
             client,
             controller: controller.to_owned(),
             instance: instance.to_owned(),
-            sent: Mutex::new(HashMap::new()),
-        }
+            sent: HashMap::new(),
+        };
+        tokio::spawn(async move {
+            while let Some(event) = queued.recv().await {
+                let note = Note {
+                    warning: event.warning,
+                    reason: &event.reason,
+                    action: &event.action,
+                    note: event.note,
+                };
+                match publisher.publish(event.regarding, note).await {
+                    Ok(()) => stats.wrote(event.kind, "event"),
+                    Err(err) => tracing::warn!(error = %err, reason = %event.reason, "cannot publish an event"),
+                }
+            }
+        });
+        Self { queue }
     }
 
+    /// Queues `note` about the object `regarding` (of `kind`), without waiting for it to be published.
+    pub fn send(&self, regarding: ObjectReference, note: Note<'_>, kind: &'static str) {
+        let queued = Queued {
+            regarding,
+            warning: note.warning,
+            reason: note.reason.to_owned(),
+            action: note.action.to_owned(),
+            note: note.note,
+            kind,
+        };
+        if let Err(err) = self.queue.try_send(queued) {
+            metrics::counter!("airq_operator_events_dropped_total").increment(1);
+            let reason = match &err {
+                mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q.reason.clone(),
+            };
+            tracing::warn!(%reason, "an event was dropped: the queue of events to publish is full");
+        }
+    }
+}
+
+/// Publishes Events, remembering recent ones to count repeats.
+struct Publisher {
+    client: kube::Client,
+    controller: String,
+    instance: String,
+    sent: HashMap<Key, Sent>,
+}
+
+impl Publisher {
     /// Publishes `note` about the object `regarding`: a new Event, or one more in the series of the same Event sent
     /// within [`SERIES_WINDOW`].
-    pub async fn publish(&self, regarding: ObjectReference, note: Note<'_>) -> Result<(), kube::Error> {
+    async fn publish(&mut self, regarding: ObjectReference, note: Note<'_>) -> Result<(), kube::Error> {
         let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".to_owned());
         let key = Key {
             uid: regarding.uid.clone().unwrap_or_default(),
@@ -109,7 +172,7 @@ impl Events {
             ..Event::default()
         };
         api.create(&PostParams::default(), &event).await?;
-        self.sent.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        self.sent.insert(
             key,
             Sent {
                 name,
@@ -121,8 +184,8 @@ impl Events {
     }
 
     /// The name of the Event `key` repeats and its series' new count; forgets Events past the window.
-    fn repeat(&self, key: &Key) -> Option<(String, i32)> {
-        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+    fn repeat(&mut self, key: &Key) -> Option<(String, i32)> {
+        let sent = &mut self.sent;
         sent.retain(|_, s| s.at.elapsed() < SERIES_WINDOW);
         if sent.len() >= LIMIT {
             sent.clear();

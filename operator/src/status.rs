@@ -127,7 +127,7 @@ where
     let previous_reason = previous.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.as_str());
     let previous_generation = current.get("observedGeneration").and_then(serde_json::Value::as_i64);
     if previous_reason != Some(reason) || previous_generation != generation {
-        event(ctx, resource, true, reason, "Validate", message.clone()).await;
+        event(ctx, resource, true, reason, "Validate", message.clone());
     }
     let ready = condition(&previous, "Ready", false, reason, message, generation);
     let mut patch = serde_json::json!({ "observedGeneration": generation, "conditions": [ready] });
@@ -196,8 +196,9 @@ fn status_fingerprint<S: Serialize>(status: &S) -> Result<String> {
     Ok(value.to_string())
 }
 
-/// Publishes an Event about `resource`. A failure to publish is logged, not returned: the reconcile itself went on.
-pub async fn event<K>(ctx: &Context, resource: &K, warning: bool, reason: &str, action: &str, note: String)
+/// Queues an Event about `resource` (published in order by the Events task, `crate::events`). A failure to publish
+/// is logged, not returned: the reconcile itself went on.
+pub fn event<K>(ctx: &Context, resource: &K, warning: bool, reason: &str, action: &str, note: String)
 where
     K: Resource<DynamicType = ()>,
 {
@@ -207,10 +208,7 @@ where
         action,
         note,
     };
-    match ctx.events.publish(resource.object_ref(&()), note).await {
-        Ok(()) => ctx.stats.wrote(kind_label::<K>(), "event"),
-        Err(err) => tracing::warn!(error = %err, reason, "cannot publish an event"),
-    }
+    ctx.events.send(resource.object_ref(&()), note, kind_label::<K>());
 }
 
 /// The kind name as a `'static` label.

@@ -1,13 +1,21 @@
-//! Pod templates the reconcilers share: the restricted security settings every airq container runs with, the
-//! database URL handed over from its Secret, probes on the operational endpoints, and scheduling options.
+//! What the reconcilers build alike: pod templates with the restricted security settings every airq container runs
+//! with, the database URL handed over from its Secret, probes on the operational endpoints, scheduling options; and
+//! the Deployment, Service and gateway Ingress that the Platform, PredictiveModel and AdhocService controllers
+//! assemble the same way.
 
 use std::collections::BTreeMap;
 
 use airq_api::common::{DatabaseRef, PodOptions};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
     VolumeMount,
+};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
+    IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -22,6 +30,112 @@ pub const RUN_AS_USER: i64 = 65532;
 /// Seconds a service goes on answering after SIGTERM (not ready, closing connections after each answer) so that
 /// its endpoint's removal reaches every proxy before it stops: rolling updates lose no request.
 pub const SHUTDOWN_DRAIN_SECONDS: u32 = 5;
+
+/// The gateway's Service, which every Ingress leads to.
+pub const GATEWAY_SERVICE: &str = "airq-gateway";
+
+/// How a Deployment replaces its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollout {
+    /// Kubernetes' default rolling update.
+    Default,
+    /// One new pod at a time and none taken away before its replacement is ready: the old version answers until
+    /// the new one does.
+    KeepServing,
+}
+
+/// A Deployment of `replicas` pods of `template`, picked by `selector`.
+pub fn deployment(
+    metadata: ObjectMeta,
+    replicas: i32,
+    selector: BTreeMap<String, String>,
+    template: PodTemplateSpec,
+    rollout: Rollout,
+) -> Deployment {
+    Deployment {
+        metadata,
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            },
+            strategy: (rollout == Rollout::KeepServing).then(|| DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template,
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A Service on port 80 leading to the `http` port of the pods `selector` picks.
+pub fn http_service(metadata: ObjectMeta, selector: BTreeMap<String, String>) -> Service {
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// An Ingress sending `host` (any host when `None`) and the paths under `path` to the gateway's Service, with TLS
+/// from `tls_secret` when given.
+pub fn gateway_ingress(
+    metadata: ObjectMeta,
+    class_name: Option<String>,
+    host: Option<String>,
+    tls_secret: Option<String>,
+    path: &str,
+) -> Ingress {
+    Ingress {
+        metadata,
+        spec: Some(IngressSpec {
+            ingress_class_name: class_name,
+            tls: tls_secret.map(|secret| {
+                vec![IngressTLS {
+                    hosts: host.clone().map(|h| vec![h]),
+                    secret_name: Some(secret),
+                }]
+            }),
+            rules: Some(vec![IngressRule {
+                host,
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some(path.to_owned()),
+                        path_type: "Prefix".to_owned(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: GATEWAY_SERVICE.to_owned(),
+                                port: Some(ServiceBackendPort {
+                                    name: Some("http".to_owned()),
+                                    number: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    }
+}
 
 /// `name` from a Secret key.
 pub fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
@@ -140,11 +254,7 @@ pub fn job_container(name: &str, image: String, args: Vec<String>, env: Vec<EnvV
         resources: pod.resources.clone(),
         security_context: Some(container_security(true)),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".to_owned(),
-            mount_path: "/tmp".to_owned(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![tmp_mount()]),
         ..Container::default()
     }
 }
@@ -220,6 +330,27 @@ pub fn set_pull_policy(children: &mut [crate::children::Child], policy: &str) {
             container.image_pull_policy = Some(policy.to_owned());
         }
     }
+}
+
+/// Where [`tmp_volume`] is mounted: `/tmp`.
+pub fn tmp_mount() -> VolumeMount {
+    VolumeMount {
+        name: "tmp".to_owned(),
+        mount_path: "/tmp".to_owned(),
+        ..VolumeMount::default()
+    }
+}
+
+/// The pod template of a long-running service: one container, a scratch `/tmp`, default scheduling.
+pub fn service_pod(labels: BTreeMap<String, String>, container: Container, airq_image: bool) -> PodTemplateSpec {
+    pod_template(
+        labels,
+        vec![container],
+        &PodOptions::default(),
+        None,
+        vec![tmp_volume()],
+        airq_image,
+    )
 }
 
 /// An `emptyDir` volume at `/tmp`, so read-only root filesystems still have scratch space.

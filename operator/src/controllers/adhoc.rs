@@ -6,15 +6,9 @@ use std::sync::Arc;
 
 use airq_api::adhoc::{AdhocService, AdhocServiceStatus};
 use airq_api::platform::{PLATFORM_NAME, Platform};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction, VolumeMount,
-};
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
-    ServiceBackendPort,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Probe, TCPSocketAction};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -24,7 +18,7 @@ use crate::children::{self, Child, Desired, Owner};
 use crate::context::Context;
 use crate::error::Result;
 use crate::status::{condition, event, park, refused, update};
-use crate::workload::{container_security, pod_template, tmp_volume};
+use crate::workload::{Rollout, container_security, deployment, gateway_ingress, http_service, service_pod, tmp_mount};
 
 /// The name of an AdhocService's Deployment, Service and Ingress.
 pub fn child_name(adhoc: &str) -> String {
@@ -32,7 +26,7 @@ pub fn child_name(adhoc: &str) -> String {
 }
 
 /// The Service of the gateway, which every Ingress route points at.
-pub const GATEWAY_SERVICE: &str = "airq-gateway";
+pub use crate::workload::GATEWAY_SERVICE;
 
 fn selector(owner: &Owner) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -77,79 +71,29 @@ pub fn build(adhoc: &AdhocService, owner: &Owner, platform: Option<&Platform>) -
         liveness_probe: Some(tcp_probe),
         // Another team's image must run as a non-root user; it writes to /tmp only unless its spec says otherwise.
         security_context: Some(container_security(!spec.writable_root_filesystem)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".to_owned(),
-            mount_path: "/tmp".to_owned(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![tmp_mount()]),
         ..Container::default()
     };
-    let deployment = Deployment {
-        metadata: owner.meta(&name, labels.clone()),
-        spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector(owner)),
-                match_expressions: None,
-            },
-            template: pod_template(
-                labels.clone(),
-                vec![container],
-                &Default::default(),
-                None,
-                vec![tmp_volume()],
-                false,
-            ),
-            ..DeploymentSpec::default()
-        }),
-        status: None,
-    };
-    let service = Service {
-        metadata: owner.meta(&name, labels.clone()),
-        spec: Some(ServiceSpec {
-            selector: Some(selector(owner)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
-                port: 80,
-                target_port: Some(IntOrString::String("http".to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    };
-    let mut children = vec![Child::Deployment(deployment), Child::Service(service)];
+    let template = service_pod(labels.clone(), container, false);
+    let mut children = vec![
+        Child::Deployment(deployment(
+            owner.meta(&name, labels.clone()),
+            spec.replicas,
+            selector(owner),
+            template,
+            Rollout::Default,
+        )),
+        Child::Service(http_service(owner.meta(&name, labels.clone()), selector(owner))),
+    ];
     if let Some(platform) = platform.filter(|p| p.spec.ingress.enabled) {
         let host = spec.route.host.clone().or_else(|| platform.spec.ingress.host.clone());
-        let ingress = Ingress {
-            metadata: owner.meta(&name, labels),
-            spec: Some(IngressSpec {
-                ingress_class_name: platform.spec.ingress.class_name.clone(),
-                rules: Some(vec![IngressRule {
-                    host,
-                    http: Some(HTTPIngressRuleValue {
-                        paths: vec![HTTPIngressPath {
-                            path: Some(spec.route.path_prefix.clone()),
-                            path_type: "Prefix".to_owned(),
-                            backend: IngressBackend {
-                                service: Some(IngressServiceBackend {
-                                    name: GATEWAY_SERVICE.to_owned(),
-                                    port: Some(ServiceBackendPort {
-                                        name: Some("http".to_owned()),
-                                        number: None,
-                                    }),
-                                }),
-                                resource: None,
-                            },
-                        }],
-                    }),
-                }]),
-                ..IngressSpec::default()
-            }),
-            status: None,
-        };
-        children.push(Child::Ingress(ingress));
+        children.push(Child::Ingress(gateway_ingress(
+            owner.meta(&name, labels),
+            platform.spec.ingress.class_name.clone(),
+            host,
+            None,
+            &spec.route.path_prefix,
+        )));
     }
     Desired {
         children,
@@ -281,7 +225,7 @@ pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Ac
         // the status has no URL, rather than the last valid spec half kept.
         let changes = children::apply(&ctx, &owner, Desired::default()).await?;
         if !changes.is_empty() {
-            event(&ctx, adhoc.as_ref(), false, "Removed", "Delete", changes.describe()).await;
+            event(&ctx, adhoc.as_ref(), false, "Removed", "Delete", changes.describe());
         }
         let extra = serde_json::json!({ "url": null, "availableReplicas": null });
         park(&ctx, adhoc.as_ref(), "InvalidSpec", problems.to_string(), extra).await?;
@@ -298,7 +242,7 @@ pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Ac
         Err(error) => return Err(refused(&ctx, adhoc.as_ref(), error).await),
     };
     if !changes.is_empty() {
-        event(&ctx, adhoc.as_ref(), false, "Applied", "Apply", changes.describe()).await;
+        event(&ctx, adhoc.as_ref(), false, "Applied", "Apply", changes.describe());
     }
 
     let deployment = ctx
@@ -324,7 +268,7 @@ pub async fn reconcile(adhoc: Arc<AdhocService>, ctx: Arc<Context>) -> Result<Ac
         && previous_reason.as_deref() != Some(unrouted.reason.as_str())
     {
         let note = unrouted.message.clone();
-        event(&ctx, adhoc.as_ref(), true, &unrouted.reason, "Route", note).await;
+        event(&ctx, adhoc.as_ref(), true, &unrouted.reason, "Route", note);
     }
     update(&ctx, adhoc.as_ref(), adhoc.status.as_ref(), status).await?;
     Ok(Action::await_change())

@@ -247,7 +247,7 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
         Err(error) => return Err(refused(&ctx, etl.as_ref(), error).await),
     };
     if !changes.is_empty() {
-        event(&ctx, etl.as_ref(), false, "Applied", "Apply", changes.describe()).await;
+        event(&ctx, etl.as_ref(), false, "Applied", "Apply", changes.describe());
     }
 
     // The last finished run, whoever started it (this operator or the CronJob).
@@ -316,10 +316,10 @@ pub async fn reconcile(etl: Arc<EtlSchedule>, ctx: Arc<Context>) -> Result<Actio
                 run.rows_inserted, run.rows_updated, run.rows_rejected
             ),
         };
-        event(&ctx, etl.as_ref(), warning, reason, "Load", note).await;
+        event(&ctx, etl.as_ref(), warning, reason, "Load", note);
         if !anomalies.is_empty() {
             let note = format!("Job {job_name}: {}", anomalies.join("; "));
-            event(&ctx, etl.as_ref(), true, "LoadUnusual", "Load", note).await;
+            event(&ctx, etl.as_ref(), true, "LoadUnusual", "Load", note);
         }
         last_run = Some(run);
     }

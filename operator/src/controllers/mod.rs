@@ -298,11 +298,13 @@ impl Operator {
         }
 
         let identity = args.identity.clone().unwrap_or_else(|| MANAGER.to_owned());
-        let events = crate::events::Events::new(client.clone(), MANAGER, &identity);
+        let stats = Arc::new(crate::context::Stats::default());
+        let events = crate::events::Events::start(client.clone(), MANAGER, &identity, stats.clone());
         let ctx = Arc::new(Context::new(
             client.clone(),
             stores.clone(),
             events,
+            stats,
             args.clone(),
             memory,
         ));

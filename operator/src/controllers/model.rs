@@ -8,11 +8,9 @@ use std::sync::Arc;
 
 use airq_api::model::{ModelMetrics, ModelPhase, PredictiveModel, PredictiveModelStatus};
 use airq_api::reports::TrainingReport;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, VolumeMount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -25,7 +23,8 @@ use crate::error::Result;
 use crate::monitoring::METRICS_LABEL;
 use crate::status::{condition, event, park, refused, update};
 use crate::workload::{
-    HTTP_PORT, database_env, disruption_budget, env, job_container, pod_template, service_container, tmp_volume,
+    HTTP_PORT, Rollout, database_env, deployment, disruption_budget, env, http_service, job_container, pod_template,
+    service_container, service_pod, tmp_mount, tmp_volume,
 };
 
 /// The label naming the model a training Job belongs to (also on Jobs its CronJob starts).
@@ -148,60 +147,26 @@ pub fn build(
             true,
         );
         container.args = Some(vec!["serve".to_owned()]);
-        container.volume_mounts = Some(vec![VolumeMount {
-            name: "tmp".to_owned(),
-            mount_path: "/tmp".to_owned(),
-            ..VolumeMount::default()
-        }]);
+        container.volume_mounts = Some(vec![tmp_mount()]);
         if let Some(budget) = disruption_budget(owner, &name, labels.clone(), selector.clone(), spec.serving.replicas) {
             children.push(Child::PodDisruptionBudget(budget));
         }
-        children.push(Child::Deployment(Deployment {
-            metadata: owner.meta(&name, labels.clone()),
-            spec: Some(DeploymentSpec {
-                replicas: Some(spec.serving.replicas),
-                selector: LabelSelector {
-                    match_labels: Some(selector.clone()),
-                    match_expressions: None,
-                },
-                // The old version answers until the new one's pods are ready.
-                strategy: Some(DeploymentStrategy {
-                    type_: Some("RollingUpdate".to_owned()),
-                    rolling_update: Some(RollingUpdateDeployment {
-                        max_unavailable: Some(IntOrString::Int(0)),
-                        max_surge: Some(IntOrString::Int(1)),
-                    }),
-                }),
-                template: pod_template(
-                    labels.clone(),
-                    vec![container],
-                    &Default::default(),
-                    None,
-                    vec![tmp_volume()],
-                    true,
-                ),
-                ..DeploymentSpec::default()
-            }),
-            status: None,
-        }));
+        let template = service_pod(labels.clone(), container, true);
+        // The old version answers until the new one's pods are ready.
+        children.push(Child::Deployment(deployment(
+            owner.meta(&name, labels.clone()),
+            spec.serving.replicas,
+            selector.clone(),
+            template,
+            Rollout::KeepServing,
+        )));
         // Scraped through the Platform's ServiceMonitor, or its scrape annotations (crate::monitoring).
         let mut service_labels = labels;
         service_labels.insert(METRICS_LABEL.0.to_owned(), METRICS_LABEL.1.to_owned());
-        children.push(Child::Service(Service {
-            metadata: owner.meta(&name, service_labels),
-            spec: Some(ServiceSpec {
-                selector: Some(selector),
-                ports: Some(vec![ServicePort {
-                    name: Some("http".to_owned()),
-                    port: 80,
-                    target_port: Some(IntOrString::String("http".to_owned())),
-                    protocol: Some("TCP".to_owned()),
-                    ..ServicePort::default()
-                }]),
-                ..ServiceSpec::default()
-            }),
-            status: None,
-        }));
+        children.push(Child::Service(http_service(
+            owner.meta(&name, service_labels),
+            selector,
+        )));
     }
     let keep: BTreeSet<(ChildKind, String)> = jobs::history(own_jobs, TRAINING_HISTORY, TRAINING_HISTORY)
         .into_iter()
@@ -431,7 +396,7 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
                 trained_now = Some((job_name.clone(), report));
             }
             Err(problem) => {
-                event(&ctx, model.as_ref(), true, "ReportMissing", "Train", problem).await;
+                event(&ctx, model.as_ref(), true, "ReportMissing", "Train", problem);
             }
         }
         status.trained_job = Some(job_name);
@@ -455,7 +420,7 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
         Err(error) => return Err(refused(&ctx, model.as_ref(), error).await),
     };
     if !changes.is_empty() {
-        event(&ctx, model.as_ref(), false, "Applied", "Apply", changes.describe()).await;
+        event(&ctx, model.as_ref(), false, "Applied", "Apply", changes.describe());
     }
     if let Some((job, report)) = &trained_now {
         event(
@@ -471,8 +436,7 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
                     report.model_version
                 ),
             },
-        )
-        .await;
+        );
     }
 
     let training = all_jobs
@@ -506,7 +470,7 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
         && previous_reason.as_deref() != Some("TrainingFailed")
     {
         let note = format!("Job {name}: {}", failure(message, last_words.as_deref()));
-        event(&ctx, model.as_ref(), true, "TrainingFailed", "Train", note).await;
+        event(&ctx, model.as_ref(), true, "TrainingFailed", "Train", note);
     }
     update(&ctx, model.as_ref(), model.status.as_ref(), status).await?;
     Ok(Action::await_change())
@@ -521,6 +485,7 @@ pub fn model_of_job(job: &Job) -> Option<ObjectRef<PredictiveModel>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     fn owner() -> Owner {
         Owner {

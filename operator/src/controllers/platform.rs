@@ -7,16 +7,9 @@ use std::sync::Arc;
 use airq_api::AdhocService;
 use airq_api::gateway::{ROUTES_CONFIG_MAP, ROUTES_KEY};
 use airq_api::platform::{Component, PLATFORM_NAME, Platform, PlatformStatus};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-};
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
-    IngressTLS, ServiceBackendPort,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Volume, VolumeMount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -28,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::monitoring::METRICS_LABEL;
 use crate::status::{condition, event, park, refused, update};
 use crate::workload::{
-    HTTP_PORT, database_env, disruption_budget, env, pod_template, secret_env, service_container, tmp_volume,
+    HTTP_PORT, Rollout, database_env, deployment, disruption_budget, env, gateway_ingress, http_service, pod_template,
+    secret_env, service_container, tmp_mount, tmp_volume,
 };
 
 /// The core services, in the order they are built.
@@ -91,11 +85,7 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
         let service_name = format!("airq-{name}");
         let labels = owner.labels(&service_name);
         let mut environment = vec![env("AIRQ_LOG_FORMAT", "json"), database_env(&spec.database)];
-        let mut mounts = vec![VolumeMount {
-            name: "tmp".to_owned(),
-            mount_path: "/tmp".to_owned(),
-            ..VolumeMount::default()
-        }];
+        let mut mounts = vec![tmp_mount()];
         let mut volumes = vec![tmp_volume()];
         if name == "front" {
             // The dashboard's forecasts come from the predictive service, inside the namespace.
@@ -159,81 +149,31 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
         ) {
             children.push(Child::PodDisruptionBudget(budget));
         }
-        children.push(Child::Deployment(Deployment {
-            metadata: owner.meta(&service_name, labels.clone()),
-            spec: Some(DeploymentSpec {
-                replicas: Some(part.replicas),
-                selector: LabelSelector {
-                    match_labels: Some(selector(owner, name)),
-                    match_expressions: None,
-                },
-                strategy: Some(DeploymentStrategy {
-                    type_: Some("RollingUpdate".to_owned()),
-                    rolling_update: Some(RollingUpdateDeployment {
-                        max_unavailable: Some(IntOrString::Int(0)),
-                        max_surge: Some(IntOrString::Int(1)),
-                    }),
-                }),
-                template,
-                ..DeploymentSpec::default()
-            }),
-            status: None,
-        }));
+        children.push(Child::Deployment(deployment(
+            owner.meta(&service_name, labels.clone()),
+            part.replicas,
+            selector(owner, name),
+            template,
+            Rollout::KeepServing,
+        )));
         // Scraped through the Platform's ServiceMonitor, or its scrape annotations (crate::monitoring).
         let mut service_labels = labels;
         service_labels.insert(METRICS_LABEL.0.to_owned(), METRICS_LABEL.1.to_owned());
-        children.push(Child::Service(Service {
-            metadata: owner.meta(&service_name, service_labels),
-            spec: Some(ServiceSpec {
-                selector: Some(selector(owner, name)),
-                ports: Some(vec![ServicePort {
-                    name: Some("http".to_owned()),
-                    port: 80,
-                    target_port: Some(IntOrString::String("http".to_owned())),
-                    protocol: Some("TCP".to_owned()),
-                    ..ServicePort::default()
-                }]),
-                ..ServiceSpec::default()
-            }),
-            status: None,
-        }));
+        children.push(Child::Service(http_service(
+            owner.meta(&service_name, service_labels),
+            selector(owner, name),
+        )));
     }
 
     if spec.ingress.enabled {
         let ingress = &spec.ingress;
-        children.push(Child::Ingress(Ingress {
-            metadata: owner.meta(PLATFORM_NAME, owner.labels("airq-gateway")),
-            spec: Some(IngressSpec {
-                ingress_class_name: ingress.class_name.clone(),
-                tls: ingress.tls_secret.as_ref().map(|secret| {
-                    vec![IngressTLS {
-                        hosts: ingress.host.clone().map(|h| vec![h]),
-                        secret_name: Some(secret.clone()),
-                    }]
-                }),
-                rules: Some(vec![IngressRule {
-                    host: ingress.host.clone(),
-                    http: Some(HTTPIngressRuleValue {
-                        paths: vec![HTTPIngressPath {
-                            path: Some("/".to_owned()),
-                            path_type: "Prefix".to_owned(),
-                            backend: IngressBackend {
-                                service: Some(IngressServiceBackend {
-                                    name: "airq-gateway".to_owned(),
-                                    port: Some(ServiceBackendPort {
-                                        name: Some("http".to_owned()),
-                                        number: None,
-                                    }),
-                                }),
-                                resource: None,
-                            },
-                        }],
-                    }),
-                }]),
-                ..IngressSpec::default()
-            }),
-            status: None,
-        }));
+        children.push(Child::Ingress(gateway_ingress(
+            owner.meta(PLATFORM_NAME, owner.labels("airq-gateway")),
+            ingress.class_name.clone(),
+            ingress.host.clone(),
+            ingress.tls_secret.clone(),
+            "/",
+        )));
     }
     Ok(Desired {
         children,
@@ -342,7 +282,7 @@ pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Act
         .applied
         .extend(crate::monitoring::apply(&ctx, &owner, monitoring).await?);
     if !changes.is_empty() {
-        event(&ctx, platform.as_ref(), false, "Applied", "Apply", changes.describe()).await;
+        event(&ctx, platform.as_ref(), false, "Applied", "Apply", changes.describe());
     }
 
     let deployments = COMPONENTS.map(|name| {
