@@ -97,6 +97,10 @@ pub struct RouteSpec {
     /// Browser origins allowed to call the route (CORS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<crate::gateway::Cors>,
+    /// Let callers open WebSocket connections through the gateway (authenticated and rate-limited when they open;
+    /// what passes on an open connection is the service's). Other upgrades are never passed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
 }
 
 fn default_timeout() -> u32 {

@@ -58,6 +58,10 @@ pub struct Route {
     /// Cross-origin requests allowed from browsers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
+    /// Whether WebSocket upgrades are passed to the upstream (a tunnel the gateway no longer looks into once open).
+    /// Other upgrades (`h2c`…) are never passed: the request goes on as plain HTTP/1.1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
 }
 
 /// A token bucket: `requests_per_second` on average, up to `burst` at once.

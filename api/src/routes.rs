@@ -117,6 +117,7 @@ pub fn table<'a>(
             access: spec.front.access.clone().unwrap_or_else(Access::public),
             rate_limit: None,
             cors: None,
+            websocket: false,
         },
         Route {
             id: "predictive".to_owned(),
@@ -133,6 +134,7 @@ pub fn table<'a>(
                 .unwrap_or_else(|| Access::groups(&["developers"])),
             rate_limit: None,
             cors: None,
+            websocket: false,
         },
         Route {
             id: "etl".to_owned(),
@@ -149,6 +151,7 @@ pub fn table<'a>(
                 .unwrap_or_else(|| Access::groups(&["operators"])),
             rate_limit: None,
             cors: None,
+            websocket: false,
         },
     ];
     let mut routes = Vec::with_capacity(core.len() + adhoc_services.len());
@@ -181,6 +184,7 @@ pub fn table<'a>(
             access: adhoc.spec.access.clone(),
             rate_limit: adhoc.spec.route.rate_limit.clone(),
             cors: adhoc.spec.route.cors.clone(),
+            websocket: adhoc.spec.route.websocket,
         });
     }
     let mut table = RouteTable { routes };

@@ -127,6 +127,8 @@ pub async fn edge(State(state): State<AppState>, mut request: Request, next: Nex
         Some(GatewayError::HeadersTooLarge {
             limit: state.settings.max_header_bytes,
         })
+    } else if let Some(doubt) = ambiguous(&request) {
+        Some(GatewayError::Ambiguous(doubt))
     } else {
         match crate::path::canonical(&raw_path) {
             Ok(path) if path == raw_path => None,
@@ -179,6 +181,28 @@ pub async fn edge(State(state): State<AppState>, mut request: Request, next: Nex
         frame
     });
     Response::from_parts(parts, Body::new(body))
+}
+
+/// Why a request can be read two ways, if it can: two credentials of one kind (which one would be checked?), two
+/// `Host` headers, or an absolute-form target naming another host than `Host` (which one would be routed?).
+pub fn ambiguous(request: &Request) -> Option<String> {
+    let headers = request.headers();
+    for name in [
+        axum::http::header::AUTHORIZATION.as_str(),
+        crate::identity::API_KEY_HEADER,
+        axum::http::header::HOST.as_str(),
+    ] {
+        let count = headers.get_all(name).iter().count();
+        if count > 1 {
+            return Some(format!("the request has {count} {name} headers; send one"));
+        }
+    }
+    let authority = request.uri().authority()?;
+    let host = headers.get(axum::http::header::HOST)?;
+    let same = host
+        .to_str()
+        .is_ok_and(|host| host.eq_ignore_ascii_case(authority.as_str()));
+    (!same).then(|| format!("the request's target names host {authority} and its Host header another; send one host"))
 }
 
 fn header_bytes(request: &Request) -> usize {

@@ -58,7 +58,14 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
         record.set_internal_route("admin", &state.admin_metrics);
     }
     let now = now();
-    let principal = match state.identities.authenticate(request.headers(), now).await {
+    let client = match request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        Some(peer) => crate::proxy::client_address(request.headers(), peer.0, state.settings.trust_forwarded_for),
+        None => std::net::IpAddr::from([0, 0, 0, 0]),
+    };
+    let principal = match crate::proxy::authenticate(&state, request.headers(), client, now).await {
         Ok(Some(principal)) => principal,
         Ok(None) => return GatewayError::Unauthenticated.into_response(),
         Err(e) => return e.into_response(),

@@ -25,7 +25,7 @@ pub enum GatewayError {
     BodyTooLarge { limit: u64 },
     #[error("the request headers are larger than the limit of {limit} bytes")]
     HeadersTooLarge { limit: usize },
-    #[error("{what}; retry after {} s", retry_after.as_secs())]
+    #[error("{what}; retry after {} s", whole_seconds(*retry_after))]
     RateLimited { what: String, retry_after: Duration },
     #[error("the upstream of route {route} cannot be reached")]
     UpstreamUnreachable { route: String },
@@ -41,6 +41,23 @@ pub enum GatewayError {
     Conflict(String),
     #[error("the request failed in the gateway; its log has the details")]
     Internal,
+    /// A request that could be read two ways (two credentials, two hosts): refused rather than guessed.
+    #[error("{0}")]
+    Ambiguous(String),
+    /// The caller's body broke off or was malformed: the caller's failure, not the upstream's.
+    #[error("the request body could not be read: {0}")]
+    BadBody(String),
+    /// The caller sent its body slower than the route's timeout.
+    #[error("the request body was not received within {seconds} s")]
+    BodyTimeout { seconds: u32 },
+    #[error("{0}")]
+    UpgradeRefused(String),
+}
+
+/// A wait in whole seconds, rounded up and at least 1: "retry after 0 s" would invite an immediate retry that fails
+/// again. The message and the `Retry-After` header say the same.
+pub fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl GatewayError {
@@ -59,6 +76,8 @@ impl GatewayError {
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Ambiguous(_) | Self::BadBody(_) | Self::UpgradeRefused(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -79,6 +98,10 @@ impl GatewayError {
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::Internal => "internal",
+            Self::Ambiguous(_) => "ambiguous_request",
+            Self::BadBody(_) => "invalid_body",
+            Self::BodyTimeout { .. } => "request_timeout",
+            Self::UpgradeRefused(_) => "upgrade_refused",
         }
     }
 
@@ -103,13 +126,12 @@ impl IntoResponse for GatewayError {
                 );
             }
             Self::RateLimited { retry_after, .. } | Self::CircuitOpen { retry_after, .. } => {
-                // Whole seconds, rounded up: "retry after 0 s" would invite an immediate retry that fails again.
-                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(*retry_after)));
             }
-            Self::BodyTooLarge { .. } => {
-                // The rest of the body is not read, so the connection cannot carry another request: say so, or a
-                // client reusing it from its pool sends the next request into a closing connection.
+            Self::BodyTooLarge { .. } | Self::BadBody(_) | Self::BodyTimeout { .. } | Self::Ambiguous(_) => {
+                // The rest of the body is not read (or the framing of the request is in doubt), so the connection
+                // cannot carry another request: say so, or a client reusing it from its pool sends the next request
+                // into a closing connection.
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

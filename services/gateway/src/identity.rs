@@ -126,6 +126,33 @@ impl Principal {
     }
 }
 
+/// The clock difference allowed between the token's issuer and the gateway, in seconds (`exp`, `nbf`, `iat`).
+pub const JWT_LEEWAY_SECONDS: u64 = 30;
+
+/// Why a token was refused, in the gateway's words (the library's own messages name its internals).
+fn token_refusal(error: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    let why = match error.kind() {
+        ErrorKind::ExpiredSignature => "it has expired (exp)".to_owned(),
+        ErrorKind::ImmatureSignature => "it is not valid yet (nbf)".to_owned(),
+        ErrorKind::InvalidIssuer => "its issuer (iss) is not the one accepted".to_owned(),
+        ErrorKind::InvalidAudience => "its audience (aud) is not this gateway".to_owned(),
+        ErrorKind::InvalidSignature => "its signature does not verify".to_owned(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "it is signed with an algorithm this gateway does not accept".to_owned()
+        }
+        ErrorKind::MissingRequiredClaim(claim) => format!("it has no {claim} claim"),
+        _ => "it is malformed".to_owned(),
+    };
+    format!("the bearer token is not valid: {why}")
+}
+
+/// Whether `text` can travel in an identity header as it is: printable ASCII or any other character but no control
+/// character, and (for a list) no comma.
+fn encodable(text: &str, in_list: bool) -> bool {
+    !text.is_empty() && !text.chars().any(|c| c.is_control() || (in_list && c == ','))
+}
+
 /// JWT bearer tokens accepted besides API keys.
 pub struct JwtVerifier {
     key: jsonwebtoken::DecodingKey,
@@ -163,7 +190,8 @@ impl JwtVerifier {
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 30;
+        validation.validate_nbf = true;
+        validation.leeway = JWT_LEEWAY_SECONDS;
         Ok(Self {
             key,
             validation,
@@ -171,12 +199,28 @@ impl JwtVerifier {
         })
     }
 
-    fn verify(&self, token: &str) -> Result<Principal, GatewayError> {
+    fn verify(&self, token: &str, now: i64) -> Result<Principal, GatewayError> {
         let data =
             jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.key, &self.validation)
-                .map_err(|e| GatewayError::BadCredentials(format!("the bearer token is not valid: {e}")))?;
+                .map_err(|e| GatewayError::BadCredentials(token_refusal(&e)))?;
         let claims = data.claims;
-        let subject = claims.get("sub").and_then(|s| s.as_str()).unwrap_or_default();
+        let refuse = |why: &str| GatewayError::BadCredentials(format!("the bearer token is not valid: {why}"));
+        // Issued in the future (beyond the clock leeway): a token from a broken or forged issuer.
+        let leeway = i64::try_from(JWT_LEEWAY_SECONDS).unwrap_or(i64::MAX);
+        match claims.get("iat") {
+            None => {}
+            Some(iat) => match iat.as_f64() {
+                Some(iat) if iat <= (now.saturating_add(leeway)) as f64 => {}
+                Some(_) => return Err(refuse("it was issued in the future (iat)")),
+                None => return Err(refuse("its iat claim is not a number")),
+            },
+        }
+        let Some(subject) = claims.get("sub").and_then(|s| s.as_str()) else {
+            return Err(refuse("its sub claim is not a string"));
+        };
+        if !encodable(subject, false) {
+            return Err(refuse("its subject (sub) is empty or holds a control character"));
+        }
         let groups: Vec<String> = match claims.get(&self.groups_claim) {
             Some(serde_json::Value::Array(items)) => {
                 items.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect()
@@ -184,6 +228,11 @@ impl JwtVerifier {
             Some(serde_json::Value::String(one)) => vec![one.clone()],
             _ => Vec::new(),
         };
+        if let Some(bad) = groups.iter().find(|g| !encodable(g, true)) {
+            return Err(refuse(&format!(
+                "its group {bad:?} is empty or holds a comma or a control character"
+            )));
+        }
         Ok(Principal {
             user: format!("jwt:{subject}").into(),
             key_id: None,
@@ -257,16 +306,17 @@ impl Identities {
         let Some(presented) = presented else {
             return Ok(None);
         };
-        let credential = presented
-            .strip_prefix("Bearer ")
-            .or_else(|| presented.strip_prefix("bearer "))
-            .unwrap_or(presented)
-            .trim();
+        // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
+        let credential = match presented.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest,
+            _ => presented,
+        }
+        .trim();
         if credential.starts_with(KEY_PREFIX) {
             return self.api_key(credential, now).await.map(Some);
         }
         match &self.jwt {
-            Some(jwt) if credential.matches('.').count() == 2 => jwt.verify(credential).map(Some),
+            Some(jwt) if credential.matches('.').count() == 2 => jwt.verify(credential, now).map(Some),
             Some(_) => Err(GatewayError::BadCredentials(
                 "the credentials are neither an airq API key (airq_…) nor a JWT".to_owned(),
             )),

@@ -295,6 +295,7 @@ pub async fn serve(
         )),
         tokio::spawn(limits::flush_forever(
             state.limits.clone(),
+            state.routes.clone(),
             state.store.clone(),
             Duration::from_secs(config.usage_flush_seconds.max(1)),
         )),

@@ -47,10 +47,25 @@ struct KeyBucket {
     limiter: DefaultDirectRateLimiter,
 }
 
-/// Today's count for one key: what the database said at the last flush, plus what this replica served since.
+/// Who a daily count is for: a stored API key (its usage is kept in the database) or a token's subject (counted in
+/// this replica only). Typed, so that no subject (`bob@example.com`) is ever read as something else.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Subject {
+    Key(Arc<str>),
+    Token(Arc<str>),
+}
+
+impl Subject {
+    fn of(principal: &Principal) -> Self {
+        match &principal.key_id {
+            Some(id) => Self::Key(id.clone()),
+            None => Self::Token(principal.user.clone()),
+        }
+    }
+}
+
+/// A day's count for one subject: what the database said at the last flush, plus what this replica served since.
 struct DailyCount {
-    /// Days since the Unix epoch, UTC (formatted only when stored).
-    day: i64,
     stored: AtomicI64,
     pending: AtomicI64,
 }
@@ -86,14 +101,94 @@ impl RouteLimiter {
     pub fn forget_idle(&self) {
         self.limiter.retain_recent();
     }
+
+    /// Callers with a bucket.
+    pub fn callers(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// Failed authentications allowed per client address: a burst, then one every this many milliseconds. Past that
+/// the address is refused (429) without a look at the database until it has waited.
+const FAILED_AUTH_BURST: u32 = 20;
+const FAILED_AUTH_PERIOD_MS: u64 = 500;
+/// Addresses remembered for failed authentications, at most (memory stays bounded whatever the callers).
+const FAILED_AUTH_ADDRESSES: usize = 100_000;
+
+/// Failed authentications per client address.
+pub struct AuthFailures {
+    quota: Quota,
+    limiter: std::sync::RwLock<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    blocked: DashMap<std::net::IpAddr, std::time::Instant>,
+}
+
+impl Default for AuthFailures {
+    fn default() -> Self {
+        let quota = Quota::with_period(Duration::from_millis(FAILED_AUTH_PERIOD_MS))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(FAILED_AUTH_BURST).unwrap_or(NonZeroU32::MIN));
+        Self {
+            quota,
+            limiter: std::sync::RwLock::new(RateLimiter::keyed(quota)),
+            blocked: DashMap::new(),
+        }
+    }
+}
+
+impl AuthFailures {
+    /// Whether `address` may try to authenticate now; how long to wait otherwise.
+    pub fn may_try(&self, address: std::net::IpAddr) -> Result<(), Duration> {
+        match self.blocked.get(&address).map(|until| *until) {
+            Some(until) => match until.checked_duration_since(std::time::Instant::now()) {
+                Some(wait) if !wait.is_zero() => Err(wait),
+                _ => {
+                    self.blocked.remove(&address);
+                    Ok(())
+                }
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication from `address`; past the allowance the address waits.
+    pub fn failed(&self, address: std::net::IpAddr) {
+        metrics::counter!("airq_gateway_auth_failures_total").increment(1);
+        let checked = self
+            .limiter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .check_key(&address);
+        if let Err(not_until) = checked {
+            if self.blocked.len() >= FAILED_AUTH_ADDRESSES {
+                self.blocked.clear();
+            }
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            self.blocked.insert(address, std::time::Instant::now() + wait);
+        }
+    }
+
+    /// Forgets addresses that have waited, and buckets that have refilled.
+    pub fn forget_idle(&self) {
+        let now = std::time::Instant::now();
+        self.blocked.retain(|_, until| *until > now);
+        let mut limiter = self.limiter.write().unwrap_or_else(|p| p.into_inner());
+        limiter.retain_recent();
+        if limiter.len() > FAILED_AUTH_ADDRESSES {
+            // Too many addresses at once to remember: start afresh rather than grow.
+            *limiter = RateLimiter::keyed(self.quota);
+        }
+    }
 }
 
 /// The limits every request passes.
 pub struct Limits {
     default_bucket: Bucket,
     default_daily_quota: Option<i64>,
+    /// Failed authentications per client address.
+    pub auth_failures: AuthFailures,
     keys: DashMap<Arc<str>, KeyBucket>,
-    daily: DashMap<Arc<str>, Arc<DailyCount>>,
+    /// Per subject and day (days since the Unix epoch, UTC): the day that ended stays until its count is stored.
+    daily: DashMap<(Subject, i64), Arc<DailyCount>>,
 }
 
 impl Limits {
@@ -103,6 +198,7 @@ impl Limits {
             default_daily_quota,
             keys: DashMap::new(),
             daily: DashMap::new(),
+            auth_failures: AuthFailures::default(),
         }
     }
 
@@ -133,7 +229,7 @@ impl Limits {
                         bucket,
                         limiter: RateLimiter::direct(quota),
                     }),
-                    None => return self.count_daily(principal, &key, now),
+                    None => return self.count_daily(principal, now),
                 },
             };
             limiter
@@ -153,10 +249,10 @@ impl Limits {
                 retry_after,
             });
         }
-        self.count_daily(principal, &key, now)
+        self.count_daily(principal, now)
     }
 
-    fn count_daily(&self, principal: &Principal, key: &Arc<str>, now: i64) -> Result<(), GatewayError> {
+    fn count_daily(&self, principal: &Principal, now: i64) -> Result<(), GatewayError> {
         let quota = principal.daily_quota.or(self.default_daily_quota);
         // Keys' usage is always counted (the admin API shows it). Tokens have no stored usage: their quota, when
         // there is one, is counted per subject in this replica.
@@ -164,31 +260,16 @@ impl Limits {
             return Ok(());
         }
         let today = now.div_euclid(86_400);
-        let count = {
-            let entry = self.daily.entry(key.clone()).or_insert_with(|| {
+        let count = self
+            .daily
+            .entry((Subject::of(principal), today))
+            .or_insert_with(|| {
                 Arc::new(DailyCount {
-                    day: today,
                     stored: AtomicI64::new(principal.used_today),
                     pending: AtomicI64::new(0),
                 })
-            });
-            if entry.day != today {
-                // A new day: what is pending belongs to yesterday and is flushed under its own day.
-                drop(entry);
-                let fresh = Arc::new(DailyCount {
-                    day: today,
-                    stored: AtomicI64::new(0),
-                    pending: AtomicI64::new(0),
-                });
-                let old = self.daily.insert(key.clone(), fresh.clone());
-                if let Some(old) = old {
-                    self.daily.insert(format!("{key}@{}", old.day).into(), old);
-                }
-                fresh
-            } else {
-                entry.clone()
-            }
-        };
+            })
+            .clone();
         let used = count.stored.load(Ordering::Relaxed) + count.pending.load(Ordering::Relaxed);
         if let Some(quota) = quota
             && used >= quota
@@ -204,32 +285,40 @@ impl Limits {
     }
 
     /// Adds this replica's counts to the database and learns the totals. Counts of tokens (no stored key) stay
-    /// local.
+    /// local. A day that ended is forgotten once its count is stored; the count of a key deleted meanwhile is
+    /// dropped (there is nothing left to count it against), never retried.
     pub async fn flush(&self, store: &Store, now: i64) {
-        let entries: Vec<(Arc<str>, Arc<DailyCount>)> = self
+        let today = now.div_euclid(86_400);
+        let entries: Vec<((Subject, i64), Arc<DailyCount>)> = self
             .daily
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
-        for (name, count) in entries {
-            let key_id = name.split('@').next().unwrap_or_default();
+        for ((subject, day), count) in entries {
             let pending = count.pending.swap(0, Ordering::Relaxed);
             if pending == 0 {
-                if name.contains('@') {
-                    self.daily.remove(&name);
+                if day < today {
+                    self.daily.remove(&(subject, day));
                 }
                 continue;
             }
-            if key_id.starts_with("jwt:") {
-                count.stored.fetch_add(pending, Ordering::Relaxed);
-                continue;
-            }
-            match store.add_usage(key_id, &day_of(count.day * 86_400), pending, now).await {
-                Ok(total) => count.stored.store(total, Ordering::Relaxed),
+            let key_id = match &subject {
+                Subject::Token(_) => {
+                    count.stored.fetch_add(pending, Ordering::Relaxed);
+                    continue;
+                }
+                Subject::Key(id) => id,
+            };
+            match store.add_usage(key_id, &day_of(day * 86_400), pending, now).await {
+                Ok(Some(total)) => count.stored.store(total, Ordering::Relaxed),
+                Ok(None) => {
+                    tracing::debug!(%key_id, pending, "the key was deleted: its last requests are not counted");
+                    self.daily.remove(&(subject, day));
+                }
                 Err(e) => {
                     // Kept for the next flush rather than lost.
                     count.pending.fetch_add(pending, Ordering::Relaxed);
-                    tracing::warn!(error = %e, key_id, "cannot store a key's usage; will retry");
+                    tracing::warn!(error = %e, %key_id, "cannot store a key's usage; will retry");
                 }
             }
         }
@@ -253,16 +342,68 @@ fn describe(principal: &Principal) -> String {
     }
 }
 
-/// Every few seconds, stores usage counts; every minute, forgets idle buckets.
-pub async fn flush_forever(limits: Arc<Limits>, store: Store, every: Duration) {
+/// Every few seconds, stores usage counts; about every minute, forgets idle buckets: keys', routes' per caller, and
+/// failed authentications' per address.
+pub async fn flush_forever(limits: Arc<Limits>, routes: Arc<crate::routes::Routes>, store: Store, every: Duration) {
     let mut ticker = tokio::time::interval(every);
+    let per_minute = (60 / every.as_secs().max(1)).max(1);
     let mut ticks = 0u64;
     loop {
         ticker.tick().await;
         limits.flush(&store, chrono::Utc::now().timestamp()).await;
         ticks += 1;
-        if ticks.is_multiple_of(60) {
-            limits.forget_idle();
+        if ticks.is_multiple_of(per_minute) {
+            forget_idle(&limits, &routes);
         }
+    }
+}
+
+/// Forgets every bucket that has refilled.
+pub fn forget_idle(limits: &Limits, routes: &crate::routes::Routes) {
+    limits.forget_idle();
+    limits.auth_failures.forget_idle();
+    for entry in &routes.current().entries {
+        if let Some(limiter) = &entry.limiter {
+            limiter.forget_idle();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_buckets_of_callers_not_seen_lately_are_forgotten() {
+        let limiter = RouteLimiter::new(Bucket {
+            per_second: 1_000.0,
+            burst: 5,
+        })
+        .unwrap_or_else(|| panic!("a valid bucket"));
+        for i in 0..1_000 {
+            assert!(limiter.check(&format!("ip:198.18.{}.{}", i / 256, i % 256)).is_ok());
+        }
+        assert_eq!(limiter.callers(), 1_000);
+        // A few milliseconds later every bucket has refilled: nothing is left to remember.
+        std::thread::sleep(Duration::from_millis(20));
+        limiter.forget_idle();
+        assert_eq!(limiter.callers(), 0);
+    }
+
+    #[test]
+    fn failed_authentications_from_one_address_are_limited_and_others_are_not() {
+        let failures = AuthFailures::default();
+        let attacker = std::net::IpAddr::from([198, 18, 0, 7]);
+        let other = std::net::IpAddr::from([198, 18, 0, 8]);
+        for _ in 0..FAILED_AUTH_BURST {
+            assert!(failures.may_try(attacker).is_ok());
+            failures.failed(attacker);
+        }
+        failures.failed(attacker);
+        let wait = failures.may_try(attacker).err().unwrap_or_default();
+        assert!(!wait.is_zero() && wait <= Duration::from_millis(FAILED_AUTH_PERIOD_MS));
+        assert!(failures.may_try(other).is_ok());
+        std::thread::sleep(wait + Duration::from_millis(5));
+        assert!(failures.may_try(attacker).is_ok());
     }
 }

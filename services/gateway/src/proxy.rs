@@ -1,15 +1,22 @@
 //! Forwarding a request to its route's upstream: access check, limits, the circuit breaker, headers (hop-by-hop
-//! removed, `X-Forwarded-*`, the caller's identity), streamed bodies both ways, WebSocket and other upgrades,
-//! timeouts and retries of idempotent requests that failed to connect.
+//! removed, `X-Forwarded-*`, the caller's identity), streamed bodies both ways, WebSocket upgrades on routes that
+//! accept them, timeouts and retries of idempotent requests that failed to connect.
+//!
+//! Only the upstream's failures count against its circuit breaker: a body the caller broke off or sent too slowly
+//! is answered 400 or 408 and leaves the breaker as it was.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use http_body::{Frame, SizeHint};
 use http_body_util::{LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -30,6 +37,67 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Where the caller's body is, as the upstream request reads it.
+#[derive(Debug, Clone, Default)]
+struct BodyProgress(Arc<AtomicU8>);
+
+impl BodyProgress {
+    /// Read from so far without waiting on the caller (or not read at all).
+    const FLOWING: u8 = 0;
+    /// The last read waits for the caller's next bytes.
+    const WAITING_ON_CALLER: u8 = 1;
+    /// Every byte received.
+    const RECEIVED: u8 = 2;
+    /// The caller's body broke off or was malformed.
+    const BROKEN: u8 = 3;
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The caller's body, telling [`BodyProgress`] how its reading goes.
+    struct Watched<B> {
+        #[pin]
+        inner: B,
+        progress: BodyProgress,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Watched<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        this.progress.set(match &polled {
+            Poll::Pending => BodyProgress::WAITING_ON_CALLER,
+            Poll::Ready(None) => BodyProgress::RECEIVED,
+            Poll::Ready(Some(Err(_))) => BodyProgress::BROKEN,
+            Poll::Ready(Some(Ok(_))) => BodyProgress::FLOWING,
+        });
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end && self.progress.get() != BodyProgress::BROKEN {
+            self.progress.set(BodyProgress::RECEIVED);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The HTTP client to upstreams: one pool of kept-alive connections for every route.
 pub type UpstreamClient = Client<HttpConnector, Body>;
@@ -86,6 +154,16 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
+/// Whether the only protocol `headers` ask to upgrade to is WebSocket.
+fn is_websocket(headers: &HeaderMap) -> bool {
+    let mut protocols = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim);
+    protocols.next().is_some_and(|p| p.eq_ignore_ascii_case("websocket")) && protocols.next().is_none()
+}
+
 /// The request's host, lower-case and without its port.
 fn request_host(request: &Request) -> Option<String> {
     let raw = request
@@ -139,6 +217,15 @@ fn has_body(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.trim() != "0")
 }
 
+/// What went wrong with the caller's body, from the upstream request's error (the innermost cause).
+fn caller_failure(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = error;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    innermost.to_string()
+}
+
 fn limit_error(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {
@@ -148,6 +235,29 @@ fn limit_error(error: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
+}
+
+/// The caller of a request, as [`crate::identity::Identities::authenticate`] finds it, with failed attempts limited
+/// per client address: past the allowance an address is answered 429 without a look at the database.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: IpAddr,
+    now: i64,
+) -> Result<Option<Principal>, GatewayError> {
+    let presents = headers.contains_key(API_KEY_HEADER) || headers.contains_key(header::AUTHORIZATION);
+    if presents && let Err(retry_after) = state.limits.auth_failures.may_try(client) {
+        metrics::counter!("airq_gateway_rate_limited_total", "limit" => "failed_auth").increment(1);
+        return Err(GatewayError::RateLimited {
+            what: format!("too many failed authentications from {client}"),
+            retry_after,
+        });
+    }
+    let found = state.identities.authenticate(headers, now).await;
+    if matches!(found, Err(GatewayError::BadCredentials(_))) {
+        state.limits.auth_failures.failed(client);
+    }
+    found
 }
 
 /// Every request no gateway endpoint answers.
@@ -206,7 +316,8 @@ async fn forward(
         return Ok(preflight);
     }
     let now = chrono::Utc::now().timestamp();
-    let principal = state.identities.authenticate(request.headers(), now).await?;
+    let client = client_address(request.headers(), peer, state.settings.trust_forwarded_for);
+    let principal = authenticate(state, request.headers(), client, now).await?;
     if let (Some(record), Some(principal)) = (record, &principal) {
         record.set_caller(principal);
     }
@@ -223,7 +334,6 @@ async fn forward(
             )));
         }
     }
-    let client = client_address(request.headers(), peer, state.settings.trust_forwarded_for);
     if let Some(principal) = &principal {
         state.limits.admit(principal, now)?;
     }
@@ -259,10 +369,18 @@ async fn forward(
         retry_after,
     })?;
 
-    let upgrade = is_upgrade(request.headers());
+    // Only a WebSocket upgrade, on a route that accepts them, becomes a tunnel. Any other `Upgrade` (`h2c`…) is
+    // dropped with the hop-by-hop headers: the request goes on as plain HTTP/1.1, which RFC 9110 allows.
+    let upgrade = is_upgrade(request.headers()) && is_websocket(request.headers());
+    if upgrade && (!route.websocket || request.method() != Method::GET) {
+        return Err(GatewayError::UpgradeRefused(format!(
+            "route {} does not accept WebSocket upgrades (its route sets websocket: true to allow them, with GET)",
+            route.id
+        )));
+    }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
-    let mut headers = upstream_headers(state, entry, &parts.headers, &principal, client, upgrade);
+    let mut headers = upstream_headers(state, entry, &parts.headers, &principal, client, upgrade)?;
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{}?{query}", entry.upstream_path(parts.uri.path())),
         None => entry.upstream_path(parts.uri.path()),
@@ -275,10 +393,17 @@ async fn forward(
         .map_err(|e| GatewayError::internal(&e))?;
     let retriable = idempotent(&parts.method) && !has_body(&parts.headers) && !upgrade;
     let attempts = if retriable { 1 + route.retries } else { 1 };
+    let progress = BodyProgress::default();
+    if !has_body(&parts.headers) {
+        progress.set(BodyProgress::RECEIVED);
+    }
     let mut body = Some(if upgrade {
         Body::empty()
     } else {
-        Body::new(Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)))
+        Body::new(Watched {
+            inner: Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)),
+            progress: progress.clone(),
+        })
     });
     let timeout = Duration::from_secs(u64::from(route.timeout_seconds));
     let mut attempt = 0;
@@ -300,6 +425,10 @@ async fn forward(
                 if limit_error(&error) {
                     return Err(GatewayError::BodyTooLarge { limit: max_body });
                 }
+                if progress.get() == BodyProgress::BROKEN {
+                    // The caller's failure: the upstream is not blamed for it.
+                    return Err(GatewayError::BadBody(caller_failure(&error)));
+                }
                 if error.is_connect() && attempt < attempts {
                     tracing::debug!(route = %route.id, attempt, "retrying an idempotent request after a connect error");
                     continue;
@@ -311,6 +440,12 @@ async fn forward(
                 });
             }
             Err(_) => {
+                if progress.get() == BodyProgress::WAITING_ON_CALLER {
+                    // Still waiting for the caller's body: its slowness, not the upstream's.
+                    return Err(GatewayError::BodyTimeout {
+                        seconds: route.timeout_seconds,
+                    });
+                }
                 entry.breaker.record(false);
                 return Err(GatewayError::UpstreamTimeout {
                     route: route.id.clone(),
@@ -320,6 +455,16 @@ async fn forward(
         }
     };
     let status = upstream_response.status();
+    let switched = status == StatusCode::SWITCHING_PROTOCOLS;
+    if switched && (client_upgrade.is_none() || !is_websocket(upstream_response.headers())) {
+        // The upstream switched protocols though it was not asked to (or to another protocol): nothing of that
+        // connection may reach the caller.
+        entry.breaker.record(false);
+        tracing::warn!(route = %route.id, "the upstream switched protocols unasked; refused");
+        return Err(GatewayError::UpstreamUnreachable {
+            route: route.id.clone(),
+        });
+    }
     entry.breaker.record(!matches!(
         status,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
@@ -350,6 +495,26 @@ async fn forward(
     Ok(Response::from_parts(response_parts, Body::new(response_body)))
 }
 
+/// Removes every header whose name, with `_` read as `-`, starts with `x-airq-`: only the gateway sets those.
+fn remove_identity_headers(headers: &mut HeaderMap) {
+    const PREFIX: &[u8] = b"x-airq-";
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str().as_bytes();
+            name.len() >= PREFIX.len()
+                && name[..PREFIX.len()]
+                    .iter()
+                    .zip(PREFIX)
+                    .all(|(&b, &p)| b == p || (b == b'_' && p == b'-'))
+        })
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+}
+
 fn upstream_headers(
     state: &AppState,
     entry: &RouteEntry,
@@ -357,7 +522,7 @@ fn upstream_headers(
     principal: &Option<Principal>,
     client: IpAddr,
     upgrade: bool,
-) -> HeaderMap {
+) -> Result<HeaderMap, GatewayError> {
     let mut headers = incoming.clone();
     remove_hop_by_hop(&mut headers, upgrade);
     // The caller's credentials were for the gateway; upstreams get the identity instead.
@@ -365,20 +530,21 @@ fn upstream_headers(
     if principal.is_some() {
         headers.remove(header::AUTHORIZATION);
     }
-    for name in [USER_HEADER, GROUPS_HEADER, KEY_ID_HEADER] {
-        headers.remove(&name);
-    }
+    // Whatever the caller sent that an upstream could read as an identity header: `X-Airq-User`, and the variants
+    // with underscores (`X_Airq_User`, `X-Airq_Groups`) that some servers fold into dashes.
+    remove_identity_headers(&mut headers);
     if let Some(principal) = principal {
-        if let Ok(value) = HeaderValue::from_str(&principal.user) {
-            headers.insert(USER_HEADER, value);
-        }
-        if let Ok(value) = HeaderValue::from_str(&principal.groups.join(",")) {
-            headers.insert(GROUPS_HEADER, value);
-        }
-        if let Some(id) = &principal.key_id
-            && let Ok(value) = HeaderValue::from_str(id)
-        {
-            headers.insert(KEY_ID_HEADER, value);
+        let value = |text: &str| {
+            HeaderValue::from_str(text).map_err(|_| {
+                GatewayError::BadCredentials(format!(
+                    "the caller's identity cannot be sent upstream in a header: {text:?}"
+                ))
+            })
+        };
+        headers.insert(USER_HEADER, value(&principal.user)?);
+        headers.insert(GROUPS_HEADER, value(&principal.groups.join(","))?);
+        if let Some(id) = &principal.key_id {
+            headers.insert(KEY_ID_HEADER, value(id)?);
         }
     }
     let forwarded_for = match incoming.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -401,7 +567,7 @@ fn upstream_headers(
     }
     // The trace context (`traceparent`, naming the gateway's span) was set on the request by the edge and is
     // copied with the other headers.
-    headers
+    Ok(headers)
 }
 
 #[cfg(test)]

@@ -419,12 +419,14 @@ impl Store {
         Ok(())
     }
 
-    /// Adds `requests` to a key's count for `day`; returns the day's total over every replica.
-    pub async fn add_usage(&self, key_id: &str, day: &str, requests: i64, now: i64) -> Result<i64> {
-        let query = "insert into gateway_key_usage (key_id, day, requests, last_used_at) values ($1, $2, $3, $4) \
+    /// Adds `requests` to a key's count for `day`; returns the day's total over every replica, or `None` when the
+    /// key no longer exists (deleted with its user since the requests were served).
+    pub async fn add_usage(&self, key_id: &str, day: &str, requests: i64, now: i64) -> Result<Option<i64>> {
+        let query = "insert into gateway_key_usage (key_id, day, requests, last_used_at) \
+                     select $1, $2, $3, $4 where exists (select 1 from gateway_keys where id = $1) \
                      on conflict (key_id, day) do update set requests = gateway_key_usage.requests + excluded.requests, \
                      last_used_at = excluded.last_used_at returning requests";
-        on_pool!(&self.db, pool => sqlx::query_scalar(query).bind(key_id).bind(day).bind(requests).bind(now).fetch_one(pool).await)
+        on_pool!(&self.db, pool => sqlx::query_scalar(query).bind(key_id).bind(day).bind(requests).bind(now).fetch_optional(pool).await)
             .map_err(sql("counting a key's usage"))
     }
 

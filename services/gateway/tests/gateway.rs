@@ -16,7 +16,7 @@ fn table(public: &Upstream, private: &Upstream, extra: &str) -> String {
     format!(
         "routes:
 - {{ id: public, pathPrefix: /, upstream: '{}', timeoutSeconds: 5, retries: 1, access: {{ public: true }} }}
-- {{ id: private, pathPrefix: /private/, upstream: '{}', stripPrefix: true, timeoutSeconds: 1, access: {{ groups: [operators] }} }}
+- {{ id: private, pathPrefix: /private/, upstream: '{}', stripPrefix: true, timeoutSeconds: 1, access: {{ groups: [operators] }}, websocket: true }}
 {extra}",
         public.url, private.url
     )
