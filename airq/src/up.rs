@@ -248,7 +248,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             &gateway_config,
             gateway_db,
             listener,
-            ops,
+            // On one machine the gateway listens on loopback by default: its operational endpoints stay with it.
+            airq_gateway::Ops::Together(ops),
             gateway_stop.clone().cancelled_owned(),
         )
         .await

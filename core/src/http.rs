@@ -49,13 +49,22 @@ struct OpsState {
 /// `/metrics` (Prometheus text format).
 pub fn ops_router(telemetry: Telemetry, checks: Vec<(&'static str, ReadinessCheck)>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(OpsState {
             telemetry,
             checks: Arc::new(checks),
         })
+}
+
+/// `/healthz` alone: what a public listener answers when `/readyz` and `/metrics` are served on a port of their own.
+pub fn health_router() -> Router {
+    Router::new().route("/healthz", get(healthz))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
 }
 
 /// Whether this process is draining (it got SIGTERM and stops soon).

@@ -18,16 +18,16 @@ use serde_json::json;
 use crate::children::{Child, HASH_ANNOTATION, MANAGER, Owner, with_hash};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::workload::{HTTP_PORT, OPS_PORT};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-/// The label of a Service whose pods serve `/metrics` on the port named `http`.
+/// The label of a Service whose pods serve `/metrics` on the Service's port named `metrics`.
 pub const METRICS_LABEL: (&str, &str) = ("airq.dev/metrics", "true");
 /// The Prometheus Operator's API group and version.
 pub const GROUP: &str = "monitoring.coreos.com";
 pub const VERSION: &str = "v1";
 /// The name of the Platform's ServiceMonitor and PrometheusRule.
 pub const NAME: &str = "airq";
-/// The port the services serve their metrics on (the container port named `http`).
-const METRICS_PORT: &str = "8080";
 
 /// Which of the Prometheus Operator's kinds the cluster serves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,9 +67,21 @@ pub fn annotate_for_scraping(children: &mut [Child], apis: Apis) {
                 .as_ref()
                 .is_some_and(|l| l.get(METRICS_LABEL.0).map(String::as_str) == Some(METRICS_LABEL.1))
         {
+            // The pods' port (what Prometheus' endpoints job scrapes): the gateway's operational port, or `http`.
+            let on_ops_port = service
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|p| {
+                    p.name.as_deref() == Some("metrics")
+                        && p.target_port == Some(IntOrString::String("metrics".to_owned()))
+                });
+            let port = if on_ops_port { OPS_PORT } else { HTTP_PORT };
             service.metadata.annotations.get_or_insert_with(BTreeMap::new).extend([
                 ("prometheus.io/scrape".to_owned(), "true".to_owned()),
-                ("prometheus.io/port".to_owned(), METRICS_PORT.to_owned()),
+                ("prometheus.io/port".to_owned(), port.to_string()),
                 ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
             ]);
         }
@@ -101,7 +113,7 @@ pub fn service_monitor(owner: &Owner) -> serde_json::Value {
                 "app.kubernetes.io/part-of": "airq",
             }},
             "namespaceSelector": { "matchNames": [owner.namespace] },
-            "endpoints": [{ "port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s" }],
+            "endpoints": [{ "port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s" }],
             "targetLabels": ["app.kubernetes.io/name"],
         }),
     )

@@ -25,6 +25,10 @@ use crate::children::Owner;
 
 /// The port every airq service listens on inside its pod.
 pub const HTTP_PORT: i32 = 8080;
+/// The gateway's operational port (`/readyz`, `/metrics`), apart from the one callers reach.
+pub const OPS_PORT: i32 = 9090;
+/// The Service port Prometheus scrapes every airq service on (the ServiceMonitor's endpoint `metrics`).
+pub const METRICS_SERVICE_PORT: i32 = 9090;
 /// The non-root user airq's images run as.
 pub const RUN_AS_USER: i64 = 65532;
 /// Seconds a service goes on answering after SIGTERM (not ready, closing connections after each answer) so that
@@ -71,6 +75,41 @@ pub fn deployment(
             ..DeploymentSpec::default()
         }),
         status: None,
+    }
+}
+
+/// A Service on port 80 leading to the `http` port of the pods `selector` picks, and on port `metrics` (9090) to the
+/// pods' port named `metrics_target`, where they serve `/metrics` (`http` for most services, `metrics` for the
+/// gateway, whose operational endpoints are apart from its public port).
+pub fn metrics_service(metadata: ObjectMeta, selector: BTreeMap<String, String>, metrics_target: &str) -> Service {
+    let mut service = http_service(metadata, selector);
+    if let Some(ports) = service.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+        ports.push(ServicePort {
+            name: Some("metrics".to_owned()),
+            port: METRICS_SERVICE_PORT,
+            target_port: Some(IntOrString::String(metrics_target.to_owned())),
+            protocol: Some("TCP".to_owned()),
+            ..ServicePort::default()
+        });
+    }
+    service
+}
+
+/// Moves a container's probes to its port `metrics` (`OPS_PORT`), which it declares.
+pub fn probe_on_ops_port(container: &mut Container) {
+    container.ports.get_or_insert_with(Vec::new).push(ContainerPort {
+        name: Some("metrics".to_owned()),
+        container_port: OPS_PORT,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    });
+    for probe in [&mut container.liveness_probe, &mut container.readiness_probe]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(get) = probe.http_get.as_mut() {
+            get.port = IntOrString::String("metrics".to_owned());
+        }
     }
 }
 

@@ -65,7 +65,9 @@ async fn service_monitor_and_rules_only_where_the_cluster_has_their_crds() -> an
     for name in ["airq-gateway", "airq-front", "airq-predictive", "airq-etl"] {
         let service = wait_for(&services, name, "the Service", 30, |_| Ok(())).await?;
         assert_eq!(scrape_annotation(&service).as_deref(), Some("true"), "{name}");
-        assert_eq!(service.annotations()["prometheus.io/port"], "8080");
+        // The gateway serves its metrics on its operational port, apart from the callers'.
+        let port = if name == "airq-gateway" { "9090" } else { "8080" };
+        assert_eq!(service.annotations()["prometheus.io/port"], port, "{name}");
         assert_eq!(service.labels()["airq.dev/metrics"], "true");
     }
     assert!(
@@ -108,7 +110,7 @@ async fn service_monitor_and_rules_only_where_the_cluster_has_their_crds() -> an
             object.metadata
         );
     }
-    assert_eq!(monitor.data["spec"]["endpoints"][0]["port"], "http");
+    assert_eq!(monitor.data["spec"]["endpoints"][0]["port"], "metrics");
     assert_eq!(
         monitor.data["spec"]["selector"]["matchLabels"]["airq.dev/metrics"],
         "true"

@@ -12,6 +12,9 @@ use crate::process::{free_port, log_tail};
 pub struct RunningService {
     /// `http://127.0.0.1:<port>`.
     pub base_url: String,
+    /// Where `/readyz` and `/metrics` are served: the base URL, or the address given in `AIRQ_OPS_LISTEN` (the
+    /// gateway serves them apart from its public listener).
+    pub ops_url: String,
     pub log: PathBuf,
     binary: PathBuf,
     child: tokio::process::Child,
@@ -44,8 +47,14 @@ impl RunningService {
             .kill_on_drop(true)
             .spawn()
             .map_err(io(format!("cannot start {}", binary.display())))?;
+        let base_url = format!("http://127.0.0.1:{port}");
+        let ops_url = env
+            .iter()
+            .find(|(name, _)| *name == "AIRQ_OPS_LISTEN")
+            .map_or_else(|| base_url.clone(), |(_, address)| format!("http://{address}"));
         let mut service = Self {
-            base_url: format!("http://127.0.0.1:{port}"),
+            ops_url,
+            base_url,
             log,
             binary: binary.to_owned(),
             child,
@@ -93,7 +102,16 @@ impl RunningService {
 
     /// GETs `path` and returns the status and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let url = format!("{}{path}", self.base_url);
+        self.get_from(&self.base_url, path).await
+    }
+
+    /// GET `path` on the operational endpoints' address.
+    pub async fn get_ops(&self, path: &str) -> Result<(u16, String)> {
+        self.get_from(&self.ops_url, path).await
+    }
+
+    async fn get_from(&self, base: &str, path: &str) -> Result<(u16, String)> {
+        let url = format!("{base}{path}");
         let response = crate::http_client()
             .get(&url)
             .send()
@@ -154,7 +172,7 @@ impl RunningService {
         if status != 200 || !body.contains("\"ok\"") {
             return fail(format!("/healthz answered {status} {body}"));
         }
-        let (status, body) = self.get("/readyz").await?;
+        let (status, body) = self.get_ops("/readyz").await?;
         if status != 200 || !body.contains("\"ready\"") {
             return fail(format!("/readyz answered {status} {body}"));
         }
@@ -169,7 +187,7 @@ impl RunningService {
         if echoed != Some("test-request-1") {
             return fail(format!("the request id sent was not returned: {echoed:?}"));
         }
-        let (status, metrics) = self.get("/metrics").await?;
+        let (status, metrics) = self.get_ops("/metrics").await?;
         let build_info = format!("airq_{service}_build_info");
         let requests = format!("airq_{service}_http_requests_total{{");
         let latency = format!("airq_{service}_http_request_duration_seconds_bucket");

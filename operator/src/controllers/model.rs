@@ -23,7 +23,7 @@ use crate::error::Result;
 use crate::monitoring::METRICS_LABEL;
 use crate::status::{condition, event, park, refused, update};
 use crate::workload::{
-    HTTP_PORT, Rollout, database_env, deployment, disruption_budget, env, http_service, job_container, pod_template,
+    HTTP_PORT, Rollout, database_env, deployment, disruption_budget, env, job_container, metrics_service, pod_template,
     service_container, service_pod, tmp_mount, tmp_volume,
 };
 
@@ -163,9 +163,10 @@ pub fn build(
         // Scraped through the Platform's ServiceMonitor, or its scrape annotations (crate::monitoring).
         let mut service_labels = labels;
         service_labels.insert(METRICS_LABEL.0.to_owned(), METRICS_LABEL.1.to_owned());
-        children.push(Child::Service(http_service(
+        children.push(Child::Service(metrics_service(
             owner.meta(&name, service_labels),
             selector,
+            "http",
         )));
     }
     let keep: BTreeSet<(ChildKind, String)> = jobs::history(own_jobs, TRAINING_HISTORY, TRAINING_HISTORY)

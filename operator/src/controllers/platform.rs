@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::monitoring::METRICS_LABEL;
 use crate::status::{condition, event, park, refused, update};
 use crate::workload::{
-    HTTP_PORT, Rollout, database_env, deployment, disruption_budget, env, gateway_ingress, http_service, pod_template,
-    secret_env, service_container, tmp_mount, tmp_volume,
+    HTTP_PORT, OPS_PORT, Rollout, database_env, deployment, disruption_budget, env, gateway_ingress, metrics_service,
+    pod_template, probe_on_ops_port, secret_env, service_container, tmp_mount, tmp_volume,
 };
 
 /// The core services, in the order they are built.
@@ -96,6 +96,7 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
             ));
         }
         if name == "gateway" {
+            environment.push(env("AIRQ_OPS_LISTEN", format!("0.0.0.0:{OPS_PORT}")));
             // The route table is a mounted file: the gateway sees changes without a restart.
             environment.push(env("AIRQ_ROUTES_FILE", format!("{ROUTES_MOUNT}/{ROUTES_KEY}")));
             if let Some(secret) = &spec.admin_key_secret {
@@ -132,6 +133,10 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
         );
         container.image_pull_policy = Some(spec.image_pull_policy.clone());
         container.volume_mounts = Some(mounts);
+        if name == "gateway" {
+            // Probes and Prometheus on the operational port; callers reach only the public one.
+            probe_on_ops_port(&mut container);
+        }
         let template = pod_template(
             labels.clone(),
             vec![container],
@@ -159,9 +164,10 @@ pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocServ
         // Scraped through the Platform's ServiceMonitor, or its scrape annotations (crate::monitoring).
         let mut service_labels = labels;
         service_labels.insert(METRICS_LABEL.0.to_owned(), METRICS_LABEL.1.to_owned());
-        children.push(Child::Service(http_service(
+        children.push(Child::Service(metrics_service(
             owner.meta(&service_name, service_labels),
             selector(owner, name),
+            if name == "gateway" { "metrics" } else { "http" },
         )));
     }
 

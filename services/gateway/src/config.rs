@@ -13,6 +13,10 @@ pub struct Config {
     pub serve: ServeArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// Where `/readyz` and `/metrics` (and `/healthz`) are served, apart from the public listener, which answers
+    /// `/healthz` only: probes and Prometheus use this port, callers never see it.
+    #[arg(long, env = "AIRQ_OPS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub ops_listen: std::net::SocketAddr,
     /// The route table (YAML, as the operator writes it into the `airq-gateway-routes` ConfigMap). Read again when
     /// it changes. Without it the gateway serves only its own endpoints.
     #[arg(long, env = "AIRQ_ROUTES_FILE")]

@@ -247,7 +247,14 @@ impl JwtVerifier {
 
 /// A key as cached: its record, and the caller it stands for (built once per load, not per request). `None` when
 /// no key has the id (so that guessing ids does not reach the database each time either).
-type Cached = Option<Arc<CachedKey>>;
+/// Every cached answer carries the generation of the identities it was read at: a change (a revoke, a disabled user)
+/// starts a new generation, and an answer read before it is not used, even if its load finished after the cache was
+/// emptied. Revocation always wins over a load racing it.
+#[derive(Clone)]
+struct Cached {
+    generation: u64,
+    key: Option<Arc<CachedKey>>,
+}
 
 struct CachedKey {
     owner: KeyOwner,
@@ -276,6 +283,8 @@ pub struct Identities {
     store: Store,
     hasher: KeyHasher,
     cache: moka::future::Cache<String, Cached>,
+    /// Counts the changes seen (see [`Cached`]).
+    generation: Arc<std::sync::atomic::AtomicU64>,
     jwt: Option<Arc<JwtVerifier>>,
 }
 
@@ -289,6 +298,7 @@ impl Identities {
             store,
             hasher,
             cache,
+            generation: Arc::default(),
             jwt: jwt.map(Arc::new),
         }
     }
@@ -332,21 +342,10 @@ impl Identities {
                 "the API key is malformed (expected airq_<id>_<secret>)".to_owned(),
             ));
         };
-        let store = self.store.clone();
-        let id = key.id.to_owned();
-        // Runs only when the key is not cached.
-        let load = async move {
-            let owner = store.key_owner(&id, &day_of(now)).await?;
-            Ok::<_, store::Error>(owner.map(|owner| Arc::new(CachedKey::new(owner))))
-        };
-        let cached = self
-            .cache
-            .try_get_with(key.id.to_owned(), load)
-            .await
-            .map_err(|e| GatewayError::internal(&e))?;
+        let cached = self.cached(key.id, now).await?;
         // The same answer for an unknown id and a wrong secret: the difference would help guessing.
         let invalid = || GatewayError::BadCredentials(format!("API key airq_{}… is not valid", key.id));
-        let Some(cached) = cached else {
+        let Some(cached) = cached.key else {
             return Err(invalid());
         };
         let owner = &cached.owner;
@@ -375,9 +374,52 @@ impl Identities {
         Ok(cached.principal.clone())
     }
 
+    /// The key `id` from the cache, or the database when it is not cached or was read before the last change.
+    async fn cached(&self, id: &str, now: i64) -> Result<Cached, GatewayError> {
+        use std::sync::atomic::Ordering;
+        for _ in 0..3 {
+            let store = self.store.clone();
+            let owned = id.to_owned();
+            // Read before the database: a change committed meanwhile makes this answer stale at once.
+            let generation = self.generation.load(Ordering::SeqCst);
+            let load = async move {
+                let owner = store.key_owner(&owned, &day_of(now)).await?;
+                Ok::<_, store::Error>(Cached {
+                    generation,
+                    key: owner.map(|owner| Arc::new(CachedKey::new(owner))),
+                })
+            };
+            let cached = self
+                .cache
+                .try_get_with(id.to_owned(), load)
+                .await
+                .map_err(|e| GatewayError::internal(&e))?;
+            if cached.generation == self.generation.load(Ordering::SeqCst) {
+                return Ok(cached);
+            }
+            self.cache.invalidate(id).await;
+        }
+        // Changes faster than a key can be read: read it without the cache.
+        let owner = self
+            .store
+            .key_owner(id, &day_of(now))
+            .await
+            .map_err(|e| GatewayError::internal(&e))?;
+        Ok(Cached {
+            generation: 0,
+            key: owner.map(|owner| Arc::new(CachedKey::new(owner))),
+        })
+    }
+
+    /// Starts a new generation of identities: every key cached before is read again.
+    fn forget_all(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cache.invalidate_all();
+    }
+
     /// Forgets every cached key here, and tells the other replicas to do the same.
     pub async fn changed(&self) -> Result<(), store::Error> {
-        self.cache.invalidate_all();
+        self.forget_all();
         if let Database::Postgres(pool) = self.store.database() {
             sqlx::query("select pg_notify($1, 'changed')")
                 .bind(CHANGES_CHANNEL)
@@ -412,13 +454,13 @@ impl Identities {
                 continue;
             }
             // Changes made while nobody listened are unknown: start afresh.
-            self.cache.invalidate_all();
+            self.forget_all();
             loop {
                 match listener.try_recv().await {
-                    Ok(Some(_)) => self.cache.invalidate_all(),
+                    Ok(Some(_)) => self.forget_all(),
                     Ok(None) => {
                         tracing::warn!("the identity change listener lost its connection; reconnecting");
-                        self.cache.invalidate_all();
+                        self.forget_all();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "the identity change listener failed; reconnecting");

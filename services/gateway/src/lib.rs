@@ -253,12 +253,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| airq_core::http::ServeError::Bind { addr: listen, source })?;
+    let ops_listen = config.ops_listen;
+    let ops_listener =
+        tokio::net::TcpListener::bind(ops_listen)
+            .await
+            .map_err(|source| airq_core::http::ServeError::Bind {
+                addr: ops_listen,
+                source,
+            })?;
     let checks: Vec<(&'static str, ReadinessCheck)> = vec![("database", db.readiness_check())];
     let served = serve(
         &config,
         db.clone(),
         listener,
-        ops_router(telemetry.clone(), checks),
+        Ops::Apart(ops_router(telemetry.clone(), checks), ops_listener),
         airq_core::http::shutdown_after_drain(Duration::from_secs(config.serve.shutdown_drain_seconds)),
     )
     .await;
@@ -269,17 +277,38 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     served
 }
 
+/// Where the operational endpoints (`/healthz`, `/readyz`, `/metrics`) are served.
+pub enum Ops {
+    /// On a listener of their own; the public one answers `/healthz` only.
+    Apart(Router, tokio::net::TcpListener),
+    /// On the public listener (the one-machine platform, on loopback).
+    Together(Router),
+}
+
 /// Serves the gateway on `listener` with `ops` (the operational endpoints) until `shutdown` completes, following
 /// the route file, identity changes and usage counts meanwhile; what [`run`] and the one-machine platform do.
 pub async fn serve(
     config: &Config,
     db: Database,
     listener: tokio::net::TcpListener,
-    ops: Router,
+    ops: Ops,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let log = airq_core::store::Store::new(db.clone());
     let state = state(config, db).await?;
+    let (public_ops, ops_server) = match ops {
+        Ops::Together(router) => (router, None),
+        Ops::Apart(router, ops_listener) => {
+            let local = ops_listener.local_addr().map_err(airq_core::http::ServeError::Serve)?;
+            tracing::info!(%local, "operational endpoints (/healthz, /readyz, /metrics) listening");
+            let server = tokio::spawn(async move {
+                if let Err(e) = axum::serve(ops_listener, router).await {
+                    tracing::error!(error = %e, "the operational endpoints stopped");
+                }
+            });
+            (airq_core::http::health_router(), Some(server))
+        }
+    };
     let background = [
         tokio::spawn(state.identities.clone().follow_changes()),
         tokio::spawn(
@@ -300,7 +329,7 @@ pub async fn serve(
             Duration::from_secs(config.usage_flush_seconds.max(1)),
         )),
     ];
-    let service = app(state.clone(), ops);
+    let service = app(state.clone(), public_ops);
     let local = listener.local_addr().map_err(airq_core::http::ServeError::Serve)?;
     tracing::info!(service = "gateway", %local, "listening");
     // Answers are written whole; Nagle's algorithm would only hold small ones back.
@@ -315,7 +344,7 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await;
-    for task in background {
+    for task in background.into_iter().chain(ops_server) {
         task.abort();
     }
     // What this replica counted since the last flush is not lost on a rolling update.

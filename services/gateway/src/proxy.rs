@@ -380,7 +380,8 @@ async fn forward(
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
-    let mut headers = upstream_headers(state, entry, &parts.headers, &principal, client, upgrade)?;
+    // X-Forwarded-For gains the address of whoever connected (the trusted proxy, or the caller itself).
+    let mut headers = upstream_headers(state, entry, &parts.headers, &principal, peer.ip(), upgrade)?;
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{}?{query}", entry.upstream_path(parts.uri.path())),
         None => entry.upstream_path(parts.uri.path()),
@@ -520,7 +521,7 @@ fn upstream_headers(
     entry: &RouteEntry,
     incoming: &HeaderMap,
     principal: &Option<Principal>,
-    client: IpAddr,
+    peer: IpAddr,
     upgrade: bool,
 ) -> Result<HeaderMap, GatewayError> {
     let mut headers = incoming.clone();
@@ -548,8 +549,8 @@ fn upstream_headers(
         }
     }
     let forwarded_for = match incoming.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if state.settings.trust_forwarded_for => format!("{previous}, {client}"),
-        _ => client.to_string(),
+        Some(previous) if state.settings.trust_forwarded_for => format!("{previous}, {peer}"),
+        _ => peer.to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR, value);

@@ -111,8 +111,7 @@ async fn callers_breaking_their_own_requests_never_open_the_routes_circuit() {
     // The upstream is healthy, and the route is still open to everyone.
     let (status, _, body) = gateway.get("/echo", None).await;
     assert_eq!(status, 200, "{body}");
-    let (_, _, metrics) = gateway.get("/metrics", None).await;
-    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let metrics = gateway.metrics().await;
     assert!(
         !metrics
             .lines()
@@ -385,4 +384,51 @@ async fn the_rate_limit_message_and_retry_after_say_the_same() {
         "{message} / Retry-After {retry_after}"
     );
     assert_ne!(retry_after, "0");
+}
+
+#[tokio::test]
+async fn a_revoke_racing_a_key_load_wins_at_once() {
+    let upstream = Upstream::start("up").await;
+    // Each round from its own address (behind a trusted proxy): the requests refused after the revoke are failed
+    // authentications, which would otherwise limit the one loopback address.
+    let gateway = start(&upstream, &[("AIRQ_TRUST_FORWARDED_FOR", "true")]).await;
+    for round in 0..15 {
+        let key = gateway
+            .user_with_key(&format!("racer{round}"), &["operators"], json!({}))
+            .await;
+        let id = key.split('_').nth(1).unwrap().to_owned();
+        let address = format!("198.18.7.{round}");
+        let get = || {
+            gateway
+                .http
+                .get(gateway.url("/private/echo"))
+                .header("x-api-key", &key)
+                .header("x-forwarded-for", &address)
+                .send()
+        };
+        // Requests that read the key from the database (nobody used it yet) while it is revoked.
+        let requests = futures::future::join_all((0..8).map(|_| get()));
+        let path = format!("/admin/keys/{id}");
+        let revoke = gateway.admin(Method::DELETE, &path, None);
+        let (_, (status, body)) = tokio::join!(requests, revoke);
+        assert!((200..300).contains(&status), "{status} {body}");
+        // From the revoke on it is refused: not after the cache's 30 s.
+        let after = get().await.unwrap();
+        let status = after.status().as_u16();
+        let body = after.text().await.unwrap_or_default();
+        assert_eq!(status, 401, "round {round}: the revoked key still passed: {body}");
+    }
+    // Behind the trusted proxy, X-Forwarded-For gains the proxy's address (the connection's peer), not the caller's
+    // again.
+    let forwarded: Vec<String> = upstream
+        .hits()
+        .iter()
+        .filter_map(|seen| seen.headers.get("x-forwarded-for").cloned())
+        .collect();
+    assert!(
+        forwarded
+            .iter()
+            .all(|f| f.ends_with(", 127.0.0.1") && f.starts_with("198.18.7.")),
+        "{forwarded:?}"
+    );
 }

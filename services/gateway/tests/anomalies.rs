@@ -79,8 +79,7 @@ async fn a_burst_of_server_errors_is_an_anomaly_of_its_route_until_it_ends() {
     assert!(anomaly["expected"].as_f64().unwrap() < 0.01, "{anomaly}");
     assert!(anomaly["peakScore"].as_f64().unwrap() > 5.5, "{anomaly}");
     assert!(anomaly["since"].as_str().is_some_and(|s| s.contains('T')), "{anomaly}");
-    let (_, _, metrics) = gateway.get("/metrics", None).await;
-    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let metrics = gateway.metrics().await;
     assert!(
         metrics.lines().any(|l| l.starts_with("airq_gateway_anomalous{")
             && l.contains("signal=\"error_ratio\"")

@@ -169,16 +169,19 @@ async fn every_status_the_gateway_answers_is_reached() {
     let (status, _, body) = gateway.get("/status/418", None).await;
     assert_eq!((status, body.as_str()), (418, Some("status 418")));
 
-    // Per-route metrics.
-    let metrics = gateway
-        .http
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Per-route metrics, on the operational port only: the public listener answers /healthz alone.
+    let metrics = gateway.metrics().await;
+    for path in ["/metrics", "/readyz"] {
+        let (status, _, body) = gateway.get(path, None).await;
+        assert_eq!(
+            (status, code(&body)),
+            (404, "no_route"),
+            "{path} on the public listener: {body}"
+        );
+    }
+    assert_eq!(gateway.get("/healthz", None).await.0, 200);
+    let ready = gateway.http.get(gateway.ops_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
     for line in [
         r#"airq_gateway_http_requests_total{route="private",status_class="2xx"} 1"#,
         r#"airq_gateway_http_requests_total{route="private",status_class="4xx"} 4"#,
@@ -733,6 +736,7 @@ async fn on_sqlite_keys_work_and_survive_a_restart_with_the_generated_hashing_se
         ("AIRQ_DATABASE_URL", database.as_str()),
         ("AIRQ_ROUTES_FILE", routes.as_str()),
         ("AIRQ_ADMIN_KEY", ADMIN_KEY),
+        ("AIRQ_OPS_LISTEN", "127.0.0.1:0"),
     ];
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_airq-gateway"));
     let http = airq_testenv::http_client();

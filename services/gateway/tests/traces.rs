@@ -144,7 +144,7 @@ async fn a_malformed_otlp_endpoint_is_a_clear_start_up_error() {
     let db = airq_testenv::database().await.unwrap();
     let (status, output) = airq_testenv::service::run_to_exit(
         std::path::Path::new(env!("CARGO_BIN_EXE_airq-gateway")),
-        &["--listen", "127.0.0.1:0"],
+        &["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"],
         &[
             ("AIRQ_DATABASE_URL", &db.url),
             ("AIRQ_KEY_HASH_SECRET", "a-test-secret-of-enough-length"),

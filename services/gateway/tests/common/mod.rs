@@ -171,7 +171,9 @@ impl Gateway {
 
     async fn spawn(db_url: &str, routes_file: &std::path::Path, env: &[(&str, &str)]) -> RunningService {
         let routes = routes_file.display().to_string();
+        let ops = format!("127.0.0.1:{}", airq_testenv::process::free_port().unwrap());
         let mut all = vec![
+            ("AIRQ_OPS_LISTEN", ops.as_str()),
             ("AIRQ_DATABASE_URL", db_url),
             ("AIRQ_ROUTES_FILE", routes.as_str()),
             ("AIRQ_ROUTES_POLL_MS", "100"),
@@ -188,6 +190,23 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.service.base_url)
+    }
+
+    /// The URL of `path` on the operational endpoints' port (`/readyz`, `/metrics`).
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("{}{path}", self.service.ops_url)
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.ops_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub fn addr(&self) -> String {
