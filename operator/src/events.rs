@@ -60,10 +60,8 @@ pub struct Note<'a> {
 
 struct Queued {
     regarding: ObjectReference,
-    warning: bool,
-    reason: String,
-    action: String,
-    note: String,
+    /// What the Event says; repeats of the same key count up one Event's series.
+    key: Key,
     /// The kind of the object, for the write counters.
     kind: &'static str,
 }
@@ -81,15 +79,10 @@ impl Events {
         };
         tokio::spawn(async move {
             while let Some(event) = queued.recv().await {
-                let note = Note {
-                    warning: event.warning,
-                    reason: &event.reason,
-                    action: &event.action,
-                    note: event.note,
-                };
-                match publisher.publish(event.regarding, note).await {
-                    Ok(()) => stats.wrote(event.kind, "event"),
-                    Err(err) => tracing::warn!(error = %err, reason = %event.reason, "cannot publish an event"),
+                let (kind, reason) = (event.kind, event.key.reason.clone());
+                match publisher.publish(event).await {
+                    Ok(()) => stats.wrote(kind, "event"),
+                    Err(err) => tracing::warn!(error = %err, %reason, "cannot publish an event"),
                 }
             }
         });
@@ -98,19 +91,16 @@ impl Events {
 
     /// Queues `note` about the object `regarding` (of `kind`), without waiting for it to be published.
     pub fn send(&self, regarding: ObjectReference, note: Note<'_>, kind: &'static str) {
-        let queued = Queued {
-            regarding,
+        let key = Key {
+            uid: regarding.uid.clone().unwrap_or_default(),
             warning: note.warning,
             reason: note.reason.to_owned(),
             action: note.action.to_owned(),
-            note: note.note,
-            kind,
+            note: truncate(note.note, MAX_NOTE),
         };
-        if let Err(err) = self.queue.try_send(queued) {
+        if let Err(err) = self.queue.try_send(Queued { regarding, key, kind }) {
             metrics::counter!("airq_operator_events_dropped_total").increment(1);
-            let reason = match &err {
-                mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q.reason.clone(),
-            };
+            let reason = err.into_inner().key.reason;
             tracing::warn!(%reason, "an event was dropped: the queue of events to publish is full");
         }
     }
@@ -125,17 +115,11 @@ struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes `note` about the object `regarding`: a new Event, or one more in the series of the same Event sent
+    /// Publishes `event`: a new Event, or one more in the series of the same Event sent
     /// within [`SERIES_WINDOW`].
-    async fn publish(&mut self, regarding: ObjectReference, note: Note<'_>) -> Result<(), kube::Error> {
+    async fn publish(&mut self, event: Queued) -> Result<(), kube::Error> {
+        let Queued { regarding, key, .. } = event;
         let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".to_owned());
-        let key = Key {
-            uid: regarding.uid.clone().unwrap_or_default(),
-            warning: note.warning,
-            reason: note.reason.to_owned(),
-            action: note.action.to_owned(),
-            note: truncate(note.note, MAX_NOTE),
-        };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let repeat = self.repeat(&key);
         if let Some((name, count)) = repeat {

@@ -116,6 +116,20 @@ pub fn deployment_available(deployment: Option<&Deployment>) -> (bool, i32) {
     (current && updated >= wanted && available >= wanted, available)
 }
 
+/// `deployment` as kube-controller-manager reports it once it has seen its spec and `ready` of its pods are updated
+/// and available: what the status tests observe.
+#[cfg(test)]
+pub(crate) fn observed_with_ready(mut deployment: Deployment, ready: i32) -> Deployment {
+    deployment.metadata.generation = Some(1);
+    deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+        observed_generation: Some(1),
+        available_replicas: Some(ready),
+        updated_replicas: Some(ready),
+        ..Default::default()
+    });
+    deployment
+}
+
 /// The URL a caller reaches the service at through the gateway.
 fn url(adhoc: &AdhocService, namespace: &str, platform: Option<&Platform>) -> String {
     let prefix = &adhoc.spec.route.path_prefix;
@@ -379,17 +393,10 @@ spec:
 
     fn deployment_with(ready: i32) -> Deployment {
         let desired = build(&adhoc(REPORTS), &owner(), None);
-        let Some(Child::Deployment(mut deployment)) = desired.children.into_iter().next() else {
+        let Some(Child::Deployment(deployment)) = desired.children.into_iter().next() else {
             panic!("no Deployment")
         };
-        deployment.metadata.generation = Some(2);
-        deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
-            observed_generation: Some(2),
-            available_replicas: Some(ready),
-            updated_replicas: Some(ready),
-            ..Default::default()
-        });
-        deployment
+        observed_with_ready(deployment, ready)
     }
 
     #[test]

@@ -591,7 +591,7 @@ mod tests {
             revision: rev.clone(),
         };
         let desired = build(model, &owner(), "img/p:1".to_owned(), &rev, Some(&served), &[]);
-        let mut deployment = desired
+        let deployment = desired
             .children
             .into_iter()
             .find_map(|c| match c {
@@ -599,14 +599,7 @@ mod tests {
                 _ => None,
             })
             .unwrap_or_else(|| panic!("no Deployment"));
-        deployment.metadata.generation = Some(1);
-        deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
-            observed_generation: Some(1),
-            available_replicas: Some(ready),
-            updated_replicas: Some(ready),
-            ..Default::default()
-        });
-        deployment
+        crate::controllers::adhoc::observed_with_ready(deployment, ready)
     }
 
     fn reported(version: &str, revision: &str) -> PredictiveModelStatus {

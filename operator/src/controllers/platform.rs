@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use airq_api::AdhocService;
-use airq_api::gateway::{ROUTES_CONFIG_MAP, ROUTES_KEY};
+use airq_api::gateway::{ROUTES_CONFIG_MAP, ROUTES_KEY, RouteTable};
 use airq_api::platform::{Component, PLATFORM_NAME, Platform, PlatformStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Volume, VolumeMount};
@@ -59,7 +59,7 @@ fn selector(owner: &Owner, component: &str) -> BTreeMap<String, String> {
 }
 
 /// The route table of `platform`'s namespace: every route leads to a Service of that namespace.
-pub fn route_table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> airq_api::gateway::RouteTable {
+pub fn route_table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) -> RouteTable {
     let namespace = platform.namespace().unwrap_or_default();
     airq_api::routes::table(platform, adhoc_services, |upstream| {
         Some(upstream.in_cluster(&namespace))
@@ -67,13 +67,12 @@ pub fn route_table(platform: &Platform, adhoc_services: &[Arc<AdhocService>]) ->
 }
 
 /// The objects a Platform wants: pure, from the resource and the AdhocServices of its namespace.
-pub fn build(platform: &Platform, owner: &Owner, adhoc_services: &[Arc<AdhocService>]) -> Result<Desired> {
+pub fn build(platform: &Platform, owner: &Owner, table: &RouteTable) -> Result<Desired> {
     let spec = &platform.spec;
     let mut children = Vec::new();
 
-    let table = route_table(platform, adhoc_services);
     // A table that cannot be written is an error, never an empty table (which would close every route).
-    let routes_yaml = serde_saphyr::to_string(&table).map_err(|e| Error::RouteTable(e.to_string()))?;
+    let routes_yaml = serde_saphyr::to_string(table).map_err(|e| Error::RouteTable(e.to_string()))?;
     children.push(Child::ConfigMap(ConfigMap {
         metadata: owner.meta(ROUTES_CONFIG_MAP, owner.labels("airq-gateway")),
         data: Some(BTreeMap::from([(ROUTES_KEY.to_owned(), routes_yaml)])),
@@ -276,10 +275,12 @@ pub async fn reconcile(platform: Arc<Platform>, ctx: Arc<Context>) -> Result<Act
         .into_iter()
         .filter(|a| a.namespace().as_deref() == Some(owner.namespace.as_str()))
         .collect();
-    let mut desired = build(&platform, &owner, &adhoc_services)?;
+    // Built once: the Platform's ConfigMap holds it, its status counts its routes.
+    let table = route_table(&platform, &adhoc_services);
+    let mut desired = build(&platform, &owner, &table)?;
     let monitoring = ctx.monitoring_apis().await;
     crate::monitoring::annotate_for_scraping(&mut desired.children, monitoring);
-    let routes = route_table(&platform, &adhoc_services).routes.len();
+    let routes = table.routes.len();
     let mut changes = match children::apply(&ctx, &owner, desired).await {
         Ok(changes) => changes,
         Err(error) => return Err(refused(&ctx, platform.as_ref(), error).await),
@@ -321,7 +322,6 @@ pub fn platform_of(adhoc: &AdhocService) -> Option<ObjectRef<Platform>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airq_api::gateway::RouteTable;
 
     fn owner() -> Owner {
         Owner {
@@ -351,12 +351,8 @@ mod tests {
 
     #[test]
     fn builds_every_core_service_with_the_database_from_its_secret() {
-        let desired = build(
-            &platform("  version: 1.2.3\n  gateway: { replicas: 3 }\n"),
-            &owner(),
-            &[],
-        )
-        .unwrap();
+        let platform = platform("  version: 1.2.3\n  gateway: { replicas: 3 }\n");
+        let desired = build(&platform, &owner(), &route_table(&platform, &[])).unwrap();
         let deployments: Vec<&Deployment> = desired
             .children
             .iter()
@@ -444,7 +440,8 @@ mod tests {
             adhoc("reports-copy", "/adhoc/reports", "2026-02-01T00:00:00Z"),
             adhoc("maps", "/adhoc/maps/", "2026-03-01T00:00:00Z"),
         ];
-        let desired = build(&platform("  ingress: { enabled: false }\n"), &owner(), &services).unwrap();
+        let platform = platform("  ingress: { enabled: false }\n");
+        let desired = build(&platform, &owner(), &route_table(&platform, &services)).unwrap();
         let Some(Child::ConfigMap(config)) = desired.children.first() else {
             panic!("no ConfigMap first")
         };
@@ -459,12 +456,12 @@ mod tests {
 
     /// The Deployments `build` makes for the core services, each with `missing[i]` of its pods not available.
     fn core_deployments(platform: &Platform, missing: [i32; COMPONENTS.len()]) -> Vec<Deployment> {
-        let desired = build(platform, &owner(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let desired = build(platform, &owner(), &route_table(platform, &[])).unwrap_or_else(|e| panic!("{e}"));
         COMPONENTS
             .iter()
             .zip(missing)
             .map(|(name, missing)| {
-                let mut deployment = desired
+                let deployment = desired
                     .children
                     .iter()
                     .find_map(|c| match c {
@@ -475,14 +472,7 @@ mod tests {
                     })
                     .unwrap_or_else(|| panic!("no Deployment for {name}"));
                 let ready = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) - missing;
-                deployment.metadata.generation = Some(1);
-                deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
-                    observed_generation: Some(1),
-                    available_replicas: Some(ready),
-                    updated_replicas: Some(ready),
-                    ..Default::default()
-                });
-                deployment
+                crate::controllers::adhoc::observed_with_ready(deployment, ready)
             })
             .collect()
     }

@@ -277,6 +277,15 @@ impl CachedKey {
     }
 }
 
+/// The key `id` as the database has it now, for generation `generation` of the identities.
+async fn read(store: Store, id: String, now: i64, generation: u64) -> Result<Cached, store::Error> {
+    let owner = store.key_owner(&id, &day_of(now)).await?;
+    Ok(Cached {
+        generation,
+        key: owner.map(|owner| Arc::new(CachedKey::new(owner))),
+    })
+}
+
 /// Recognises callers.
 #[derive(Clone)]
 pub struct Identities {
@@ -378,20 +387,11 @@ impl Identities {
     async fn cached(&self, id: &str, now: i64) -> Result<Cached, GatewayError> {
         use std::sync::atomic::Ordering;
         for _ in 0..3 {
-            let store = self.store.clone();
-            let owned = id.to_owned();
             // Read before the database: a change committed meanwhile makes this answer stale at once.
             let generation = self.generation.load(Ordering::SeqCst);
-            let load = async move {
-                let owner = store.key_owner(&owned, &day_of(now)).await?;
-                Ok::<_, store::Error>(Cached {
-                    generation,
-                    key: owner.map(|owner| Arc::new(CachedKey::new(owner))),
-                })
-            };
             let cached = self
                 .cache
-                .try_get_with(id.to_owned(), load)
+                .try_get_with(id.to_owned(), read(self.store.clone(), id.to_owned(), now, generation))
                 .await
                 .map_err(|e| GatewayError::internal(&e))?;
             if cached.generation == self.generation.load(Ordering::SeqCst) {
@@ -400,15 +400,9 @@ impl Identities {
             self.cache.invalidate(id).await;
         }
         // Changes faster than a key can be read: read it without the cache.
-        let owner = self
-            .store
-            .key_owner(id, &day_of(now))
+        read(self.store.clone(), id.to_owned(), now, 0)
             .await
-            .map_err(|e| GatewayError::internal(&e))?;
-        Ok(Cached {
-            generation: 0,
-            key: owner.map(|owner| Arc::new(CachedKey::new(owner))),
-        })
+            .map_err(|e| GatewayError::internal(&e))
     }
 
     /// Starts a new generation of identities: every key cached before is read again.
