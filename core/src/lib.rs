@@ -4,6 +4,7 @@
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod log_sink;
 pub mod parameter;
 pub mod service;
 pub mod store;

@@ -33,6 +33,23 @@ const LATENCY_BUCKETS_SECONDS: &[f64] = &[
 ];
 
 static PROMETHEUS: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+/// Whether the installed subscriber exports spans.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The installed subscriber's batched JSON log writer, when it has one.
+static JSON_LINES: std::sync::OnceLock<crate::log_sink::LogSink> = std::sync::OnceLock::new();
+
+/// Whether spans leave the process (an OTLP endpoint is configured). When they do not, a hot path may skip making
+/// spans and pass the trace context on with [`pass_trace_on`].
+pub fn exporting_traces() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The installed logger's batched writer, when it writes JSON lines from a thread of its own
+/// ([`init_background_writer`]): a hot path may write a line it formatted itself, in the logger's JSON shape
+/// (`timestamp`, `level`, `message`, the fields, `target`). Check the level with `tracing::enabled!` first.
+pub fn json_lines() -> Option<&'static crate::log_sink::LogSink> {
+    JSON_LINES.get()
+}
 
 /// What went wrong while setting telemetry up.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +63,8 @@ pub enum Error {
     Prometheus(#[from] metrics_exporter_prometheus::BuildError),
     #[error("invalid OTLP endpoint {endpoint:?} (--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT): {reason}")]
     OtlpEndpoint { endpoint: String, reason: String },
+    #[error("cannot start the log writer thread: {0}")]
+    LogWriter(std::io::Error),
     #[error("invalid trace sample ratio {0} (--trace-sample-ratio / AIRQ_TRACE_SAMPLE_RATIO): it must be from 0 to 1")]
     SampleRatio(f64),
 }
@@ -58,7 +77,7 @@ pub struct Telemetry {
     /// Renders the Prometheus text exposition for `/metrics`.
     pub prometheus: PrometheusHandle,
     /// Keeps the background log writer running; the last clone dropped flushes what is queued.
-    _log_writer: Option<Arc<tracing_appender::non_blocking::WorkerGuard>>,
+    _log_writer: Option<Arc<crate::log_sink::SinkGuard>>,
     /// Keeps the trace exporter running; the last clone dropped sends the spans still queued.
     _traces: Option<Arc<TraceExport>>,
 }
@@ -101,6 +120,76 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) -> String {
         span.record("trace_id", id.as_str());
     }
     id
+}
+
+/// Passes the trace context on without a span: what [`continue_trace`] and [`inject_trace`] do together when spans
+/// are not exported ([`exporting_traces`] is false), at a fraction of the cost. A valid W3C `traceparent` keeps its
+/// trace id, sampling flag and `tracestate`, with a new span id naming this hop; anything else starts a new trace
+/// (and the caller's `tracestate`, which belonged to no valid trace, is dropped). Returns the trace id in hex.
+pub fn pass_trace_on(headers: &mut HeaderMap) -> String {
+    const TRACEPARENT: &str = "traceparent";
+    let continued = headers
+        .get(TRACEPARENT)
+        .and_then(|value| parse_traceparent(value.as_bytes()));
+    let (trace_id, flags) = match continued {
+        Some(found) => found,
+        None => {
+            headers.remove("tracestate");
+            let mut id = 0;
+            while id == 0 {
+                id = fastrand::u128(..);
+            }
+            (id, 0)
+        }
+    };
+    let mut span_id = 0;
+    while span_id == 0 {
+        span_id = fastrand::u64(..);
+    }
+    // `00-<trace>-<span>-<flags>`, written in place.
+    let mut value = [0u8; 55];
+    value[..3].copy_from_slice(b"00-");
+    write_hex(&mut value[3..35], &trace_id.to_be_bytes());
+    value[35] = b'-';
+    write_hex(&mut value[36..52], &span_id.to_be_bytes());
+    value[52] = b'-';
+    write_hex(&mut value[53..55], &[flags]);
+    if let Ok(value) = axum::http::HeaderValue::from_bytes(&value) {
+        headers.insert(TRACEPARENT, value);
+    }
+    String::from_utf8_lossy(&value[3..35]).into_owned()
+}
+
+/// Writes `bytes` in lower-case hex into `out` (twice as long).
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+}
+
+/// The trace id and flags of a W3C `traceparent` (version `00`, or a later version read as `00` as the
+/// recommendation asks), if it is valid.
+fn parse_traceparent(value: &[u8]) -> Option<(u128, u8)> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let mut parts = text.splitn(5, '-');
+    let version = parts.next()?;
+    let (trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?);
+    let rest = parts.next();
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
+        return None;
+    }
+    // Version 00 has exactly four parts; a later one may add more.
+    if version == "00" && rest.is_some() {
+        return None;
+    }
+    let trace = u128::from_str_radix(trace, 16).ok()?;
+    let parent = u64::from_str_radix(parent, 16).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    (trace != 0 && parent != 0).then_some((trace, flags & 0x01))
 }
 
 /// The trace id of `span` in hex, or an empty string when it has none (disabled by the log filter).
@@ -189,14 +278,16 @@ fn install(service: &'static str, log: &LogArgs, background: bool) -> Result<Tel
         level: log.level.clone(),
         source,
     })?;
-    let (writer, guard) = if background {
-        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .thread_name("airq-log-writer")
-            .finish(std::io::stdout());
-        (BoxMakeWriter::new(writer), Some(std::sync::Arc::new(guard)))
+    let (writer, sink, guard) = if background {
+        let (sink, guard) =
+            crate::log_sink::LogSink::start(std::io::stdout(), "airq-log-writer").map_err(Error::LogWriter)?;
+        (
+            BoxMakeWriter::new(sink.clone()),
+            Some(sink),
+            Some(std::sync::Arc::new(guard)),
+        )
     } else {
-        (BoxMakeWriter::new(std::io::stdout), None)
+        (BoxMakeWriter::new(std::io::stdout), None, None)
     };
     let (provider, exporting) = tracer_provider(service, log)?;
     let fmt = match log.format {
@@ -222,6 +313,10 @@ fn install(service: &'static str, log: &LogArgs, background: bool) -> Result<Tel
     // A second initialisation in the same process (tests mount several services in one) fails harmlessly: the
     // first subscriber keeps logging and tracing, and this provider is dropped unused.
     let traces = if installed {
+        EXPORTING.store(exporting, std::sync::atomic::Ordering::Relaxed);
+        if let (Some(sink), LogFormat::Json) = (sink, log.format) {
+            let _ = JSON_LINES.set(sink);
+        }
         if exporting {
             tracing::info!(
                 service,
@@ -299,4 +394,92 @@ pub fn collected() -> String {
         collector(&mut text);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &HeaderMap) -> Vec<String> {
+        headers["traceparent"]
+            .to_str()
+            .unwrap_or_default()
+            .split('-')
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_traceparent_keeps_its_trace_flag_and_state_with_a_new_span() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        headers.insert("tracestate", "vendor=1".parse().unwrap());
+        let trace = pass_trace_on(&mut headers);
+        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let parts = parts(&headers);
+        assert_eq!(parts[..2], ["00", "4bf92f3577b34da6a3ce929d0e0e4736"]);
+        assert_eq!(parts[2].len(), 16);
+        assert_ne!(parts[2], "00f067aa0ba902b7");
+        assert_ne!(parts[2], "0000000000000000");
+        assert_eq!(parts[3], "01");
+        assert_eq!(headers["tracestate"], "vendor=1");
+    }
+
+    #[test]
+    fn an_unsampled_caller_stays_unsampled() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+                .parse()
+                .unwrap(),
+        );
+        pass_trace_on(&mut headers);
+        assert_eq!(parts(&headers)[3], "00");
+    }
+
+    #[test]
+    fn anything_but_a_valid_traceparent_starts_a_new_trace() {
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", bad.parse().unwrap());
+            headers.insert("tracestate", "vendor=1".parse().unwrap());
+            let trace = pass_trace_on(&mut headers);
+            assert_eq!(trace.len(), 32, "{bad:?}");
+            assert_ne!(trace, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad:?}");
+            assert_eq!(parts(&headers)[3], "00", "{bad:?}");
+            assert!(!headers.contains_key("tracestate"), "{bad:?}");
+        }
+        // A later version is read as version 00, its extra parts ignored.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(pass_trace_on(&mut headers), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn a_caller_without_a_trace_gets_a_new_one_each_time() {
+        let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
+        assert_ne!(pass_trace_on(&mut a), pass_trace_on(&mut b));
+        assert!(a["traceparent"].to_str().unwrap().starts_with("00-"));
+    }
 }

@@ -7,9 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use tracing::Instrument;
@@ -25,9 +24,22 @@ pub struct AccessRecord {
     route: OnceLock<(Arc<str>, Arc<RouteMetrics>)>,
     caller: OnceLock<(Arc<str>, Option<Arc<str>>)>,
     bytes_in: AtomicU64,
+    request_id: String,
 }
 
 impl AccessRecord {
+    fn new(request_id: String) -> Self {
+        Self {
+            request_id,
+            ..Self::default()
+        }
+    }
+
+    /// The request's id, for log lines written while serving it.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
     pub fn set_route(&self, entry: &RouteEntry) {
         let _ = self.route.set((entry.route.id.as_str().into(), entry.metrics.clone()));
     }
@@ -70,57 +82,145 @@ impl Drop for Finish {
             Some((user, key)) => (Some(user.as_ref()), key.as_deref()),
             None => (None, None),
         };
-        macro_rules! access_line {
-            ($level:expr) => {
-                tracing::event!(
-                    target: "airq_gateway::access",
-                    $level,
-                    request_id = %self.request_id,
-                    trace_id = %self.trace_id,
-                    route,
-                    method = %self.method,
-                    path = %self.path,
-                    status = self.status,
-                    duration_ms = elapsed.as_secs_f64() * 1000.0,
-                    bytes_in = self.record.bytes_in.load(Ordering::Relaxed),
-                    bytes_out = self.bytes_out,
-                    user,
-                    key_id,
-                    "request"
-                )
-            };
-        }
         // Probes and scrapes come every few seconds from the kubelet and Prometheus: a line only at debug level.
-        if route == "ops" {
-            access_line!(tracing::Level::DEBUG);
+        let probe = route == "ops";
+        let enabled = if probe {
+            tracing::enabled!(target: ACCESS_TARGET, tracing::Level::DEBUG)
         } else {
-            access_line!(tracing::Level::INFO);
+            tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
+        };
+        if !enabled {
+            return;
+        }
+        let line = AccessLine {
+            request_id: &self.request_id,
+            trace_id: &self.trace_id,
+            route,
+            method: self.method.as_str(),
+            path: &self.path,
+            status: self.status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            bytes_in: self.record.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out,
+            user,
+            key_id,
+        };
+        if let Some(sink) = airq_core::telemetry::json_lines() {
+            line.write_json(sink, if probe { "DEBUG" } else { "INFO" });
+        } else if probe {
+            line.log(tracing::Level::DEBUG);
+        } else {
+            line.log(tracing::Level::INFO);
         }
     }
 }
 
-/// The outermost layer, wrapped around the router so that routing sees the canonical path.
-pub async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// The log target of access lines.
+const ACCESS_TARGET: &str = "airq_gateway::access";
+
+/// One access log line.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    trace_id: &'a str,
+    route: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    duration_ms: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<&'a str>,
+}
+
+impl AccessLine<'_> {
+    /// Through `tracing`, in whatever format the logger writes.
+    fn log(&self, level: tracing::Level) {
+        macro_rules! event {
+            ($level:expr) => {
+                tracing::event!(
+                    target: ACCESS_TARGET,
+                    $level,
+                    request_id = self.request_id,
+                    trace_id = self.trace_id,
+                    route = self.route,
+                    method = self.method,
+                    path = self.path,
+                    status = self.status,
+                    duration_ms = self.duration_ms,
+                    bytes_in = self.bytes_in,
+                    bytes_out = self.bytes_out,
+                    user = self.user,
+                    key_id = self.key_id,
+                    "request"
+                )
+            };
+        }
+        if level == tracing::Level::DEBUG {
+            event!(tracing::Level::DEBUG);
+        } else {
+            event!(tracing::Level::INFO);
+        }
+    }
+
+    /// Straight to the logger's batched writer, in the shape its JSON lines have: the same line as [`Self::log`]
+    /// writes, without `tracing`'s per-field formatting on the request path.
+    fn write_json(&self, sink: &airq_core::log_sink::LogSink, level: &'static str) {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            timestamp: String,
+            level: &'static str,
+            message: &'static str,
+            #[serde(flatten)]
+            line: &'a AccessLine<'a>,
+            target: &'static str,
+        }
+        let json = Json {
+            timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            level,
+            message: "request",
+            line: self,
+            target: ACCESS_TARGET,
+        };
+        let mut line = Vec::with_capacity(384);
+        if serde_json::to_writer(&mut line, &json).is_ok() {
+            line.push(b'\n');
+            sink.write_lines(&line);
+        }
+    }
+}
+
+/// The edge of every request, around `own` (the gateway's own endpoints, for its paths) or the proxy (for the rest):
+/// both see the canonical path.
+pub async fn edge(state: &AppState, own: &axum::Router, mut request: Request) -> Response {
     let started = Instant::now();
-    let record = Arc::new(AccessRecord::default());
     let method = request.method().clone();
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let request_id = request_id(request.headers_mut());
+    let record = Arc::new(AccessRecord::new(request_id.clone()));
     // The request's span continues the caller's trace (or starts one); the upstream gets this span as its parent.
-    let span = tracing::info_span!(
-        "request",
-        service = "gateway",
-        method = %method,
-        path = request.uri().path(),
-        request_id = request_id.as_str(),
-        trace_id = tracing::field::Empty
-    );
-    let trace_id = airq_core::telemetry::continue_trace(&span, request.headers());
-    airq_core::telemetry::inject_trace(&span, request.headers_mut());
+    // When spans are not exported, none is made: the trace context is passed on with a new span id all the same.
+    let (span, trace_id) = if airq_core::telemetry::exporting_traces() {
+        let span = tracing::info_span!(
+            "request",
+            service = "gateway",
+            method = %method,
+            path = request.uri().path(),
+            request_id = request_id.as_str(),
+            trace_id = tracing::field::Empty
+        );
+        let trace_id = airq_core::telemetry::continue_trace(&span, request.headers());
+        airq_core::telemetry::inject_trace(&span, request.headers_mut());
+        (span, trace_id)
+    } else {
+        (
+            tracing::Span::none(),
+            airq_core::telemetry::pass_trace_on(request.headers_mut()),
+        )
+    };
     // The path as received, without the query (which may hold anything), for the log line of refused paths.
     let raw_path = request.uri().path().to_owned();
     let refused = if header_bytes(&request) > state.settings.max_header_bytes {
@@ -153,12 +253,27 @@ pub async fn edge(State(state): State<AppState>, mut request: Request, next: Nex
                     frame
                 }))
             });
-            next.run(request).instrument(span.clone()).await
+            let serve = async {
+                if airq_api::gateway::gateway_path(request.uri().path()).is_some() {
+                    let own = own.clone();
+                    match tower::ServiceExt::oneshot(own, request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                } else {
+                    crate::proxy::handle(state, request).await
+                }
+            };
+            if span.is_none() {
+                serve.await
+            } else {
+                serve.instrument(span.clone()).await
+            }
         }
     };
     let (mut parts, body) = response.into_parts();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        parts.headers.insert("x-request-id", value);
+        parts.headers.insert(REQUEST_ID, value);
     }
     let mut finish = Finish {
         record,
@@ -182,6 +297,26 @@ pub async fn edge(State(state): State<AppState>, mut request: Request, next: Nex
     });
     Response::from_parts(parts, Body::new(body))
 }
+
+/// The request's id: the caller's `X-Request-Id` when it sent a usable one (so that its logs and ours can be joined),
+/// else a new random UUID; set on the request, so that the upstream gets it too.
+fn request_id(headers: &mut axum::http::HeaderMap) -> String {
+    if let Some(given) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok())
+        && !given.is_empty()
+    {
+        return given.to_owned();
+    }
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .hyphenated()
+        .to_string();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    id
+}
+
+const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 /// Why a request can be read two ways, if it can: two credentials of one kind (which one would be checked?), two
 /// `Host` headers, or an absolute-form target naming another host than `Host` (which one would be routed?).

@@ -1,7 +1,8 @@
 //! The only entrance: routes requests to the services, with API keys, users, groups, rate limits, logs and metrics.
 //!
 //! A request passes, in order: [`access::edge`] (header limit, canonical path, trace context, access log and
-//! metrics), the router (the admin API under `/admin/`, the operational endpoints, or else [`proxy::handle`]), then
+//! metrics), then the gateway's own endpoints (the admin API under `/admin/`, the operational endpoints) or else
+//! [`proxy::handle`], then
 //! for proxied requests: route match, CORS preflight, authentication, access by group, rate limits and quota, body
 //! limit, circuit breaker, and the upstream.
 
@@ -26,9 +27,6 @@ use std::time::Duration;
 use airq_core::db::Database;
 use airq_core::http::{ReadinessCheck, ops_router};
 use axum::Router;
-use axum::http::HeaderName;
-use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use config::Config;
 
@@ -61,39 +59,53 @@ pub struct AppState {
     pub anomalies: anomalies::SharedWatcher,
 }
 
-/// The gateway's router: the admin API, then everything else proxied. [`app`] adds the edge and the operational
-/// endpoints.
+/// The gateway's own endpoints: the admin API. [`app`] adds the operational endpoints, the edge and the proxy.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(admin::router(state.clone()))
-        .fallback(proxy::handle)
+    admin::router(state.clone())
+        .fallback(|uri: axum::http::Uri| async move {
+            axum::response::IntoResponse::into_response(error::GatewayError::NoRoute(uri.path().to_owned()))
+        })
         .with_state(state)
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The whole service as served: the edge (request ids, trace context, header and path checks, access log and
+/// metrics) around every request, then the gateway's own endpoints (the admin API and `ops`, the operational
+/// endpoints, through an axum router) or else the proxy, called directly: the request path of proxied traffic
+/// has no router, middleware stack or per-layer future in it (measured: those cost a third of the gateway's CPU per
+/// request).
+pub fn app(state: AppState, ops: Router) -> Gateway {
+    let own = router(state.clone()).merge(ops);
+    Gateway(Arc::new((state, own)))
+}
 
-/// The whole service as served: request ids, the edge (wrapped around the router, so that routing sees the
-/// canonical path), the router and the operational endpoints.
-pub fn app(
-    state: AppState,
-    ops: Router,
-) -> impl tower::Service<
-    axum::extract::Request,
-    Response = axum::response::Response,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    let routed = router(state.clone()).merge(ops);
-    ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(axum::middleware::from_fn(
-            airq_core::http::close_connections_when_draining,
-        ))
-        .layer(axum::middleware::from_fn_with_state(state, access::edge))
-        .service(routed)
+/// The gateway as a `tower` service (see [`app`]); serve it with connect info (`SocketAddr`).
+#[derive(Clone)]
+pub struct Gateway(Arc<(AppState, Router)>);
+
+impl tower::Service<axum::extract::Request> for Gateway {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let gateway = self.0.clone();
+        Box::pin(async move {
+            let (state, own) = &*gateway;
+            let mut response = access::edge(state, own, request).await;
+            if airq_core::http::draining() {
+                // The client's next request opens a new connection, to a replica that is not stopping.
+                response.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// Why the gateway cannot start.

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body::{Frame, SizeHint};
@@ -114,16 +114,18 @@ pub fn upstream_client() -> UpstreamClient {
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
 fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
         }
     }
     for name in [
@@ -260,12 +262,13 @@ pub async fn authenticate(
     found
 }
 
-/// Every request no gateway endpoint answers.
-pub async fn handle(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
+/// Every request no gateway endpoint answers. The caller's address comes from the connection's
+/// `ConnectInfo<SocketAddr>` (loopback when it is missing).
+pub async fn handle(state: &AppState, request: Request) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |info| info.0);
     let record = request.extensions().get::<Arc<AccessRecord>>().cloned();
     let host = request_host(&request);
     let table = state.routes.current();
@@ -283,7 +286,7 @@ pub async fn handle(
         record.set_route(&entry);
     }
     let origin = request.headers().get(header::ORIGIN).cloned();
-    let mut response = match forward(&state, &entry, peer, request, record.as_deref()).await {
+    let mut response = match forward(state, &entry, peer, request, record.as_deref()).await {
         Ok(response) => response,
         Err(error) => {
             match &error {
@@ -310,6 +313,7 @@ async fn forward(
     record: Option<&AccessRecord>,
 ) -> Result<Response, GatewayError> {
     let route = &entry.route;
+    let request_id = record.map(AccessRecord::request_id).unwrap_or_default();
     if let Some(cors) = &route.cors
         && let Some(preflight) = crate::cors::preflight(cors, request.method(), request.headers())
     {
@@ -379,9 +383,17 @@ async fn forward(
         )));
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let body_expected = has_body(&parts.headers);
     // X-Forwarded-For gains the address of whoever connected (the trusted proxy, or the caller itself).
-    let mut headers = upstream_headers(state, entry, &parts.headers, &principal, peer.ip(), upgrade)?;
+    let mut headers = upstream_headers(
+        state,
+        entry,
+        std::mem::take(&mut parts.headers),
+        &principal,
+        peer.ip(),
+        upgrade,
+    )?;
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{}?{query}", entry.upstream_path(parts.uri.path())),
         None => entry.upstream_path(parts.uri.path()),
@@ -392,10 +404,10 @@ async fn forward(
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| GatewayError::internal(&e))?;
-    let retriable = idempotent(&parts.method) && !has_body(&parts.headers) && !upgrade;
+    let retriable = idempotent(&parts.method) && !body_expected && !upgrade;
     let attempts = if retriable { 1 + route.retries } else { 1 };
     let progress = BodyProgress::default();
-    if !has_body(&parts.headers) {
+    if !body_expected {
         progress.set(BodyProgress::RECEIVED);
     }
     let mut body = Some(if upgrade {
@@ -431,11 +443,11 @@ async fn forward(
                     return Err(GatewayError::BadBody(caller_failure(&error)));
                 }
                 if error.is_connect() && attempt < attempts {
-                    tracing::debug!(route = %route.id, attempt, "retrying an idempotent request after a connect error");
+                    tracing::debug!(route = %route.id, request_id, attempt, "retrying an idempotent request after a connect error");
                     continue;
                 }
                 entry.breaker.record(false);
-                tracing::warn!(route = %route.id, error = %error, error_source = ?std::error::Error::source(&error), "upstream request failed");
+                tracing::warn!(route = %route.id, request_id, error = %error, error_source = ?std::error::Error::source(&error), "upstream request failed");
                 return Err(GatewayError::UpstreamUnreachable {
                     route: route.id.clone(),
                 });
@@ -461,7 +473,7 @@ async fn forward(
         // The upstream switched protocols though it was not asked to (or to another protocol): nothing of that
         // connection may reach the caller.
         entry.breaker.record(false);
-        tracing::warn!(route = %route.id, "the upstream switched protocols unasked; refused");
+        tracing::warn!(route = %route.id, request_id, "the upstream switched protocols unasked; refused");
         return Err(GatewayError::UpstreamUnreachable {
             route: route.id.clone(),
         });
@@ -519,12 +531,22 @@ fn remove_identity_headers(headers: &mut HeaderMap) {
 fn upstream_headers(
     state: &AppState,
     entry: &RouteEntry,
-    incoming: &HeaderMap,
+    mut headers: HeaderMap,
     principal: &Option<Principal>,
     peer: IpAddr,
     upgrade: bool,
 ) -> Result<HeaderMap, GatewayError> {
-    let mut headers = incoming.clone();
+    let trusted = state.settings.trust_forwarded_for;
+    // What the caller (or the trusted proxy before us) sent, read before the headers change.
+    let previous_forwarded_for = match headers.get(X_FORWARDED_FOR) {
+        Some(value) if trusted => value.to_str().ok().map(str::to_owned),
+        _ => None,
+    };
+    let proto = match headers.get(X_FORWARDED_PROTO) {
+        Some(value) if trusted => value.clone(),
+        _ => HeaderValue::from_static("http"),
+    };
+    let host = headers.get(header::HOST).cloned();
     remove_hop_by_hop(&mut headers, upgrade);
     // The caller's credentials were for the gateway; upstreams get the identity instead.
     headers.remove(API_KEY_HEADER);
@@ -548,24 +570,18 @@ fn upstream_headers(
             headers.insert(KEY_ID_HEADER, value(id)?);
         }
     }
-    let forwarded_for = match incoming.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if state.settings.trust_forwarded_for => format!("{previous}, {peer}"),
-        _ => peer.to_string(),
+    let forwarded_for = match previous_forwarded_for {
+        Some(previous) => format!("{previous}, {peer}"),
+        None => peer.to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    let proto = match incoming.get(X_FORWARDED_PROTO) {
-        Some(value) if state.settings.trust_forwarded_for => value.clone(),
-        _ => HeaderValue::from_static("http"),
-    };
     headers.insert(X_FORWARDED_PROTO, proto);
-    if let Some(host) = incoming.get(header::HOST) {
-        headers.insert(X_FORWARDED_HOST, host.clone());
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host);
     }
-    if let Ok(value) = HeaderValue::from_str(entry.upstream.authority.as_str()) {
-        headers.insert(header::HOST, value);
-    }
+    headers.insert(header::HOST, entry.upstream.host_header.clone());
     // The trace context (`traceparent`, naming the gateway's span) was set on the request by the edge and is
     // copied with the other headers.
     Ok(headers)

@@ -37,6 +37,8 @@ pub struct Upstream {
     pub authority: Authority,
     /// The upstream URL's path without its trailing `/` (usually empty).
     pub base_path: String,
+    /// The `Host` header the upstream gets: its authority.
+    pub host_header: axum::http::HeaderValue,
 }
 
 /// The circuit breaker of one route: after `threshold` failures in a row the upstream is not called for
@@ -263,9 +265,12 @@ fn upstream_of(url: &str) -> Result<Upstream, String> {
         .authority()
         .cloned()
         .ok_or_else(|| format!("upstream {url:?} has no host"))?;
+    let host_header = axum::http::HeaderValue::from_str(authority.as_str())
+        .map_err(|e| format!("upstream {url:?}: its host cannot be a Host header: {e}"))?;
     Ok(Upstream {
         scheme,
         authority,
+        host_header,
         base_path: uri.path().trim_end_matches('/').to_owned(),
     })
 }
