@@ -8,9 +8,8 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -227,6 +226,10 @@ pub async fn edge(state: &AppState, own: &axum::Router, mut request: Request) ->
         Some(GatewayError::HeadersTooLarge {
             limit: state.settings.max_header_bytes,
         })
+    } else if matches!(*request.method(), Method::CONNECT | Method::TRACE) {
+        // CONNECT asks for a tunnel (hyper would make one of a 2xx answer), TRACE echoes the caller's headers,
+        // credentials included: neither belongs on an API gateway.
+        Some(GatewayError::MethodNotAllowed(request.method().clone()))
     } else if let Some(doubt) = ambiguous(&request) {
         Some(GatewayError::Ambiguous(doubt))
     } else {
@@ -246,12 +249,12 @@ pub async fn edge(state: &AppState, own: &axum::Router, mut request: Request) ->
             request.extensions_mut().insert(record.clone());
             let counted = record.clone();
             let request = request.map(|body| {
-                Body::new(body.map_frame(move |frame| {
-                    if let Some(data) = frame.data_ref() {
-                        counted.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    }
-                    frame
-                }))
+                Body::new(Counted {
+                    inner: body,
+                    count: move |bytes: usize| {
+                        counted.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+                    },
+                })
             });
             let serve = async {
                 if airq_api::gateway::gateway_path(request.uri().path()).is_some() {
@@ -287,22 +290,68 @@ pub async fn edge(state: &AppState, own: &axum::Router, mut request: Request) ->
         bytes_out: 0,
         unmatched: state.unmatched_metrics.clone(),
     };
-    let body = body.map_frame(move |frame| {
-        // The whole `finish` moves into the closure (not just the counter), so that it is dropped with the body.
-        let finish = &mut finish;
-        if let Some(data) = frame.data_ref() {
-            finish.bytes_out += data.len() as u64;
-        }
-        frame
-    });
+    let body = Counted {
+        inner: body,
+        count: move |bytes: usize| {
+            // The whole `finish` moves into the closure (not just the counter), so that it is dropped with the body.
+            let finish = &mut finish;
+            finish.bytes_out += bytes as u64;
+        },
+    };
     Response::from_parts(parts, Body::new(body))
 }
 
+pin_project_lite::pin_project! {
+    /// A body that reports the length of each data frame to `count`, and keeps the size its inner body announces
+    /// (so that a known length is still sent as `Content-Length`).
+    struct Counted<B, F> {
+        #[pin]
+        inner: B,
+        count: F,
+    }
+}
+
+impl<B, F> http_body::Body for Counted<B, F>
+where
+    B: http_body::Body,
+    F: FnMut(usize),
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            (this.count)(hyper::body::Buf::remaining(data));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The request's id: the caller's `X-Request-Id` when it sent a usable one (so that its logs and ours can be joined),
-/// else a new random UUID; set on the request, so that the upstream gets it too.
+/// else a new random UUID; set on the request, so that the upstream gets it too. A caller's id is usable when it
+/// is short (at most 128 characters) visible ASCII and not an API key: the id is logged, and a key sent by mistake
+/// in this header must not be.
 fn request_id(headers: &mut axum::http::HeaderMap) -> String {
     if let Some(given) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok())
         && !given.is_empty()
+        && given.len() <= 128
+        && given.bytes().all(|b| b.is_ascii_graphic())
+        && crate::identity::parse_key(given).is_none()
     {
         return given.to_owned();
     }

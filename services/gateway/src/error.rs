@@ -52,6 +52,8 @@ pub enum GatewayError {
     BodyTimeout { seconds: u32 },
     #[error("{0}")]
     UpgradeRefused(String),
+    #[error("the gateway does not pass {0} requests on")]
+    MethodNotAllowed(axum::http::Method),
 }
 
 /// A wait in whole seconds, rounded up and at least 1: "retry after 0 s" would invite an immediate retry that fails
@@ -78,6 +80,7 @@ impl GatewayError {
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Ambiguous(_) | Self::BadBody(_) | Self::UpgradeRefused(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -102,6 +105,7 @@ impl GatewayError {
             Self::BadBody(_) => "invalid_body",
             Self::BodyTimeout { .. } => "request_timeout",
             Self::UpgradeRefused(_) => "upgrade_refused",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
 
@@ -127,6 +131,12 @@ impl IntoResponse for GatewayError {
             }
             Self::RateLimited { retry_after, .. } | Self::CircuitOpen { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(*retry_after)));
+            }
+            Self::MethodNotAllowed(_) => {
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
             }
             Self::BodyTooLarge { .. } | Self::BadBody(_) | Self::BodyTimeout { .. } | Self::Ambiguous(_) => {
                 // The rest of the body is not read (or the framing of the request is in doubt), so the connection

@@ -386,6 +386,12 @@ impl Identities {
     /// The key `id` from the cache, or the database when it is not cached or was read before the last change.
     async fn cached(&self, id: &str, now: i64) -> Result<Cached, GatewayError> {
         use std::sync::atomic::Ordering;
+        // The usual case, a key read before and not changed since: no allocation, no loader made.
+        if let Some(cached) = self.cache.get(id).await
+            && cached.generation == self.generation.load(Ordering::SeqCst)
+        {
+            return Ok(cached);
+        }
         for _ in 0..3 {
             // Read before the database: a change committed meanwhile makes this answer stale at once.
             let generation = self.generation.load(Ordering::SeqCst);
