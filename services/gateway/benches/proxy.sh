@@ -8,6 +8,8 @@
 #   services/gateway/benches/proxy.sh            # prints a Markdown table (paste it into docs/benchmarks.md)
 #   DURATION=20s CONNECTIONS="16 64 256" WORKERS=2 services/gateway/benches/proxy.sh
 #
+# Then the Kong-style anchor and the ratio to it (services/gateway/benches/anchors.sh; ANCHORS=0 skips it).
+#
 # Installs nginx-light from Debian and oha from crates.io when they are missing.
 set -euo pipefail
 
@@ -164,3 +166,12 @@ echo "| nginx (plain proxy) | $ng_p50 | $ng_p99 | $(python3 -c "print(f'{$ng_p99
 echo "| airq-gateway | $gw_p50 | $gw_p99 | $(python3 -c "print(f'{$gw_p99 - $up_p99:.3f}')") | $gw_bad |"
 echo
 echo "gateway access log lines: $(wc -l <"$WORK/gateway.log"), nginx access log lines: $(wc -l <"$WORK/proxy-access.log")" >&2
+
+# Then the Kong-style anchor (ANCHORS=0 skips it): the servers above are stopped first, the anchor script starts
+# its own.
+if [ "${ANCHORS:-1}" = 1 ]; then
+    cleanup
+    trap - EXIT
+    echo
+    DURATION=$DURATION bash "$ROOT/services/gateway/benches/anchors.sh" "$GATEWAY"
+fi
