@@ -93,12 +93,17 @@ pub async fn shutdown_after_drain(drain: Duration) {
 /// (to a replica that is not stopping).
 pub async fn close_connections_when_draining(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
+    close_when_draining(&mut response);
+    response
+}
+
+/// What [`close_connections_when_draining`] does to an answer, for a service that is not built of layers.
+pub fn close_when_draining(response: &mut Response) {
     if draining() {
         response
             .headers_mut()
             .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     }
-    response
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {

@@ -146,27 +146,11 @@ pub fn pass_trace_on(headers: &mut HeaderMap) -> String {
     while span_id == 0 {
         span_id = fastrand::u64(..);
     }
-    // `00-<trace>-<span>-<flags>`, written in place.
-    let mut value = [0u8; 55];
-    value[..3].copy_from_slice(b"00-");
-    write_hex(&mut value[3..35], &trace_id.to_be_bytes());
-    value[35] = b'-';
-    write_hex(&mut value[36..52], &span_id.to_be_bytes());
-    value[52] = b'-';
-    write_hex(&mut value[53..55], &[flags]);
-    if let Ok(value) = axum::http::HeaderValue::from_bytes(&value) {
-        headers.insert(TRACEPARENT, value);
+    let value = format!("00-{trace_id:032x}-{span_id:016x}-{flags:02x}");
+    if let Ok(header) = axum::http::HeaderValue::from_str(&value) {
+        headers.insert(TRACEPARENT, header);
     }
-    String::from_utf8_lossy(&value[3..35]).into_owned()
-}
-
-/// Writes `bytes` in lower-case hex into `out` (twice as long).
-fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0x0f)];
-    }
+    value[3..35].to_owned()
 }
 
 /// The trace id and flags of a W3C `traceparent` (version `00`, or a later version read as `00` as the

@@ -220,8 +220,9 @@ pub async fn edge(state: &AppState, own: &axum::Router, mut request: Request) ->
             airq_core::telemetry::pass_trace_on(request.headers_mut()),
         )
     };
-    // The path as received, without the query (which may hold anything), for the log line of refused paths.
-    let raw_path = request.uri().path().to_owned();
+    // The path without the query (which may hold anything), for the log line: as received, and the canonical one
+    // once it replaced it.
+    let mut path = request.uri().path().to_owned();
     let refused = if header_bytes(&request) > state.settings.max_header_bytes {
         Some(GatewayError::HeadersTooLarge {
             limit: state.settings.max_header_bytes,
@@ -233,13 +234,18 @@ pub async fn edge(state: &AppState, own: &axum::Router, mut request: Request) ->
     } else if let Some(doubt) = ambiguous(&request) {
         Some(GatewayError::Ambiguous(doubt))
     } else {
-        match crate::path::canonical(&raw_path) {
-            Ok(path) if path == raw_path => None,
-            Ok(path) => replace_path(&mut request, &path).err(),
+        match crate::path::canonical(&path) {
+            Ok(canonical) if canonical == path => None,
+            Ok(canonical) => match replace_path(&mut request, &canonical) {
+                Ok(()) => {
+                    path = canonical;
+                    None
+                }
+                Err(e) => Some(e),
+            },
             Err(e) => Some(GatewayError::Path(e)),
         }
     };
-    let path = request.uri().path().to_owned();
     let response = match refused {
         Some(error) => error.into_response(),
         None => {

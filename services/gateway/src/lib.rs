@@ -96,13 +96,8 @@ impl tower::Service<axum::extract::Request> for Gateway {
         Box::pin(async move {
             let (state, own) = &*gateway;
             let mut response = access::edge(state, own, request).await;
-            if airq_core::http::draining() {
-                // The client's next request opens a new connection, to a replica that is not stopping.
-                response.headers_mut().insert(
-                    axum::http::header::CONNECTION,
-                    axum::http::HeaderValue::from_static("close"),
-                );
-            }
+            // The client's next request opens a new connection, to a replica that is not stopping.
+            airq_core::http::close_when_draining(&mut response);
             Ok(response)
         })
     }

@@ -114,18 +114,16 @@ pub fn upstream_client() -> UpstreamClient {
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
 fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(name);
-            }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
         }
     }
     for name in [
