@@ -40,6 +40,13 @@ pub enum Error {
     },
     #[error("load run {0} does not exist")]
     NoSuchRun(i64),
+    #[error("cannot take or probe the lock of load run {run_id} ({path}): {source}")]
+    Lock {
+        run_id: i64,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -209,9 +216,10 @@ pub struct SeriesCount {
 const TIME_MIN: i64 = -62_167_219_200;
 const TIME_MAX: i64 = 253_402_300_799;
 
-/// On SQLite, runs that have not written for this long while `running` are taken for dead (their process was
-/// killed) when a new run of the same load starts. On PostgreSQL a run holds an advisory lock for its lifetime, so a
-/// dead run is recognised at once.
+/// Runs without a lock to probe (on an in-memory SQLite database) that have not written for this long while
+/// `running` are taken for dead (their process was killed) when a new run of the same load starts. On PostgreSQL a
+/// run holds an advisory lock for its lifetime, and on a SQLite file a lock on a file beside it, so a dead run is
+/// recognised at once.
 pub const STALE_RUN_SECONDS: i64 = 300;
 
 /// First key of the advisory locks runs hold on PostgreSQL ("AIRQ"); the second is the run id.
@@ -226,12 +234,77 @@ pub enum RunEnd<'a> {
     Failed(&'a str),
 }
 
-/// A started run. On PostgreSQL it keeps a connection of its own holding the run's advisory lock, released when the
-/// run finishes or its process dies.
+/// A started run. On PostgreSQL it keeps a connection of its own holding the run's advisory lock, on SQLite the
+/// load's lock file; either is released when the run finishes or its process dies.
 #[derive(Debug)]
 pub struct RunHandle {
     pub id: i64,
     lease: Option<PgConnection>,
+    lock: Option<std::fs::File>,
+}
+
+/// The folder of the run locks of the SQLite database `pool` (`<database>.locks/`), or `None` for an in-memory
+/// database.
+fn sqlite_lock_folder(pool: &sqlx::SqlitePool) -> Option<std::path::PathBuf> {
+    let options = pool.connect_options();
+    let database = options.get_filename();
+    if !database.is_file() {
+        return None;
+    }
+    let mut folder = database.as_os_str().to_owned();
+    folder.push(".locks");
+    Some(folder.into())
+}
+
+/// What the lock of a run on SQLite says about it.
+enum RunLock {
+    /// Held: by this process (the file is returned) or, when probing, by a live run.
+    Held(Option<std::fs::File>),
+    /// Free: the run's process is gone.
+    Free,
+    /// No lock file (an in-memory database, or a run started before its lock was taken).
+    Unknown,
+}
+
+/// Takes (`create`) or probes the lock of run `run_id`: an exclusive lock on `<database>.locks/run-<id>.lock`, held
+/// while the file is open; the system releases it when the process dies, as PostgreSQL ends an advisory lock with
+/// its session.
+fn sqlite_run_lock(pool: &sqlx::SqlitePool, run_id: i64, create: bool) -> Result<RunLock> {
+    let Some(folder) = sqlite_lock_folder(pool) else {
+        return Ok(RunLock::Unknown);
+    };
+    let path = folder.join(format!("run-{run_id}.lock"));
+    let lock_error = |source: std::io::Error| Error::Lock {
+        run_id,
+        path: path.display().to_string(),
+        source,
+    };
+    if create {
+        std::fs::create_dir_all(&folder).map_err(lock_error)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(create)
+        .truncate(false)
+        .write(true)
+        .open(&path);
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(RunLock::Unknown),
+        Err(e) => return Err(lock_error(e)),
+    };
+    match file.try_lock() {
+        Ok(()) if create => Ok(RunLock::Held(Some(file))),
+        Ok(()) => {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            Ok(RunLock::Free)
+        }
+        Err(std::fs::TryLockError::WouldBlock) if !create => Ok(RunLock::Held(None)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(lock_error(std::io::Error::other(
+            "the lock of a new run is held by another process",
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_error(e)),
+    }
 }
 
 /// The measurement store over one database.
@@ -382,20 +455,38 @@ impl Store {
                     .execute(&mut lease)
                     .await
                     .map_err(sql(what))?;
-                Ok(RunHandle { id, lease: Some(lease) })
+                Ok(RunHandle {
+                    id,
+                    lease: Some(lease),
+                    lock: None,
+                })
             }
             Database::Sqlite(pool) => {
-                let stale_before = Utc::now() - chrono::Duration::seconds(STALE_RUN_SECONDS);
-                sqlx::query(
-                    "update load_runs set status = 'failed', error = $1, finished_at = unixepoch()
-                     where name = $2 and status = 'running' and updated_at < $3",
-                )
-                .bind(interrupted)
-                .bind(&run.name)
-                .bind(stale_before.timestamp())
-                .execute(pool)
-                .await
-                .map_err(sql(what))?;
+                let running: Vec<(i64, i64)> =
+                    sqlx::query_as("select id, updated_at from load_runs where name = $1 and status = 'running'")
+                        .bind(&run.name)
+                        .fetch_all(pool)
+                        .await
+                        .map_err(sql(what))?;
+                let stale_before = (Utc::now() - chrono::Duration::seconds(STALE_RUN_SECONDS)).timestamp();
+                for (id, updated_at) in running {
+                    let dead = match sqlite_run_lock(pool, id, false)? {
+                        RunLock::Held(_) => false,
+                        RunLock::Free => true,
+                        RunLock::Unknown => updated_at < stale_before,
+                    };
+                    if dead {
+                        sqlx::query(
+                            "update load_runs set status = 'failed', error = $1, finished_at = unixepoch()
+                             where id = $2 and status = 'running'",
+                        )
+                        .bind(interrupted)
+                        .bind(id)
+                        .execute(pool)
+                        .await
+                        .map_err(sql(what))?;
+                    }
+                }
                 let id: i64 = sqlx::query_scalar(
                     "insert into load_runs (name, source, mode, spec, requested_by, range_from, range_to, status)
                      values ($1, $2, $3, $4, $5, $6, $7, 'running') returning id",
@@ -410,7 +501,11 @@ impl Store {
                 .fetch_one(pool)
                 .await
                 .map_err(sql(what))?;
-                Ok(RunHandle { id, lease: None })
+                let lock = match sqlite_run_lock(pool, id, true)? {
+                    RunLock::Held(file) => file,
+                    RunLock::Free | RunLock::Unknown => None,
+                };
+                Ok(RunHandle { id, lease: None, lock })
             }
         }
     }
@@ -495,6 +590,12 @@ impl Store {
             .map_err(sql(what))?
             .rows_affected(),
         };
+        if let (Some(lock), Database::Sqlite(pool)) = (run.lock, &self.db) {
+            drop(lock);
+            if let Some(folder) = sqlite_lock_folder(pool) {
+                let _ = std::fs::remove_file(folder.join(format!("run-{run_id}.lock")));
+            }
+        }
         if let Some(lease) = run.lease {
             use sqlx::Connection;
             // Closing the connection releases the lock; a failure to close cleanly releases it too.

@@ -1,6 +1,6 @@
 //! The measurement store, one suite run against a real PostgreSQL and against SQLite: upserts count what they did,
 //! a value already stored is left alone, refused values are refreshed rather than duplicated, watermarks never move
-//! back, runs are recorded with their counters, and an interrupted PostgreSQL run is recognised at once; the anomaly
+//! back, runs are recorded with their counters, and an interrupted run is recognised at once on both; the anomaly
 //! log keeps one open episode per reporter and closes or expires it.
 
 // A failed step of a test's set-up is the test's failure: unwrap reports it with its location.
@@ -309,24 +309,21 @@ async fn store_suite_on_sqlite() {
     anomaly_suite(store).await;
 }
 
-#[tokio::test]
-async fn a_postgres_run_whose_process_is_gone_is_marked_interrupted() {
-    let (store, db) = postgres().await;
-    // A run whose holder goes away without finishing: its lock goes with its connection.
-    let other = Store::new(Database::connect_url(&db.url, 2).await.unwrap());
+/// A run of `other` (a second process's store on the same database) abandoned without recording its end is
+/// marked interrupted by the next run of the same load in `store`, at once; while it lives it is left alone.
+async fn an_abandoned_run_is_marked_interrupted(store: &Store, other: Store, settle: std::time::Duration) {
     let abandoned = other.begin_run(&new_run("nightly")).await.unwrap();
     let abandoned_id = abandoned.id;
-    // While its connection lives, a new run leaves it alone.
     let alongside = store.begin_run(&new_run("nightly")).await.unwrap();
     assert_eq!(store.run(abandoned_id).await.unwrap().unwrap().status, "running");
     store
         .finish_run(alongside, RunEnd::Succeeded { stuck: 0, jump: 0 })
         .await
         .unwrap();
+    // Gone without recording its end, seconds after its last write (not the five minutes an unlocked run waits).
     drop(abandoned);
     other.database().close().await;
-    // The server ends the dead session (and its lock) as soon as it sees the connection closed.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(settle).await;
     let next = store.begin_run(&new_run("nightly")).await.unwrap();
     let dead = store.run(abandoned_id).await.unwrap().unwrap();
     assert_eq!(dead.status, "failed");
@@ -335,4 +332,27 @@ async fn a_postgres_run_whose_process_is_gone_is_marked_interrupted() {
         .finish_run(next, RunEnd::Succeeded { stuck: 0, jump: 0 })
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_postgres_run_whose_process_is_gone_is_marked_interrupted() {
+    let (store, db) = postgres().await;
+    // Its lock goes with its connection; the server ends the dead session as soon as it sees the connection closed.
+    let other = Store::new(Database::connect_url(&db.url, 2).await.unwrap());
+    an_abandoned_run_is_marked_interrupted(&store, other, std::time::Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn a_sqlite_run_whose_process_is_gone_is_marked_interrupted_at_once() {
+    let (store, dir) = sqlite().await;
+    // Its lock is a file lock, released when the handle (or the process) goes.
+    let url = format!("sqlite://{}", dir.path().join("airq.db").display());
+    let other = Store::new(Database::connect_url(&url, 1).await.unwrap());
+    an_abandoned_run_is_marked_interrupted(&store, other, std::time::Duration::ZERO).await;
+    // Finished runs leave no lock file behind.
+    let locks: Vec<_> = std::fs::read_dir(dir.path().join("airq.db.locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
 }

@@ -709,12 +709,16 @@ spec:
 
     // The deleted pod finishes stopping before the pods are read below (a log cannot be read from a pod that
     // goes between the listing and the read).
-    eventually("the deleted operator pod to be gone", Duration::from_secs(60), || async {
-        match pods_api.get_opt(&leader).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(_) => Err(format!("{leader} is still stopping")),
-        }
-    })
+    eventually(
+        "the deleted operator pod to be gone",
+        Duration::from_secs(60),
+        || async {
+            match pods_api.get_opt(&leader).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err(format!("{leader} is still stopping")),
+            }
+        },
+    )
     .await?;
 
     // Security: every container read-only and non-root (the namespace enforces "restricted"), and no secret in

@@ -94,9 +94,29 @@ pub fn progress_bar() -> ProgressBar {
     bar
 }
 
+/// The logging of a load: on a terminal, unless the log level or format was chosen (flag or variable), warnings
+/// only, readable, so that the progress bar and the summary are what a person sees; JSON lines otherwise.
+fn load_logging(log: &airq_core::config::LogArgs) -> airq_core::config::LogArgs {
+    let chosen = ["AIRQ_LOG_LEVEL", "AIRQ_LOG_FORMAT"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some())
+        || std::env::args_os().any(|arg| {
+            let arg = arg.to_string_lossy();
+            arg.starts_with("--log-level") || arg.starts_with("--log-format")
+        });
+    if chosen || !std::io::stderr().is_terminal() {
+        return log.clone();
+    }
+    airq_core::config::LogArgs {
+        level: "warn".to_owned(),
+        format: airq_core::config::LogFormat::Pretty,
+        ..log.clone()
+    }
+}
+
 /// Runs `airq-etl load`.
 pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
-    let _telemetry = airq_core::telemetry::init("etl", &args.log)?;
+    let _telemetry = airq_core::telemetry::init("etl", &load_logging(&args.log))?;
     let request = request(&args)?;
     let db = Database::connect(&args.database).await?;
     let store = Store::new(db.clone());

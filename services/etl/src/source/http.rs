@@ -51,6 +51,23 @@ pub async fn get_json<T: DeserializeOwned>(
     what: &str,
     source: &'static str,
 ) -> Result<T, SourceError> {
+    parse_json(&get_body(request, what, source).await?, what)
+}
+
+/// A response body as `T`, or an error naming `what` and saying where the JSON is wrong.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, SourceError> {
+    serde_json::from_slice(body).map_err(|e| SourceError::Format {
+        input: what.to_owned(),
+        detail: format!("the body is not the expected JSON ({e})"),
+    })
+}
+
+/// GETs `what`: the body of a successful answer, after waiting out rate limits and retrying server errors.
+pub async fn get_body(
+    request: impl Fn() -> RequestBuilder,
+    what: &str,
+    source: &'static str,
+) -> Result<Vec<u8>, SourceError> {
     let error = |detail: String| SourceError::Http {
         input: what.to_owned(),
         detail,
@@ -97,10 +114,7 @@ pub async fn get_json<T: DeserializeOwned>(
             let text: String = text.chars().take(300).collect();
             return Err(error(format!("the server answered {status}: {text}")));
         }
-        return serde_json::from_slice(&body).map_err(|e| SourceError::Format {
-            input: what.to_owned(),
-            detail: format!("the body is not the expected JSON ({e})"),
-        });
+        return Ok(body.to_vec());
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod csv;
 pub mod http;
 pub mod index;
+pub mod lines;
 pub mod open_meteo;
 pub mod openaq;
 
@@ -60,6 +61,17 @@ impl TimeRange {
     }
 }
 
+/// `value` as text of bounded length: plain decimals for ordinary magnitudes, exponent notation otherwise (Rust
+/// writes `1e308` with 309 digits).
+pub fn compact(value: f64) -> String {
+    let magnitude = value.abs();
+    if value == 0.0 || !value.is_finite() || (1e-6..1e15).contains(&magnitude) {
+        value.to_string()
+    } else {
+        format!("{value:e}")
+    }
+}
+
 /// Builds a chunk value by value: checks each value, keeps it or records why it was refused.
 #[derive(Debug)]
 pub struct ChunkBuilder {
@@ -88,7 +100,8 @@ impl ChunkBuilder {
         self.chunk.progress += units;
     }
 
-    /// A value already converted to the stored unit: kept if plausible, refused with the reason otherwise.
+    /// A value already converted to the stored unit: kept if plausible (returns true), refused with the reason
+    /// otherwise.
     pub fn value(
         &mut self,
         station: &Arc<str>,
@@ -96,7 +109,21 @@ impl ChunkBuilder {
         time: i64,
         value: f64,
         record: &dyn Fn() -> String,
-    ) {
+    ) -> bool {
+        if time.rem_euclid(3600) != 0 {
+            let at = chrono::DateTime::from_timestamp(time, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            self.reject(
+                Some(station),
+                parameter.code(),
+                Some(time),
+                Some(compact(value)),
+                format!("time {at} is not on the hour: airq stores hourly values"),
+                record(),
+            );
+            return false;
+        }
         match parameter.check(value) {
             Ok(value) => {
                 self.chunk.values_read += 1;
@@ -107,15 +134,19 @@ impl ChunkBuilder {
                     value,
                     flags: 0,
                 });
+                true
             }
-            Err(why) => self.reject(
-                Some(station),
-                parameter.code(),
-                Some(time),
-                Some(value.to_string()),
-                format!("{parameter} {value} is {why}"),
-                record(),
-            ),
+            Err(why) => {
+                self.reject(
+                    Some(station),
+                    parameter.code(),
+                    Some(time),
+                    Some(compact(value)),
+                    format!("{parameter} {} is {why}", compact(value)),
+                    record(),
+                );
+                false
+            }
         }
     }
 
@@ -129,12 +160,14 @@ impl ChunkBuilder {
         record: &dyn Fn() -> String,
     ) {
         match parameter.normalise(value, unit) {
-            Ok(converted) => self.value(station, parameter, time, converted, record),
+            Ok(converted) => {
+                self.value(station, parameter, time, converted, record);
+            }
             Err(e) => self.reject(
                 Some(station),
                 parameter.code(),
                 Some(time),
-                Some(value.to_string()),
+                Some(compact(value)),
                 e.to_string(),
                 record(),
             ),
@@ -198,6 +231,124 @@ pub fn flag_pm25_above_pm10(observations: &mut [Observation]) {
         if matches!(o.parameter, Parameter::Pm25 | Parameter::Pm10) && flagged.contains(&(o.station.clone(), o.time)) {
             o.flags |= FLAG_PM25_ABOVE_PM10;
         }
+    }
+}
+
+/// What the API parsers' fuzz tests share: JSON answers damaged as a server or a proxy might damage them.
+#[cfg(test)]
+pub(crate) mod fuzz {
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+    use serde_json::Value;
+
+    /// A value to put in place of another.
+    fn replacement() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            prop::sample::select(vec![0.0, -1.0, 1e308, -1e308, 999.0, -999.0, 1e-300, 0.5]).prop_map(Value::from),
+            prop::sample::select(vec![
+                "",
+                "NaN",
+                "1e309",
+                "2024-01-01T00:30:00Z",
+                "2024-01-01T00:00:00+0800",
+                "2024-13-01T00:00",
+                "ppb",
+                "ppm",
+                "mg/m³",
+                "µg/m³",
+                "pm25",
+                "no2",
+                "x",
+            ])
+            .prop_map(Value::from),
+            "[ -~]{0,40}".prop_map(Value::from),
+            Just(Value::Array(Vec::new())),
+            Just(Value::Object(serde_json::Map::new())),
+        ]
+    }
+
+    /// Replaces the `n`-th node (in a depth-first walk) of `value` by `new`, or removes it from its object.
+    fn change(value: &mut Value, n: &mut usize, new: &Value, remove: bool) -> bool {
+        if *n == 0 {
+            *value = new.clone();
+            return true;
+        }
+        *n -= 1;
+        match value {
+            Value::Array(items) => {
+                for item in items.iter_mut() {
+                    if change(item, n, new, remove) {
+                        return true;
+                    }
+                }
+            }
+            Value::Object(map) => {
+                let keys: Vec<String> = map.keys().cloned().collect();
+                for key in keys {
+                    if remove && *n == 0 {
+                        map.remove(&key);
+                        return true;
+                    }
+                    if let Some(child) = map.get_mut(&key)
+                        && change(child, n, new, remove)
+                    {
+                        return true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// What every chunk of a damaged answer must be: values read = kept + refused; refusals short; kept values
+    /// finite, plausible and on the hour.
+    pub fn chunk_is_sound(chunk: &super::Chunk) -> Result<(), TestCaseError> {
+        prop_assert_eq!(
+            chunk.values_read,
+            (chunk.observations.len() + chunk.rejected.len()) as i64
+        );
+        for r in &chunk.rejected {
+            prop_assert!(
+                r.reason.len() < 500 && r.raw_value.as_ref().is_none_or(|v| v.len() < 64),
+                "{r:?}"
+            );
+        }
+        for o in &chunk.observations {
+            prop_assert!(o.value.is_finite() && o.parameter.check(o.value).is_ok(), "{o:?}");
+            prop_assert_eq!(o.time.rem_euclid(3600), 0);
+        }
+        Ok(())
+    }
+
+    /// `seed` with up to four nodes replaced or removed, then, sometimes, its text cut or a byte changed.
+    pub fn damaged(seed: Value) -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::collection::vec((any::<usize>(), replacement(), any::<bool>()), 0..4),
+            prop::option::weighted(0.2, (any::<usize>(), any::<u8>(), any::<bool>())),
+        )
+            .prop_map(move |(changes, bytes)| {
+                let mut value = seed.clone();
+                for (n, new, remove) in changes {
+                    let mut n = n % 64;
+                    change(&mut value, &mut n, &new, remove);
+                }
+                let mut text = serde_json::to_vec(&value).unwrap_or_default();
+                if let Some((at, byte, cut)) = bytes
+                    && !text.is_empty()
+                {
+                    let at = at % text.len();
+                    if cut {
+                        text.truncate(at);
+                    } else {
+                        text[at] = byte;
+                    }
+                }
+                text
+            })
     }
 }
 

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::http::get_json;
-use super::{Chunk, ChunkBuilder, SourceError, TimeRange, csv::parse_time};
+use super::http::{get_body, get_json, parse_json};
+use super::{Chunk, ChunkBuilder, SourceError, TimeRange, compact, csv::parse_time};
 
 /// The API's address when the spec names none.
 pub const DEFAULT_BASE_URL: &str = "https://api.openaq.org";
@@ -222,52 +222,17 @@ async fn read_window(
             ("limit", PAGE_LIMIT.to_string()),
             ("page", page_number.to_string()),
         ];
-        let page: Page<Hour> = get_json(
+        let body = get_body(
             || client.get(&url).header("X-API-Key", &*api_key).query(&query),
             &what,
             "openaq",
         )
         .await?;
-        let count = page.results.len();
-        let meta = page.meta;
-        let mut builder = ChunkBuilder::new(format!("openaq:sensor/{}", target.sensor));
-        builder.progress(1);
-        for (i, hour) in page.results.into_iter().enumerate() {
-            let record = || format!("page {page_number}, result {}", i + 1);
-            let Some(value) = hour.value else { continue };
-            let time = hour
-                .period
-                .as_ref()
-                .and_then(|p| p.datetime_from.as_ref())
-                .and_then(|t| parse_time(&t.utc));
-            let Some(time) = time else {
-                builder.reject(
-                    Some(&target.station),
-                    target.parameter.code(),
-                    None,
-                    Some(value.to_string()),
-                    "the result has no period.datetimeFrom.utc time".to_owned(),
-                    record(),
-                );
-                continue;
-            };
-            // `datetime_to` is inclusive on the API's side; the window is half-open here.
-            if time < from || time >= to {
-                continue;
-            }
-            builder.value_in(
-                &target.station,
-                target.parameter,
-                time,
-                (value, &hour.parameter.units),
-                &record,
-            );
-        }
-        if chunks.send(builder.finish()).await.is_err() {
+        let (chunk, count, found) = hours_page(&body, &what, &target, page_number, (from, to))?;
+        if chunks.send(chunk).await.is_err() {
             return Ok(());
         }
         // A short page is the last; `meta.found` (a number, or a string such as ">1000") only goes to the log.
-        let found = meta.and_then(|m| m.found).map(|f| f.to_string()).unwrap_or_default();
         tracing::debug!(
             sensor = target.sensor,
             page = page_number,
@@ -280,4 +245,106 @@ async fn read_window(
         }
     }
     Ok(())
+}
+
+/// One page of a sensor's hours (`body`, the answer to `what`) as a chunk of the values within `from..to`; with the
+/// number of results on the page and what `meta.found` said.
+fn hours_page(
+    body: &[u8],
+    what: &str,
+    target: &Target,
+    page_number: usize,
+    (from, to): (i64, i64),
+) -> Result<(Chunk, usize, String), SourceError> {
+    let page: Page<Hour> = parse_json(body, what)?;
+    let count = page.results.len();
+    let mut builder = ChunkBuilder::new(format!("openaq:sensor/{}", target.sensor));
+    builder.progress(1);
+    for (i, hour) in page.results.into_iter().enumerate() {
+        let record = || format!("page {page_number}, result {}", i + 1);
+        let Some(value) = hour.value else { continue };
+        let time = hour
+            .period
+            .as_ref()
+            .and_then(|p| p.datetime_from.as_ref())
+            .and_then(|t| parse_time(&t.utc));
+        let Some(time) = time else {
+            builder.reject(
+                Some(&target.station),
+                target.parameter.code(),
+                None,
+                Some(compact(value)),
+                "the result has no period.datetimeFrom.utc time".to_owned(),
+                record(),
+            );
+            continue;
+        };
+        // `datetime_to` is inclusive on the API's side; the window is half-open here.
+        if time < from || time >= to {
+            continue;
+        }
+        builder.value_in(
+            &target.station,
+            target.parameter,
+            time,
+            (value, &hour.parameter.units),
+            &record,
+        );
+    }
+    let found = page
+        .meta
+        .and_then(|m| m.found)
+        .map(|f| f.to_string())
+        .unwrap_or_default();
+    Ok((builder.finish(), count, found))
+}
+
+#[cfg(test)]
+mod tests {
+    // A failed step of a test's set-up is the test's failure: unwrap reports it with its location.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A page of two recorded results (`tests/replay/openaq/hour.json`, the second an hour later).
+    fn seed() -> serde_json::Value {
+        let hour: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/replay/openaq/hour.json")).unwrap();
+        let mut later = hour.clone();
+        later["period"]["datetimeFrom"]["utc"] = "2024-01-01T01:00:00Z".into();
+        later["value"] = 8.1.into();
+        serde_json::json!({ "meta": { "found": ">1000" }, "results": [hour, later] })
+    }
+
+    fn target() -> Target {
+        Target {
+            station: Arc::from("openaq-2178"),
+            sensor: 7,
+            parameter: Parameter::Pm25,
+        }
+    }
+
+    #[test]
+    fn a_recorded_page_reads_whole() {
+        let body = serde_json::to_vec(&seed()).unwrap();
+        let (chunk, count, found) = hours_page(&body, "page", &target(), 1, (0, i64::MAX)).unwrap();
+        assert_eq!((count, found.as_str()), (2, "\">1000\""));
+        assert_eq!(chunk.observations.len(), 2);
+        assert_eq!(chunk.observations[1].time, 1_704_070_800);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Damaged pages: never a panic; an error names the request; every value read is kept or refused, and what
+        /// is kept is finite, plausible and on the hour.
+        #[test]
+        fn damaged_pages_are_read_or_refused_cleanly(body in crate::source::fuzz::damaged(seed())) {
+            match hours_page(&body, "OpenAQ sensor 7 hours, page 1", &target(), 1, (0, i64::MAX)) {
+                Err(e) => prop_assert!(e.to_string().contains("OpenAQ sensor 7"), "{e}"),
+                Ok((chunk, _, _)) => crate::source::fuzz::chunk_is_sound(&chunk)?,
+            }
+        }
+    }
 }
