@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
@@ -152,6 +153,113 @@ impl Database {
             Self::Postgres(pool) => pool.close().await,
             Self::Sqlite(pool) => pool.close().await,
         }
+    }
+}
+
+/// Runs `$body` with `$pool` bound to the PostgreSQL or the SQLite pool of `$db` (a [`Database`]): one query text
+/// and one chain of binds serve both dialects where they agree.
+#[macro_export]
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Database::Postgres($pool) => $body,
+            $crate::db::Database::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// The text of the statement for `db`'s dialect, where the two truly differ (`greatest` and `max`, casts, `COPY`).
+pub fn dialect<'a>(db: &Database, postgres: &'a str, sqlite: &'a str) -> &'a str {
+    match db {
+        Database::Postgres(_) => postgres,
+        Database::Sqlite(_) => sqlite,
+    }
+}
+
+/// An instant as each database keeps it — `timestamptz` on PostgreSQL, Unix seconds (`integer`) on SQLite — bound
+/// and read the same way in Rust, so that one query serves both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DbTime(pub DateTime<Utc>);
+
+impl DbTime {
+    pub fn now() -> Self {
+        Self(Utc::now())
+    }
+
+    /// Unix seconds, clamped to the years 0 to 9999 (open ends are often given as `i64::MIN`/`MAX`; PostgreSQL's
+    /// timestamps stop at year 294276).
+    pub fn from_seconds(seconds: i64) -> Self {
+        let clamped = seconds.clamp(-62_167_219_200, 253_402_300_799);
+        Self(DateTime::from_timestamp(clamped, 0).unwrap_or_default())
+    }
+
+    pub fn seconds(self) -> i64 {
+        self.0.timestamp()
+    }
+}
+
+impl From<DateTime<Utc>> for DbTime {
+    fn from(time: DateTime<Utc>) -> Self {
+        Self(time)
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for DbTime {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <DateTime<Utc> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <DateTime<Utc> as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::postgres::PgHasArrayType for DbTime {
+    fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+        <DateTime<Utc> as sqlx::postgres::PgHasArrayType>::array_type_info()
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Postgres> for DbTime {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <DateTime<Utc> as sqlx::Encode<'q, sqlx::Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for DbTime {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(Self(<DateTime<Utc> as sqlx::Decode<'r, sqlx::Postgres>>::decode(
+            value,
+        )?))
+    }
+}
+
+impl sqlx::Type<sqlx::Sqlite> for DbTime {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <i64 as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+        <i64 as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for DbTime {
+    fn encode_by_ref(
+        &self,
+        buf: &mut Vec<sqlx::sqlite::SqliteArgumentValue<'q>>,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <i64 as sqlx::Encode<'q, sqlx::Sqlite>>::encode_by_ref(&self.0.timestamp(), buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for DbTime {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let seconds = <i64 as sqlx::Decode<'r, sqlx::Sqlite>>::decode(value)?;
+        DateTime::from_timestamp(seconds, 0)
+            .map(Self)
+            .ok_or_else(|| format!("{seconds} is not a time in Unix seconds").into())
     }
 }
 

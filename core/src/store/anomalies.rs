@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use airq_anomaly::watch::Anomaly;
 
-use super::{Error, Result, RowAccess, Store, sql, timestamp};
-use crate::db::Database;
+use super::{Result, Store, sql, timestamp};
+use crate::db::{Database, DbTime};
+use crate::on_pool;
 
 /// An anomaly as its reporter sees it now.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,24 +65,45 @@ const SELECT: &str = "select id, component, signal, subject, reporter, opened_at
         expected, score, peak_score, detail, updated_at
     from anomalies";
 
-fn read(row: &dyn RowAccess, now: DateTime<Utc>) -> Result<StoredAnomaly, sqlx::Error> {
-    let closed_at = row.time_opt(6)?;
-    let expires_at = row.time_opt(7)?;
-    Ok(StoredAnomaly {
-        id: row.i64(0)?,
-        component: row.string(1)?,
-        signal: row.string(2)?,
-        subject: row.string(3)?,
-        reporter: row.string(4)?,
-        opened_at: row.time(5)?,
-        closed_at: closed_at.or(expires_at.filter(|e| *e <= now)),
-        value: row.f64(8)?,
-        expected: row.f64_opt(9)?,
-        score: row.f64(10)?,
-        peak_score: row.f64(11)?,
-        detail: row.string(12)?,
-        updated_at: row.time(13)?,
-    })
+/// An anomaly as stored.
+#[derive(sqlx::FromRow)]
+struct AnomalyRow {
+    id: i64,
+    component: String,
+    signal: String,
+    subject: String,
+    reporter: String,
+    opened_at: DbTime,
+    closed_at: Option<DbTime>,
+    expires_at: Option<DbTime>,
+    value: f64,
+    expected: Option<f64>,
+    score: f64,
+    peak_score: f64,
+    detail: String,
+    updated_at: DbTime,
+}
+
+impl AnomalyRow {
+    /// The episode as of `now`: closed by its reporter, or by expiring.
+    fn at(self, now: DateTime<Utc>) -> StoredAnomaly {
+        let expired = self.expires_at.map(|t| t.0).filter(|e| *e <= now);
+        StoredAnomaly {
+            id: self.id,
+            component: self.component,
+            signal: self.signal,
+            subject: self.subject,
+            reporter: self.reporter,
+            opened_at: self.opened_at.0,
+            closed_at: self.closed_at.map(|t| t.0).or(expired),
+            value: self.value,
+            expected: self.expected,
+            score: self.score,
+            peak_score: self.peak_score,
+            detail: self.detail,
+            updated_at: self.updated_at.0,
+        }
+    }
 }
 
 impl Store {
@@ -101,67 +123,43 @@ impl Store {
                 peak_score = case when excluded.peak_score > anomalies.peak_score then excluded.peak_score
                     else anomalies.peak_score end";
         let what = "recording an anomaly";
-        let now = Utc::now();
+        let now = DbTime::now();
         let r = report;
+        // Both statements in one transaction (on SQLite taking the write lock at once).
+        macro_rules! report_in {
+            ($tx:expr) => {{
+                let mut tx = $tx;
+                sqlx::query(CLOSE_EXPIRED)
+                    .bind(now)
+                    .bind(&r.component)
+                    .bind(&r.signal)
+                    .bind(&r.subject)
+                    .bind(&r.reporter)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql(what))?;
+                sqlx::query(UPSERT)
+                    .bind(&r.component)
+                    .bind(&r.signal)
+                    .bind(&r.subject)
+                    .bind(&r.reporter)
+                    .bind(DbTime(r.opened_at))
+                    .bind(r.expires_at.map(DbTime))
+                    .bind(r.value)
+                    .bind(r.expected)
+                    .bind(r.score)
+                    .bind(r.peak_score)
+                    .bind(&r.detail)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql(what))?;
+                tx.commit().await.map_err(sql(what))
+            }};
+        }
         match &self.db {
-            Database::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(sql(what))?;
-                sqlx::query(CLOSE_EXPIRED)
-                    .bind(now)
-                    .bind(&r.component)
-                    .bind(&r.signal)
-                    .bind(&r.subject)
-                    .bind(&r.reporter)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(sql(what))?;
-                sqlx::query(UPSERT)
-                    .bind(&r.component)
-                    .bind(&r.signal)
-                    .bind(&r.subject)
-                    .bind(&r.reporter)
-                    .bind(r.opened_at)
-                    .bind(r.expires_at)
-                    .bind(r.value)
-                    .bind(r.expected)
-                    .bind(r.score)
-                    .bind(r.peak_score)
-                    .bind(&r.detail)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(sql(what))?;
-                tx.commit().await.map_err(sql(what))
-            }
-            Database::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(sql(what))?;
-                sqlx::query(CLOSE_EXPIRED)
-                    .bind(now.timestamp())
-                    .bind(&r.component)
-                    .bind(&r.signal)
-                    .bind(&r.subject)
-                    .bind(&r.reporter)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(sql(what))?;
-                sqlx::query(UPSERT)
-                    .bind(&r.component)
-                    .bind(&r.signal)
-                    .bind(&r.subject)
-                    .bind(&r.reporter)
-                    .bind(r.opened_at.timestamp())
-                    .bind(r.expires_at.map(|t| t.timestamp()))
-                    .bind(r.value)
-                    .bind(r.expected)
-                    .bind(r.score)
-                    .bind(r.peak_score)
-                    .bind(&r.detail)
-                    .bind(now.timestamp())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(sql(what))?;
-                tx.commit().await.map_err(sql(what))
-            }
+            Database::Postgres(pool) => report_in!(pool.begin().await.map_err(sql(what))?),
+            Database::Sqlite(pool) => report_in!(pool.begin_with("BEGIN IMMEDIATE").await.map_err(sql(what))?),
         }
     }
 
@@ -211,35 +209,21 @@ impl Store {
     ) -> Result<bool> {
         const UPDATE: &str = "update anomalies set closed_at = $5, updated_at = $5
             where component = $1 and signal = $2 and subject = $3 and reporter = $4 and closed_at is null";
-        let what = "closing an anomaly";
-        let affected = match &self.db {
-            Database::Postgres(pool) => sqlx::query(UPDATE)
-                .bind(component)
-                .bind(signal)
-                .bind(subject)
-                .bind(reporter)
-                .bind(at)
-                .execute(pool)
-                .await
-                .map_err(sql(what))?
-                .rows_affected(),
-            Database::Sqlite(pool) => sqlx::query(UPDATE)
-                .bind(component)
-                .bind(signal)
-                .bind(subject)
-                .bind(reporter)
-                .bind(at.timestamp())
-                .execute(pool)
-                .await
-                .map_err(sql(what))?
-                .rows_affected(),
-        };
+        let affected = on_pool!(&self.db, pool => sqlx::query(UPDATE)
+            .bind(component)
+            .bind(signal)
+            .bind(subject)
+            .bind(reporter)
+            .bind(DbTime(at))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))
+        .map_err(sql("closing an anomaly"))?;
         Ok(affected > 0)
     }
 
     /// The open episodes, then those that closed at or after `closed_since`, newest first; at most `limit`.
     pub async fn anomalies(&self, closed_since: DateTime<Utc>, limit: i64) -> Result<Vec<StoredAnomaly>> {
-        let what = "reading anomalies";
         let now = Utc::now();
         // Open now: not closed, and not expired. Closed: by its reporter, or by expiring.
         let query = format!(
@@ -249,28 +233,13 @@ impl Store {
                  opened_at desc, id desc
              limit $3"
         );
-        let found: Vec<StoredAnomaly> = match &self.db {
-            Database::Postgres(pool) => sqlx::query(&query)
-                .bind(closed_since)
-                .bind(now)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-                .map_err(sql(what))?
-                .iter()
-                .map(|r| read(r, now).map_err(sql(what)))
-                .collect::<Result<_, Error>>()?,
-            Database::Sqlite(pool) => sqlx::query(&query)
-                .bind(closed_since.timestamp())
-                .bind(now.timestamp())
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-                .map_err(sql(what))?
-                .iter()
-                .map(|r| read(r, now).map_err(sql(what)))
-                .collect::<Result<_, Error>>()?,
-        };
-        Ok(found)
+        let rows: Vec<AnomalyRow> = on_pool!(&self.db, pool => sqlx::query_as(&query)
+            .bind(DbTime(closed_since))
+            .bind(DbTime(now))
+            .bind(limit)
+            .fetch_all(pool)
+            .await)
+        .map_err(sql("reading anomalies"))?;
+        Ok(rows.into_iter().map(|row| row.at(now)).collect())
     }
 }

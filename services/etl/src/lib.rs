@@ -6,7 +6,9 @@ pub mod cli;
 pub mod config;
 pub mod load;
 pub mod marks;
-pub mod source;
+/// The connectors, in a crate of their own (the predictive service reads CSV files with them too).
+pub use airq_sources as source;
+pub mod write;
 
 use airq_core::store::Store;
 

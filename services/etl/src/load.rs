@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use airq_api::etl::{Backfill, CsvFormat, CsvSource, EtlSource, LoadMode};
 use airq_api::reports::LoadReport;
 use airq_core::db::Database;
-use airq_core::store::{Batch, Measurement, NewRun, RunEnd, Store, WriteCounts};
+use airq_core::store::{NewRun, RunEnd, Store};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use indicatif::ProgressBar;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::marks::{MarkCounts, Touched};
 use crate::source::{Chunk, SourceError, TimeRange, csv, open_meteo, openaq};
+use crate::write::{Batch, Measurement, WriteCounts};
 
 /// What to load: the part of an EtlSchedule the operator hands the Job in `AIRQ_LOAD_SPEC`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -570,6 +571,6 @@ async fn write_chunk(
         rejected: chunk.rejected,
         values_read: chunk.values_read,
     };
-    let counts = store.write(run_id, &batch).await?;
+    let counts = crate::write::write(store, run_id, &batch).await?;
     Ok((chunk.values_read, counts, newest, chunk.progress, touched))
 }

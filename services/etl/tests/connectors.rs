@@ -1,5 +1,5 @@
 //! The OpenAQ and Open-Meteo connectors against a local HTTP server that replays responses of the real shape (the
-//! recorded bodies in `tests/replay/`), into a real PostgreSQL: paging to the end, `meta.found` as a string, a 429
+//! recorded bodies in `sources/tests/replay/`), into a real PostgreSQL: paging to the end, `meta.found` as a string, a 429
 //! with `x-ratelimit-reset` waited out, empty pages, units converted, and a malformed page that fails the load with
 //! an error naming it while the pages before it stay whole.
 
@@ -30,7 +30,7 @@ const KEY: &str = "test-openaq-key";
 
 fn recorded(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/replay")
+        .join("../../sources/tests/replay")
         .join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }

@@ -2,6 +2,7 @@
 //! queries are written once: both dialects take `$n` parameters, and times are Unix seconds in both.
 
 use airq_core::db::Database;
+use airq_core::on_pool;
 use serde::Serialize;
 use sqlx::Row as _;
 
@@ -26,16 +27,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn sql(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |source| Error::Sql { what, source }
-}
-
-/// Runs `$body` with `$pool` bound to the PostgreSQL or the SQLite pool: the same query text serves both.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Database::Postgres($pool) => $body,
-            Database::Sqlite($pool) => $body,
-        }
-    };
 }
 
 /// Binds a [`KeyRecord`]'s fields in the order of [`KEY_COLUMNS`].

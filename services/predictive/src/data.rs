@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use airq_api::etl::CsvFormat;
 use airq_core::parameter::Parameter;
 use airq_core::store::{Station, Store};
-use airq_etl::source::csv::{self, Input};
-use airq_etl::source::{Chunk, TimeRange};
+use airq_sources::csv::{self, Input};
+use airq_sources::{Chunk, TimeRange};
 use tokio::sync::mpsc;
 
 /// Seconds in an hour: the grid step.
@@ -28,7 +28,7 @@ pub const WEATHER: [Parameter; 6] = [
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error(transparent)]
-    Source(#[from] airq_etl::source::SourceError),
+    Source(#[from] airq_sources::SourceError),
     #[error(transparent)]
     Store(#[from] airq_core::store::Error),
     #[error("{0}")]
@@ -218,25 +218,25 @@ impl Dataset {
                 let name = input.name();
                 let result = match input {
                     Input::File { path, .. } => tokio::task::spawn_blocking(move || {
-                        let file = std::fs::File::open(&path).map_err(|e| airq_etl::source::SourceError::Read {
+                        let file = std::fs::File::open(&path).map_err(|e| airq_sources::SourceError::Read {
                             input: name.clone(),
                             detail: e.to_string(),
                         })?;
                         csv::read(&name, file, format, TimeRange::default(), &tx)
                     })
                     .await
-                    .map_err(|e| airq_etl::source::SourceError::Read {
+                    .map_err(|e| airq_sources::SourceError::Read {
                         input: "a CSV reader task".to_owned(),
                         detail: e.to_string(),
                     })?,
-                    Input::Url(url) => Err(airq_etl::source::SourceError::Read {
+                    Input::Url(url) => Err(airq_sources::SourceError::Read {
                         input: url,
                         detail: "training reads CSV files from a path; load a URL with airq-etl first".to_owned(),
                     }),
                 };
                 result?;
             }
-            Ok::<(), airq_etl::source::SourceError>(())
+            Ok::<(), airq_sources::SourceError>(())
         });
         let collected = collect(rx).await;
         reader.await.map_err(|e| DataError::Empty(e.to_string()))??;

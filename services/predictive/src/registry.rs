@@ -1,7 +1,9 @@
 //! Model versions, specs and evaluations in the database (PostgreSQL or SQLite).
 
-use airq_core::db::Database;
+use airq_core::db::{Database, DbTime};
+use airq_core::on_pool;
 use serde::Serialize;
+use sqlx::types::Json;
 
 use crate::model::{Model, ModelError};
 use crate::spec::ModelSpec;
@@ -63,39 +65,41 @@ pub fn parse_version(text: &str) -> Option<i64> {
     text.trim().trim_start_matches('v').parse().ok().filter(|v| *v > 0)
 }
 
-type VersionRow = (
-    String,
-    i64,
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    i64,
-    f64,
-    i64,
-);
-
-fn version_from(row: VersionRow) -> Result<StoredVersion> {
-    let (name, version, algorithm, pollutant, spec, revision, metrics, artifact_bytes, train_seconds, created_at) = row;
-    Ok(StoredVersion {
-        name,
-        version: format!("v{version}"),
-        algorithm,
-        pollutant,
-        spec: serde_json::from_str(&spec)?,
-        revision,
-        metrics: serde_json::from_str(&metrics)?,
-        artifact_bytes,
-        train_seconds,
-        created_at,
-    })
+/// A model version as stored (without its artifact).
+#[derive(sqlx::FromRow)]
+struct VersionRow {
+    name: String,
+    version: i64,
+    algorithm: String,
+    pollutant: String,
+    spec: Json<serde_json::Value>,
+    revision: Option<String>,
+    metrics: Json<serde_json::Value>,
+    artifact_bytes: i64,
+    train_seconds: f64,
+    created_at: DbTime,
 }
 
-const PG_VERSION_COLUMNS: &str = "name, version::bigint, algorithm, pollutant, spec::text, revision, metrics::text, \
-    length(artifact)::bigint, train_seconds, extract(epoch from created_at)::bigint";
-const SQLITE_VERSION_COLUMNS: &str =
-    "name, version, algorithm, pollutant, spec, revision, metrics, length(artifact), train_seconds, created_at";
+impl From<VersionRow> for StoredVersion {
+    fn from(row: VersionRow) -> Self {
+        Self {
+            name: row.name,
+            version: format!("v{}", row.version),
+            algorithm: row.algorithm,
+            pollutant: row.pollutant,
+            spec: row.spec.0,
+            revision: row.revision,
+            metrics: row.metrics.0,
+            artifact_bytes: row.artifact_bytes,
+            train_seconds: row.train_seconds,
+            created_at: row.created_at.seconds(),
+        }
+    }
+}
+
+/// The columns of [`VersionRow`]; the casts make both databases give 64-bit integers.
+const VERSION_COLUMNS: &str = "name, cast(version as bigint) as version, algorithm, pollutant, spec, revision, metrics,
+    cast(length(artifact) as bigint) as artifact_bytes, train_seconds, created_at";
 
 /// Model versions, specs and evaluations.
 #[derive(Debug, Clone)]
@@ -122,46 +126,30 @@ impl Registry {
         train_seconds: f64,
     ) -> Result<StoredVersion> {
         let artifact = model.to_bytes()?;
-        let spec = serde_json::to_string(&model.meta.spec)?;
-        let metrics = metrics.to_string();
         let algorithm = model.meta.spec.algorithm.name();
         let pollutant = model.meta.spec.target.pollutant.clone();
+        let spec = serde_json::to_value(&model.meta.spec)?;
         let what = "storing a model version";
         // The next number is read and written in one statement; the unique key turns a race into an error that a
         // second attempt resolves.
         for attempt in 0..3 {
-            let result = match &self.db {
-                Database::Postgres(pool) => sqlx::query_scalar::<_, i64>(
-                    "insert into model_versions (name, version, algorithm, pollutant, spec, revision, metrics, artifact, train_seconds)
-                     select $1, coalesce(max(version), 0) + 1, $2, $3, $4::jsonb, $5, $6::jsonb, $7, $8
-                     from model_versions where name = $1 returning version::bigint",
-                )
-                .bind(name)
-                .bind(algorithm)
-                .bind(&pollutant)
-                .bind(&spec)
-                .bind(revision)
-                .bind(&metrics)
-                .bind(&artifact)
-                .bind(train_seconds)
-                .fetch_one(pool)
-                .await,
-                Database::Sqlite(pool) => sqlx::query_scalar::<_, i64>(
-                    "insert into model_versions (name, version, algorithm, pollutant, spec, revision, metrics, artifact, train_seconds)
-                     select $1, coalesce(max(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8
-                     from model_versions where name = $1 returning version",
-                )
-                .bind(name)
-                .bind(algorithm)
-                .bind(&pollutant)
-                .bind(&spec)
-                .bind(revision)
-                .bind(&metrics)
-                .bind(&artifact)
-                .bind(train_seconds)
-                .fetch_one(pool)
-                .await,
-            };
+            let result: std::result::Result<i64, sqlx::Error> = on_pool!(&self.db, pool => sqlx::query_scalar(
+                "insert into model_versions (name, version, algorithm, pollutant, spec, revision, metrics, artifact,
+                     train_seconds, created_at)
+                 select $1, coalesce(max(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9
+                 from model_versions where name = $1 returning cast(version as bigint)",
+            )
+            .bind(name)
+            .bind(algorithm)
+            .bind(&pollutant)
+            .bind(Json(&spec))
+            .bind(revision)
+            .bind(Json(metrics))
+            .bind(&artifact)
+            .bind(train_seconds)
+            .bind(DbTime::now())
+            .fetch_one(pool)
+            .await);
             match result {
                 Ok(version) => {
                     return self
@@ -178,74 +166,40 @@ impl Registry {
 
     /// One version's description.
     pub async fn version(&self, name: &str, version: i64) -> Result<Option<StoredVersion>> {
-        let what = "reading a model version";
-        let row: Option<VersionRow> = match &self.db {
-            Database::Postgres(pool) => sqlx::query_as(&format!(
-                "select {PG_VERSION_COLUMNS} from model_versions where name = $1 and version = $2"
-            ))
-            .bind(name)
-            .bind(version as i32)
-            .fetch_optional(pool)
-            .await
-            .map_err(sql(what))?,
-            Database::Sqlite(pool) => sqlx::query_as(&format!(
-                "select {SQLITE_VERSION_COLUMNS} from model_versions where name = $1 and version = $2"
-            ))
+        let query = format!("select {VERSION_COLUMNS} from model_versions where name = $1 and version = $2");
+        let row: Option<VersionRow> = on_pool!(&self.db, pool => sqlx::query_as(&query)
             .bind(name)
             .bind(version)
             .fetch_optional(pool)
-            .await
-            .map_err(sql(what))?,
-        };
-        row.map(version_from).transpose()
+            .await)
+        .map_err(sql("reading a model version"))?;
+        Ok(row.map(StoredVersion::from))
     }
 
     /// Versions, newest first; of one model when `name` is given.
     pub async fn versions(&self, name: Option<&str>) -> Result<Vec<StoredVersion>> {
-        let what = "listing model versions";
-        let rows: Vec<VersionRow> = match &self.db {
-            Database::Postgres(pool) => sqlx::query_as(&format!(
-                "select {PG_VERSION_COLUMNS} from model_versions where $1::text is null or name = $1 order by name, version desc"
-            ))
+        let query = format!(
+            "select {VERSION_COLUMNS} from model_versions where cast($1 as text) is null or name = $1
+             order by name, version desc"
+        );
+        let rows: Vec<VersionRow> = on_pool!(&self.db, pool => sqlx::query_as(&query)
             .bind(name)
             .fetch_all(pool)
-            .await
-            .map_err(sql(what))?,
-            Database::Sqlite(pool) => sqlx::query_as(&format!(
-                "select {SQLITE_VERSION_COLUMNS} from model_versions where $1 is null or name = $1 order by name, version desc"
-            ))
-            .bind(name)
-            .fetch_all(pool)
-            .await
-            .map_err(sql(what))?,
-        };
-        rows.into_iter().map(version_from).collect()
+            .await)
+        .map_err(sql("listing model versions"))?;
+        Ok(rows.into_iter().map(StoredVersion::from).collect())
     }
 
     /// The newest version number of `name`, if it has one.
     pub async fn latest_version(&self, name: &str) -> Result<Option<i64>> {
-        let what = "reading the newest model version";
-        Ok(match &self.db {
-            Database::Postgres(pool) => {
-                sqlx::query_scalar::<_, Option<i64>>("select max(version)::bigint from model_versions where name = $1")
-                    .bind(name)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(sql(what))?
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query_scalar::<_, Option<i64>>("select max(version) from model_versions where name = $1")
-                    .bind(name)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(sql(what))?
-            }
-        })
+        const SELECT: &str = "select cast(max(version) as bigint) from model_versions where name = $1";
+        on_pool!(&self.db, pool => sqlx::query_scalar(SELECT).bind(name).fetch_one(pool).await)
+            .map_err(sql("reading the newest model version"))
     }
 
     /// Loads a version (the newest when `version` is absent) with its model.
     pub async fn load(&self, name: &str, version: Option<i64>) -> Result<Option<(StoredVersion, Model)>> {
-        let what = "loading a model";
+        const SELECT: &str = "select artifact from model_versions where name = $1 and version = $2";
         let number = match version {
             Some(v) => Some(v),
             None => self.latest_version(name).await?,
@@ -253,24 +207,12 @@ impl Registry {
         let Some(number) = number else {
             return Ok(None);
         };
-        let artifact: Option<Vec<u8>> = match &self.db {
-            Database::Postgres(pool) => {
-                sqlx::query_scalar("select artifact from model_versions where name = $1 and version = $2")
-                    .bind(name)
-                    .bind(number as i32)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(sql(what))?
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query_scalar("select artifact from model_versions where name = $1 and version = $2")
-                    .bind(name)
-                    .bind(number)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(sql(what))?
-            }
-        };
+        let artifact: Option<Vec<u8>> = on_pool!(&self.db, pool => sqlx::query_scalar(SELECT)
+            .bind(name)
+            .bind(number)
+            .fetch_optional(pool)
+            .await)
+        .map_err(sql("loading a model"))?;
         let (Some(artifact), Some(stored)) = (artifact, self.version(name, number).await?) else {
             return Ok(None);
         };
@@ -282,59 +224,31 @@ impl Registry {
 
     /// Sets the spec `name` trains with through the API.
     pub async fn set_spec(&self, name: &str, spec: &ModelSpec) -> Result<()> {
-        let text = serde_json::to_string(spec)?;
-        let what = "storing a model spec";
-        match &self.db {
-            Database::Postgres(pool) => sqlx::query(
-                "insert into model_specs (name, spec) values ($1, $2::jsonb)
-                 on conflict (name) do update set spec = excluded.spec, updated_at = now()",
-            )
+        const UPSERT: &str = "insert into model_specs (name, spec, updated_at) values ($1, $2, $3)
+             on conflict (name) do update set spec = excluded.spec, updated_at = excluded.updated_at";
+        on_pool!(&self.db, pool => sqlx::query(UPSERT)
             .bind(name)
-            .bind(&text)
+            .bind(Json(spec))
+            .bind(DbTime::now())
             .execute(pool)
             .await
-            .map(drop)
-            .map_err(sql(what))?,
-            Database::Sqlite(pool) => sqlx::query(
-                "insert into model_specs (name, spec) values ($1, $2)
-                 on conflict (name) do update set spec = excluded.spec, updated_at = unixepoch()",
-            )
-            .bind(name)
-            .bind(&text)
-            .execute(pool)
-            .await
-            .map(drop)
-            .map_err(sql(what))?,
-        };
-        Ok(())
+            .map(drop))
+        .map_err(sql("storing a model spec"))
     }
 
     /// The spec `name` trains with through the API.
     pub async fn spec(&self, name: &str) -> Result<Option<serde_json::Value>> {
-        let what = "reading a model spec";
-        let text: Option<String> = match &self.db {
-            Database::Postgres(pool) => sqlx::query_scalar("select spec::text from model_specs where name = $1")
-                .bind(name)
-                .fetch_optional(pool)
-                .await
-                .map_err(sql(what))?,
-            Database::Sqlite(pool) => sqlx::query_scalar("select spec from model_specs where name = $1")
-                .bind(name)
-                .fetch_optional(pool)
-                .await
-                .map_err(sql(what))?,
-        };
-        Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+        const SELECT: &str = "select spec from model_specs where name = $1";
+        let spec: Option<Json<serde_json::Value>> =
+            on_pool!(&self.db, pool => sqlx::query_scalar(SELECT).bind(name).fetch_optional(pool).await)
+                .map_err(sql("reading a model spec"))?;
+        Ok(spec.map(|s| s.0))
     }
 
     /// Every model name with a spec or a version.
     pub async fn names(&self) -> Result<Vec<String>> {
         const SELECT: &str = "select name from model_specs union select name from model_versions order by name";
-        let what = "listing models";
-        Ok(match &self.db {
-            Database::Postgres(pool) => sqlx::query_scalar(SELECT).fetch_all(pool).await.map_err(sql(what))?,
-            Database::Sqlite(pool) => sqlx::query_scalar(SELECT).fetch_all(pool).await.map_err(sql(what))?,
-        })
+        on_pool!(&self.db, pool => sqlx::query_scalar(SELECT).fetch_all(pool).await).map_err(sql("listing models"))
     }
 
     /// Stores an evaluation.
@@ -345,64 +259,44 @@ impl Registry {
         protocol: &serde_json::Value,
         metrics: &serde_json::Value,
     ) -> Result<i64> {
-        let what = "storing an evaluation";
-        Ok(match &self.db {
-            Database::Postgres(pool) => sqlx::query_scalar::<_, i64>(
-                "insert into model_evaluations (name, version, protocol, metrics) values ($1, $2, $3::jsonb, $4::jsonb) returning id",
-            )
-            .bind(name)
-            .bind(version.map(|v| v as i32))
-            .bind(protocol.to_string())
-            .bind(metrics.to_string())
-            .fetch_one(pool)
-            .await
-            .map_err(sql(what))?,
-            Database::Sqlite(pool) => sqlx::query_scalar::<_, i64>(
-                "insert into model_evaluations (name, version, protocol, metrics) values ($1, $2, $3, $4) returning id",
-            )
+        const INSERT: &str = "insert into model_evaluations (name, version, protocol, metrics, created_at)
+            values ($1, $2, $3, $4, $5) returning id";
+        on_pool!(&self.db, pool => sqlx::query_scalar(INSERT)
             .bind(name)
             .bind(version)
-            .bind(protocol.to_string())
-            .bind(metrics.to_string())
+            .bind(Json(protocol))
+            .bind(Json(metrics))
+            .bind(DbTime::now())
             .fetch_one(pool)
-            .await
-            .map_err(sql(what))?,
-        })
+            .await)
+        .map_err(sql("storing an evaluation"))
     }
 
     /// Evaluations of `name`, newest first.
     pub async fn evaluations(&self, name: &str) -> Result<Vec<StoredEvaluation>> {
-        let what = "listing evaluations";
-        let rows: Vec<(i64, String, Option<i64>, String, String, i64)> = match &self.db {
-            Database::Postgres(pool) => sqlx::query_as(
-                "select id, name, version::bigint, protocol::text, metrics::text, extract(epoch from created_at)::bigint
-                 from model_evaluations where name = $1 order by created_at desc, id desc",
-            )
-            .bind(name)
-            .fetch_all(pool)
-            .await
-            .map_err(sql(what))?,
-            Database::Sqlite(pool) => sqlx::query_as(
-                "select id, name, version, protocol, metrics, created_at
-                 from model_evaluations where name = $1 order by created_at desc, id desc",
-            )
-            .bind(name)
-            .fetch_all(pool)
-            .await
-            .map_err(sql(what))?,
-        };
-        rows.into_iter()
-            .map(|(id, name, version, protocol, metrics, created_at)| {
-                Ok(StoredEvaluation {
-                    id,
-                    name,
-                    version: version.map(|v| format!("v{v}")),
-                    protocol: serde_json::from_str(&protocol)?,
-                    metrics: serde_json::from_str(&metrics)?,
-                    created_at,
-                })
+        const SELECT: &str = "select id, name, cast(version as bigint), protocol, metrics, created_at
+            from model_evaluations where name = $1 order by created_at desc, id desc";
+        type Row = (
+            i64,
+            String,
+            Option<i64>,
+            Json<serde_json::Value>,
+            Json<serde_json::Value>,
+            DbTime,
+        );
+        let rows: Vec<Row> = on_pool!(&self.db, pool => sqlx::query_as(SELECT).bind(name).fetch_all(pool).await)
+            .map_err(sql("listing evaluations"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, version, protocol, metrics, created_at)| StoredEvaluation {
+                id,
+                name,
+                version: version.map(|v| format!("v{v}")),
+                protocol: protocol.0,
+                metrics: metrics.0,
+                created_at: created_at.seconds(),
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -798,30 +798,15 @@ mod tests {
             .iter()
             .map(|r| (r.record.clone(), r.parameter.clone(), r.reason.clone()))
             .collect();
-        assert!(
+        let refused = |line: &str, parameter: &str, reason: &str| {
             reasons
                 .iter()
-                .any(|(l, p, r)| l == "line 4" && p == "pm25" && r.contains("sentinel")),
-            "{reasons:?}"
-        );
-        assert!(
-            reasons
-                .iter()
-                .any(|(l, p, r)| l == "line 4" && p == "so2" && r.contains("not a number")),
-            "{reasons:?}"
-        );
-        assert!(
-            reasons
-                .iter()
-                .any(|(l, p, r)| l == "line 4" && p == "wd" && r.contains("compass")),
-            "{reasons:?}"
-        );
-        assert!(
-            reasons
-                .iter()
-                .any(|(l, p, r)| l == "line 5" && p == "row" && r.contains("2013-2-30")),
-            "{reasons:?}"
-        );
+                .any(|(l, p, r)| l == line && p == parameter && r.contains(reason))
+        };
+        assert!(refused("line 4", "pm25", "sentinel"), "{reasons:?}");
+        assert!(refused("line 4", "so2", "not a number"), "{reasons:?}");
+        assert!(refused("line 4", "wd", "compass"), "{reasons:?}");
+        assert!(refused("line 5", "row", "2013-2-30"), "{reasons:?}");
         // The blank CO cell of line 4 is missing, like NA: neither stored nor refused.
         assert!(!reasons.iter().any(|(l, p, _)| l == "line 4" && p == "co"));
         // Line 6: PM2.5 30 above PM10 20, both flagged.

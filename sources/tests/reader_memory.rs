@@ -9,8 +9,8 @@
 use std::io::Read;
 
 use airq_api::etl::CsvFormat;
-use airq_etl::source::TimeRange;
-use airq_etl::source::csv;
+use airq_sources::TimeRange;
+use airq_sources::csv;
 use tokio::sync::mpsc;
 
 /// A line of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`).

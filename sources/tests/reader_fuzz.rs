@@ -6,7 +6,7 @@
 //! line, and is short; every kept value is finite, plausible, on the hour, and no two kept values of one station,
 //! parameter and hour differ; no station is empty or longer than the bound.
 //!
-//! `PROPTEST_CASES=20000 cargo test -p airq-etl --test reader_fuzz` runs it longer (docs/benchmarks.md says how long
+//! `PROPTEST_CASES=20000 cargo test -p airq-sources --test reader_fuzz` runs it longer (docs/benchmarks.md says how long
 //! it ran without a finding).
 
 // A failed step of a test's set-up is the test's failure: unwrap reports it with its location.
@@ -18,8 +18,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use airq_api::etl::CsvFormat;
-use airq_etl::source::csv::{self, MAX_STATION_CHARS};
-use airq_etl::source::{Chunk, TimeRange};
+use airq_sources::csv::{self, MAX_STATION_CHARS};
+use airq_sources::{Chunk, TimeRange};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tokio::sync::mpsc;

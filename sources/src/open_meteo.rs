@@ -217,7 +217,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn seed() -> serde_json::Value {
-        serde_json::from_str(include_str!("../../tests/replay/open-meteo/air-quality.json")).unwrap()
+        serde_json::from_str(include_str!("../tests/replay/open-meteo/air-quality.json")).unwrap()
     }
 
     fn variables() -> Vec<(String, Parameter)> {
@@ -250,11 +250,11 @@ mod tests {
         /// Damaged answers: never a panic; an error names the request; every value read is kept or refused, and
         /// what is kept is finite, plausible and on the hour.
         #[test]
-        fn damaged_answers_are_read_or_refused_cleanly(body in crate::source::fuzz::damaged(seed())) {
+        fn damaged_answers_are_read_or_refused_cleanly(body in crate::fuzz::damaged(seed())) {
             let what = "Open-Meteo Beijing 2024-01-01..2024-01-01";
             match window_chunk(&body, what, "Beijing", &variables(), (0, i64::MAX), TimeRange::default()) {
                 Err(e) => prop_assert!(e.to_string().contains(what), "{e}"),
-                Ok(chunk) => crate::source::fuzz::chunk_is_sound(&chunk)?,
+                Ok(chunk) => crate::fuzz::chunk_is_sound(&chunk)?,
             }
         }
     }

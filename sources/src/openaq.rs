@@ -309,8 +309,7 @@ mod tests {
 
     /// A page of two recorded results (`tests/replay/openaq/hour.json`, the second an hour later).
     fn seed() -> serde_json::Value {
-        let hour: serde_json::Value =
-            serde_json::from_str(include_str!("../../tests/replay/openaq/hour.json")).unwrap();
+        let hour: serde_json::Value = serde_json::from_str(include_str!("../tests/replay/openaq/hour.json")).unwrap();
         let mut later = hour.clone();
         later["period"]["datetimeFrom"]["utc"] = "2024-01-01T01:00:00Z".into();
         later["value"] = 8.1.into();
@@ -340,10 +339,10 @@ mod tests {
         /// Damaged pages: never a panic; an error names the request; every value read is kept or refused, and what
         /// is kept is finite, plausible and on the hour.
         #[test]
-        fn damaged_pages_are_read_or_refused_cleanly(body in crate::source::fuzz::damaged(seed())) {
+        fn damaged_pages_are_read_or_refused_cleanly(body in crate::fuzz::damaged(seed())) {
             match hours_page(&body, "OpenAQ sensor 7 hours, page 1", &target(), 1, (0, i64::MAX)) {
                 Err(e) => prop_assert!(e.to_string().contains("OpenAQ sensor 7"), "{e}"),
-                Ok((chunk, _, _)) => crate::source::fuzz::chunk_is_sound(&chunk)?,
+                Ok((chunk, _, _)) => crate::fuzz::chunk_is_sound(&chunk)?,
             }
         }
     }
