@@ -15,6 +15,7 @@ use airq_core::store::NewStation;
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use tokio::sync::mpsc;
 
+use super::first::FirstValues;
 use super::lines::{Cells, Lines, MAX_LINE_BYTES, Record, SplitError, Splitter};
 use super::{Chunk, ChunkBuilder, SourceError, TimeRange, compact};
 
@@ -188,7 +189,7 @@ pub fn read<'r>(
         reported: 0,
         chunks,
         stations: HashMap::new(),
-        first: HashMap::new(),
+        first: FirstValues::default(),
     };
     let result = match format {
         CsvFormat::Beijing => reader.beijing(),
@@ -217,7 +218,7 @@ struct FileReader<'a, R: Read> {
     stations: HashMap<Arc<str>, u32>,
     /// The first value kept for each station, parameter and time of this file, and its line: a later different value
     /// for the same key is a conflicting duplicate.
-    first: HashMap<(u32, Parameter, i64), (f64, u64)>,
+    first: FirstValues,
 }
 
 /// Why reading stopped early.
@@ -371,8 +372,8 @@ impl<R: Read> FileReader<'_, R> {
     /// A value read from `cell` (already in the stored unit): kept, or refused as implausible or as a conflicting
     /// duplicate of an earlier line of the file.
     fn value(&mut self, (station, index): (&Arc<str>, u32), parameter: Parameter, time: i64, value: f64, line: u64) {
-        let key = (index, parameter, time);
-        if let Some(&(first, first_line)) = self.first.get(&key)
+        let hour = time.div_euclid(3600);
+        if let Some((first, first_line)) = self.first.get(index, parameter, hour)
             && first.to_bits() != value.to_bits()
         {
             self.builder.reject(
@@ -393,7 +394,7 @@ impl<R: Read> FileReader<'_, R> {
             .builder
             .value(station, parameter, time, value, &|| format!("line {line}"))
         {
-            self.first.entry(key).or_insert((value, line));
+            self.first.insert(index, parameter, hour, value, line);
         }
     }
 

@@ -2,6 +2,7 @@
 //! values. A chunk is what one database transaction writes.
 
 pub mod csv;
+pub mod first;
 pub mod http;
 pub mod index;
 pub mod lines;
@@ -302,6 +303,14 @@ pub(crate) mod fuzz {
             _ => {}
         }
         false
+    }
+
+    /// Cases per run: `PROPTEST_CASES`, or `default`.
+    pub fn cases(default: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
     }
 
     /// What every chunk of a damaged answer must be: values read = kept + refused; refusals short; kept values

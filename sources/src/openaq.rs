@@ -334,7 +334,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::fuzz::cases(1000), failure_persistence: None, ..ProptestConfig::default() })]
 
         /// Damaged pages: never a panic; an error names the request; every value read is kept or refused, and what
         /// is kept is finite, plausible and on the hour.
