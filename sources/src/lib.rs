@@ -1,5 +1,7 @@
-//! Connectors: each turns an external source into a stream of [`Chunk`]s of checked observations and refused
-//! values. A chunk is what one database transaction writes.
+//! The external sources airq reads — CSV files ([`csv`], read line by line by [`lines`]), the OpenAQ v3 API
+//! ([`openaq`]) and Open-Meteo ([`open_meteo`]) — each turned into a stream of [`Chunk`]s of checked observations
+//! and refused values. A chunk is what one database transaction writes. Used by the ETL's loads and by the
+//! predictive service, which reads CSV files directly.
 
 pub mod csv;
 pub mod first;

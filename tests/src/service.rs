@@ -7,6 +7,10 @@ use std::time::Duration;
 use crate::error::{Error, Result, io};
 use crate::process::{free_port, log_tail};
 
+/// An environment value [`RunningService::start`] replaces by `127.0.0.1:<a free port>` (the gateway's
+/// `AIRQ_OPS_LISTEN`), chosen anew if the service has to be started again.
+pub const FREE_ADDRESS: &str = "127.0.0.1:<free>";
+
 /// One of airq's binaries running for a test; killed when dropped.
 #[derive(Debug)]
 pub struct RunningService {
@@ -22,10 +26,33 @@ pub struct RunningService {
 }
 
 impl RunningService {
-    /// Starts `binary` with `--listen 127.0.0.1:<free port>` after `args`, with `env` added to its environment, and
-    /// waits until `/healthz` answers.
+    /// Starts `binary` with `--listen 127.0.0.1:<free port>` after `args`, with `env` added to its environment
+    /// (each value [`FREE_ADDRESS`] replaced by `127.0.0.1:<another free port>`), and waits until `/healthz`
+    /// answers. A free port can be taken by another test between the moment it is found and the bind: when the
+    /// binary exits saying so, it is started again on other ports (three attempts).
     pub async fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(binary, args, env).await {
+                Err(Error::Server { tail, .. }) if attempt < 3 && tail.contains("Address already in use") => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let port = free_port()?;
+        let mut resolved: Vec<(&str, String)> = Vec::with_capacity(env.len());
+        for (name, value) in env {
+            let value = if *value == FREE_ADDRESS {
+                format!("127.0.0.1:{}", free_port()?)
+            } else {
+                (*value).to_owned()
+            };
+            resolved.push((name, value));
+        }
         let logs = tempfile::Builder::new()
             .prefix("airq-service-")
             .tempdir()
@@ -39,7 +66,7 @@ impl RunningService {
             .args(args)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
-            .envs(env.iter().copied())
+            .envs(resolved.iter().map(|(name, value)| (*name, value.as_str())))
             .env("AIRQ_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(out)
@@ -48,7 +75,7 @@ impl RunningService {
             .spawn()
             .map_err(io(format!("cannot start {}", binary.display())))?;
         let base_url = format!("http://127.0.0.1:{port}");
-        let ops_url = env
+        let ops_url = resolved
             .iter()
             .find(|(name, _)| *name == "AIRQ_OPS_LISTEN")
             .map_or_else(|| base_url.clone(), |(_, address)| format!("http://{address}"));

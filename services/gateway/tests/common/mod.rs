@@ -171,9 +171,8 @@ impl Gateway {
 
     async fn spawn(db_url: &str, routes_file: &std::path::Path, env: &[(&str, &str)]) -> RunningService {
         let routes = routes_file.display().to_string();
-        let ops = format!("127.0.0.1:{}", airq_testenv::process::free_port().unwrap());
         let mut all = vec![
-            ("AIRQ_OPS_LISTEN", ops.as_str()),
+            ("AIRQ_OPS_LISTEN", airq_testenv::service::FREE_ADDRESS),
             ("AIRQ_DATABASE_URL", db_url),
             ("AIRQ_ROUTES_FILE", routes.as_str()),
             ("AIRQ_ROUTES_POLL_MS", "100"),
