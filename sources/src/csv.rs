@@ -739,16 +739,16 @@ pub fn parse_time(text: &str) -> Option<i64> {
         return Some(time.timestamp());
     }
     // The same date-and-time shapes, with an offset and without one (UTC).
-    const SHAPES: [&str; 4] = [
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
+    const SHAPES: [(&str, &str); 4] = [
+        ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"),
+        ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S"),
+        ("%Y-%m-%dT%H:%M%z", "%Y-%m-%dT%H:%M"),
+        ("%Y-%m-%d %H:%M%z", "%Y-%m-%d %H:%M"),
     ];
-    SHAPES.iter().find_map(|shape| {
-        DateTime::parse_from_str(text, &format!("{shape}%z"))
+    SHAPES.iter().find_map(|(with_offset, utc)| {
+        DateTime::parse_from_str(text, with_offset)
             .map(|t| t.timestamp())
-            .or_else(|_| NaiveDateTime::parse_from_str(text, shape).map(|t| t.and_utc().timestamp()))
+            .or_else(|_| NaiveDateTime::parse_from_str(text, utc).map(|t| t.and_utc().timestamp()))
             .ok()
     })
 }

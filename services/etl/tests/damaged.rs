@@ -7,10 +7,11 @@
 // A failed step of a test's set-up is the test's failure: unwrap reports it with its location.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::Read as _;
 
 use airq_api::etl::CsvFormat;
-use airq_core::db::Database;
 use airq_core::store::Store;
 use airq_etl::load::{self, LoadRequest};
 
@@ -145,19 +146,14 @@ async fn damage_leaves_the_clean_values_alone(store: Store) {
 
 #[tokio::test]
 async fn a_damaged_file_leaves_the_clean_values_alone_on_postgres() {
-    let db = airq_testenv::database().await.unwrap();
-    let database = Database::connect_url(&db.url, 5).await.unwrap();
-    database.migrate().await.unwrap();
-    damage_leaves_the_clean_values_alone(Store::new(database.clone())).await;
-    database.close().await;
+    let (store, db) = common::postgres_store().await;
+    damage_leaves_the_clean_values_alone(store.clone()).await;
+    store.database().close().await;
     db.remove().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_damaged_file_leaves_the_clean_values_alone_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("airq.db").display());
-    let database = Database::connect_url(&url, 2).await.unwrap();
-    database.migrate().await.unwrap();
-    damage_leaves_the_clean_values_alone(Store::new(database)).await;
+    damage_leaves_the_clean_values_alone(common::sqlite_store(dir.path(), "airq.db").await).await;
 }

@@ -7,11 +7,14 @@
 // A failed step of a test's set-up is the test's failure: unwrap reports it with its location.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{postgres_store, sqlite_store};
+
 use std::fmt::Write as _;
 use std::path::Path;
 
 use airq_api::etl::CsvFormat;
-use airq_core::db::Database;
 use airq_core::parameter::Parameter;
 use airq_core::store::{FLAG_JUMP, FLAG_STUCK, Store};
 use airq_etl::load::{self, LoadRequest};
@@ -122,20 +125,6 @@ async fn marks_are_set_and_independent_of_how_the_data_came(full: Store, pieces:
     assert_eq!(fix.counts.updated, STUCK_HOURS);
     assert!(hours_with(&full, FLAG_STUCK).await.is_empty());
     assert_eq!(hours_with(&full, FLAG_JUMP).await, vec![JUMP_AT]);
-}
-
-async fn postgres_store() -> (Store, airq_testenv::TestDatabase) {
-    let db = airq_testenv::database().await.unwrap();
-    let database = Database::connect_url(&db.url, 5).await.unwrap();
-    database.migrate().await.unwrap();
-    (Store::new(database), db)
-}
-
-async fn sqlite_store(dir: &Path, name: &str) -> Store {
-    let url = format!("sqlite://{}", dir.join(name).display());
-    let database = Database::connect_url(&url, 2).await.unwrap();
-    database.migrate().await.unwrap();
-    Store::new(database)
 }
 
 #[tokio::test]

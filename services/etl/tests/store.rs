@@ -5,7 +5,8 @@
 // A failed step of a test's set-up is the test's failure: unwrap reports it with its location.
 #![allow(clippy::unwrap_used)]
 
-use airq_core::db::Database;
+mod common;
+
 use airq_core::parameter::Parameter;
 use airq_core::store::{NewRun, NewStation, Rejection, RunEnd, Store};
 use airq_etl::write::{Batch, Measurement, write};
@@ -187,17 +188,12 @@ async fn suite(store: Store) {
 
 #[tokio::test]
 async fn store_suite_on_postgres() {
-    let db = airq_testenv::database().await.unwrap();
-    let database = Database::connect_url(&db.url, 5).await.unwrap();
-    database.migrate().await.unwrap();
-    suite(Store::new(database)).await;
+    let (store, _db) = common::postgres_store().await;
+    suite(store).await;
 }
 
 #[tokio::test]
 async fn store_suite_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("airq.db").display());
-    let database = Database::connect_url(&url, 2).await.unwrap();
-    database.migrate().await.unwrap();
-    suite(Store::new(database)).await;
+    suite(common::sqlite_store(dir.path(), "airq.db").await).await;
 }
