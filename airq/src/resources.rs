@@ -33,7 +33,7 @@ pub struct Resources {
 
 /// Why a folder cannot be read at all.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read the resources in {path}: {source}")]
+#[error("cannot read the resources in {path}")]
 pub struct ReadError {
     path: String,
     source: std::io::Error,

@@ -156,6 +156,44 @@ async fn admin_key(db: &Database) -> anyhow::Result<String> {
     Ok(key)
 }
 
+/// An exclusive lock on `<data folder>/airq.lock`, held while the returned file is open (the system releases it when
+/// the process ends, however it ends), with the holder's process id written in it for the next one's message.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join("airq.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            file.rewind()?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            anyhow::bail!(
+                "the data folder {} is in use by another `airq up`{}: stop it first (Ctrl-C in its terminal), or give \
+                 this one another folder with --data-dir; nothing was changed",
+                data_dir.display(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (process {holder})")
+                }
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
 /// Runs `airq up` until Ctrl-C or SIGTERM.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let telemetry = airq_core::telemetry::init(
@@ -168,6 +206,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data folder {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
+    // Before anything is read or written: the folder is this process's, and the address is free.
+    let _folder_lock = lock_data_dir(&data_dir)?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (another program has it? `--listen 127.0.0.1:8081` takes another port)",
+            args.listen
+        )
+    })?;
     let db_url = format!("sqlite://{}", data_dir.join("airq.db").display());
     let db = Database::connect_url(&db_url, 8).await?;
     db.migrate().await?;
@@ -236,9 +282,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         "--admin-key",
         &key,
     ])?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let gateway = listener.local_addr()?;
     let ops = airq_core::http::ops_router(telemetry.clone(), vec![("database", db.readiness_check())]);
     let gateway_db = db.clone();

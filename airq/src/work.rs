@@ -31,8 +31,15 @@ pub async fn run(
         if stop.is_cancelled() {
             return;
         }
-        if let Err(e) = load_once(&store, schedule, openaq_api_key.clone(), &stop).await {
-            eprintln!("airq: EtlSchedule {}: {e:#}", schedule.name_any());
+        match load_once(&store, schedule, openaq_api_key.clone(), &stop).await {
+            Ok(()) => {}
+            Err(e) if stop.is_cancelled() && is_stopped(&e) => {
+                eprintln!(
+                    "airq: EtlSchedule {}: stopped; what it stored is kept, the next `airq up` goes on from there",
+                    schedule.name_any()
+                );
+            }
+            Err(e) => eprintln!("airq: EtlSchedule {}: {e:#}", schedule.name_any()),
         }
     }
     for model in &resources.models {
@@ -121,6 +128,14 @@ async fn run_load(
         request.name, report.rows_inserted, report.rows_updated, report.rows_rejected
     );
     Ok(())
+}
+
+/// Whether `error` is a load stopped because the process was asked to stop.
+fn is_stopped(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<airq_etl::load::LoadError>(),
+        Some(airq_etl::load::LoadError::Stopped(_))
+    )
 }
 
 /// Trains `model` when no stored version has its revision.

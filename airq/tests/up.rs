@@ -232,7 +232,7 @@ async fn up_loads_trains_serves_stops_and_starts_again() {
         .await;
     assert_eq!(
         (status, series["mean"].as_array().map(Vec::len)),
-        (200, Some(488)),
+        (200, Some(366)),
         "{series}"
     );
     let (status, dashboard_forecast) = up.get("/api/stations/Dongsi/forecast?pollutant=pm25", None).await;
@@ -304,6 +304,52 @@ async fn up_loads_trains_serves_stops_and_starts_again() {
     .unwrap();
     let (_, ops) = up.get("/api/ops", None).await;
     assert_eq!(ops["loads"].as_array().unwrap().len(), 1, "loaded again");
+
+    // A third start on the same folder while the second runs: refused before it touches anything, naming the
+    // process that holds the folder; the running one keeps its routes and its key.
+    let routes = std::fs::read_to_string(data.join("routes.yaml")).unwrap();
+    let third = Command::new(env!("CARGO_BIN_EXE_airq"))
+        .args(["up", "--data-dir"])
+        .arg(&data)
+        .arg("--resources")
+        .arg(&defs)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&third.stderr);
+    assert!(!third.status.success(), "{said}");
+    assert!(
+        said.contains("is in use by another `airq up` (process ") && said.contains("nothing was changed"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(data.join("routes.yaml")).unwrap(), routes);
+    let (status, _) = up.get("/api/predictive/models", Some(&up.key)).await;
+    assert_eq!(
+        status, 200,
+        "the running instance's key was revoked by the refused start"
+    );
+    // Another folder but the address in use: refused with the address named, before the folder is used.
+    let other = work.path().join("other-data");
+    let address = up.url.trim_start_matches("http://").to_owned();
+    let fourth = Command::new(env!("CARGO_BIN_EXE_airq"))
+        .args(["up", "--data-dir"])
+        .arg(&other)
+        .arg("--resources")
+        .arg(&defs)
+        .args(["--listen", &address])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&fourth.stderr);
+    assert!(
+        !fourth.status.success() && said.contains(&format!("cannot listen on {address}")),
+        "{said}"
+    );
+    assert!(
+        !other.join("airq.db").exists(),
+        "a database was made before the address was checked"
+    );
     let log = up.log();
     let status = up.interrupt();
     assert!(status.success(), "{status}\n{log}");
@@ -367,4 +413,79 @@ async fn trace_goes_through_the_gateway_and_the_front_to_the_predictive_service(
         front["span"]["request_id"].as_str().is_some_and(|id| !id.is_empty()),
         "{front}"
     );
+}
+
+/// Ctrl-C while the load runs: it stops, says so once, and not as an error.
+#[tokio::test]
+async fn a_load_stopped_with_ctrl_c_is_said_once() {
+    let work = tempfile::tempdir().unwrap();
+    let defs = work.path().join("resources");
+    std::fs::create_dir_all(&defs).unwrap();
+    // All twelve files: the load takes long enough to be stopped in its middle.
+    resources(&defs, &airq_testenv::shared_data("beijing-multisite").unwrap());
+    let up = start(&work.path().join("data"), &defs, &work.path().join("up.log"));
+    airq_testenv::eventually("the load to start", Duration::from_secs(60), || {
+        let up = &up;
+        async move {
+            let log = up.log();
+            if log.contains("airq: loading beijing") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (stderr, stdout) = (up.stderr.clone(), up.stdout.clone());
+    let status = up.interrupt();
+    assert!(status.success(), "{status}");
+    let said = std::fs::read_to_string(stderr).unwrap();
+    assert_eq!(said.matches("EtlSchedule beijing: stopped;").count(), 1, "{said}");
+    // Neither in what it says nor in its log lines (JSON on stdout here).
+    let logged = std::fs::read_to_string(stdout).unwrap();
+    for text in [&said, &logged] {
+        assert!(!text.contains("load failed") && !text.contains("ERROR"), "{text}");
+    }
+}
+
+/// `airq validate` lists what `up` would do with the examples, from the repository's root as the README runs it; a
+/// folder that does not exist is said once.
+#[test]
+fn validate_lists_what_up_would_do() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new(env!("CARGO_BIN_EXE_airq"))
+        .args(["validate", "examples"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "EtlSchedule/beijing: loaded once at the start",
+        "source: CSV ../shared/data/beijing-multisite (a folder of 12 CSV files)",
+        "EtlSchedule/open-meteo-beijing: loaded at each `0 */6 * * *` (UTC), not at the start",
+        "Open-Meteo air quality: needs the internet",
+        "needs the internet and an API key",
+        "PredictiveModel/pm25: trained after the one-off loads",
+        "AdhocService/reports:",
+        "Platform/",
+    ] {
+        assert!(said.contains(line), "{line:?} is missing from:\n{said}");
+    }
+    assert!(said.trim_end().ends_with("valid"), "{said}");
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_airq"))
+        .args(["validate", "no-such-folder"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert_eq!(said.matches("No such file or directory").count(), 1, "{said}");
+    assert!(said.contains("cannot read the resources in no-such-folder"), "{said}");
 }

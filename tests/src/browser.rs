@@ -100,11 +100,42 @@ impl WebDriver {
         }
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".to_owned(), json!("chrome"));
+        // The console's messages (a Content-Security-Policy violation, a script error), read with `console`.
+        capabilities.insert("goog:loggingPrefs".to_owned(), json!({ "browser": "ALL" }));
         capabilities.insert(
             "goog:chromeOptions".to_owned(),
             json!({ "binary": self.chromium, "args": args }),
         );
         capabilities
+    }
+
+    /// What the page of session `session` wrote to the browser's console since the last call: `(level, message)`,
+    /// level `SEVERE` for errors (a Content-Security-Policy violation is one), `WARNING`, `INFO`…
+    pub async fn console(&self, session: &str) -> Result<Vec<(String, String)>> {
+        let failed = |e: String| Error::Setup(format!("reading the browser's console: {e}"));
+        let response = crate::http_client()
+            .post(format!("{}/session/{session}/se/log", self.url))
+            .json(&json!({ "type": "browser" }))
+            .send()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| failed(e.to_string()))?;
+        if !status.is_success() {
+            return Err(failed(format!("{status}: {body}")));
+        }
+        Ok(body["value"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| {
+                        let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                        (text("level"), text("message"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// The end of chromedriver's log, for a failing test's message.

@@ -385,7 +385,12 @@ pub async fn run_reporting_start(
                 metrics::counter!("airq_etl_source_errors_total", "source" => source).increment(1);
             }
             let message = error.to_string();
-            tracing::error!(run = run_id, error = %message, "load failed");
+            if matches!(error, LoadError::Stopped(_)) {
+                // Asked for (Ctrl-C, SIGTERM): said once, by whoever asked, not as a failure.
+                tracing::info!(run = run_id, reason = %message, "load stopped");
+            } else {
+                tracing::error!(run = run_id, error = %message, "load failed");
+            }
             // The failure is recorded if the database still answers; the load's own error is what the caller sees.
             if let Err(e) = store.finish_run(handle, RunEnd::Failed(&message)).await {
                 tracing::error!(run = run_id, error = %e, "could not record the failure of the load");
@@ -460,8 +465,15 @@ async fn load_chunks(
     let mut touched = Touched::default();
     let mut written = tokio_stream::wrappers::ReceiverStream::new(rx)
         .map(|chunk| {
-            let stations = stations.clone();
-            async move { write_chunk(store, run_id, chunk, &stations).await }
+            let (store, stations) = (store.clone(), stations.clone());
+            // A task of its own: a stop abandons the wait, never a transaction half-way (on SQLite a dropped
+            // transaction would keep the write lock until its connection is used again, and the run's end could
+            // not be recorded).
+            let task = tokio::spawn(async move { write_chunk(&store, run_id, chunk, &stations).await });
+            async move {
+                task.await
+                    .map_err(|e| LoadError::Stopped(format!("a batch's writer stopped unexpectedly: {e}")))?
+            }
         })
         .buffer_unordered(writers);
     let mut failure = None;

@@ -139,7 +139,14 @@ pub async fn write(store: &Store, run_id: i64, batch: &Batch) -> Result<WriteCou
     match store.database() {
         Database::Postgres(pool) => {
             let mut tx = pool.begin().await.map_err(sql("starting a transaction"))?;
+            let days = days_touched(&measurements);
+            postgres_lock_stations(&mut tx, &days).await?;
             let mut counts = postgres_upsert(&mut tx, &measurements).await?;
+            // The upsert added its inserted values to the daily aggregates; a changed value needs its days
+            // computed again.
+            if counts.updated > 0 {
+                postgres_days(&mut tx, &days).await?;
+            }
             counts += known;
             postgres_reject(&mut tx, run_id, &rejected).await?;
             advance_counters!(&mut *tx, run_id, batch.values_read, &counts);
@@ -156,6 +163,9 @@ pub async fn write(store: &Store, run_id: i64, batch: &Batch) -> Result<WriteCou
                 .await
                 .map_err(sql("starting a transaction"))?;
             let mut counts = sqlite_upsert(&mut tx, &measurements).await?;
+            if counts.inserted + counts.updated > 0 {
+                sqlite_days(&mut tx, &days_touched(&measurements)).await?;
+            }
             counts += known;
             sqlite_reject(&mut tx, run_id, &rejected).await?;
             advance_counters!(&mut *tx, run_id, batch.values_read, &counts);
@@ -165,8 +175,100 @@ pub async fn write(store: &Store, run_id: i64, batch: &Batch) -> Result<WriteCou
     }
 }
 
+/// First key of the transaction locks a batch takes per station on PostgreSQL ("DAYS"); the second is the station.
+const DAYS_LOCK_KEY: i32 = 0x4441_5953;
+
+/// Seconds in a day: `measurement_days.day` counts them from 1970-01-01 UTC.
+const DAY: i64 = 86_400;
+
+/// The first and last day (days since 1970-01-01, UTC) a batch holds values of, per station and parameter.
+type DaysTouched = BTreeMap<(i64, &'static str), (i64, i64)>;
+
+fn days_touched(measurements: &[Measurement]) -> DaysTouched {
+    let mut days = DaysTouched::new();
+    for m in measurements {
+        let day = m.time.div_euclid(DAY);
+        let range = days.entry((m.station_id, m.parameter.code())).or_insert((day, day));
+        range.0 = range.0.min(day);
+        range.1 = range.1.max(day);
+    }
+    days
+}
+
+/// PostgreSQL: the batch's stations locked for the transaction, in order (so two batches cannot deadlock), before it
+/// writes: another load's batch of the same station waits, and the daily aggregates each recomputes see the
+/// other's committed values instead of overwriting them with older sums.
+async fn postgres_lock_stations(conn: &mut PgConnection, days: &DaysTouched) -> Result<()> {
+    let mut stations: Vec<i64> = days.keys().map(|(station, _)| *station).collect();
+    stations.dedup();
+    for station in stations {
+        sqlx::query("select pg_advisory_xact_lock($1, $2)")
+            .bind(DAYS_LOCK_KEY)
+            // Station ids are identity values far below 2^31; a larger one shares a lock, which only serialises.
+            .bind(station as i32)
+            .execute(&mut *conn)
+            .await
+            .map_err(sql("locking a station's daily aggregates"))?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: the daily aggregates of the days the batch touched, recomputed from the stored values.
+async fn postgres_days(conn: &mut PgConnection, days: &DaysTouched) -> Result<()> {
+    let stations: Vec<i64> = days.keys().map(|(station, _)| *station).collect();
+    let parameters: Vec<&str> = days.keys().map(|(_, parameter)| *parameter).collect();
+    let firsts: Vec<i64> = days.values().map(|(first, _)| first * DAY).collect();
+    let ends: Vec<i64> = days.values().map(|(_, last)| (last + 1) * DAY).collect();
+    sqlx::query(
+        "insert into measurement_days (station_id, parameter, day, min, max, sum, count)
+         select m.station_id, m.parameter, floor(date_part('epoch', m.time) / 86400)::bigint, min(m.value),
+                max(m.value), sum(m.value), count(*)
+         from unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) as r (station_id, parameter, t0, t1)
+         join measurements m on m.station_id = r.station_id and m.parameter = r.parameter
+             and m.time >= to_timestamp(r.t0) and m.time < to_timestamp(r.t1)
+         group by 1, 2, 3
+         on conflict (station_id, parameter, day) do update set min = excluded.min, max = excluded.max,
+             sum = excluded.sum, count = excluded.count",
+    )
+    .bind(stations)
+    .bind(parameters)
+    .bind(firsts)
+    .bind(ends)
+    .execute(&mut *conn)
+    .await
+    .map_err(sql("updating the daily aggregates"))?;
+    Ok(())
+}
+
+/// SQLite: the daily aggregates of the days the batch touched, recomputed from the stored values (the transaction
+/// is IMMEDIATE: no other writer runs in between).
+async fn sqlite_days(conn: &mut SqliteConnection, days: &DaysTouched) -> Result<()> {
+    for ((station, parameter), (first, last)) in days {
+        // Integer division truncates toward zero: shifted so that times before 1970 fall in their own day.
+        sqlx::query(
+            "insert into measurement_days (station_id, parameter, day, min, max, sum, count)
+             select station_id, parameter, (time - ((time % 86400) + 86400) % 86400) / 86400, min(value),
+                    max(value), sum(value), count(*)
+             from measurements where station_id = $1 and parameter = $2 and time >= $3 and time < $4
+             group by 1, 2, 3
+             on conflict (station_id, parameter, day) do update set min = excluded.min, max = excluded.max,
+                 sum = excluded.sum, count = excluded.count",
+        )
+        .bind(station)
+        .bind(parameter)
+        .bind(first * DAY)
+        .bind((last + 1) * DAY)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql("updating the daily aggregates"))?;
+    }
+    Ok(())
+}
+
 /// PostgreSQL: COPY the batch into a temporary table, then one `insert … select … on conflict` that reports, per
-/// row, whether it was inserted (`xmax = 0`) or updated; rows whose value is already stored are not touched.
+/// row, whether it was inserted (`xmax = 0`) or updated; rows whose value is already stored are not touched. The
+/// inserted values are added to their days' aggregates in the same statement (the station is locked: no other
+/// batch changes those days meanwhile); the caller recomputes the days of updated values.
 async fn postgres_upsert(conn: &mut PgConnection, measurements: &[Measurement]) -> Result<WriteCounts> {
     if measurements.is_empty() {
         return Ok(WriteCounts::default());
@@ -210,7 +312,17 @@ async fn postgres_upsert(conn: &mut PgConnection, measurements: &[Measurement]) 
              on conflict (station_id, parameter, time) do update
                  set value = excluded.value, flags = (measurements.flags & 6::smallint) | excluded.flags
                  where measurements.value <> excluded.value or (measurements.flags & ~6::smallint) <> excluded.flags
-             returning (xmax = 0) as inserted
+             returning station_id, parameter, time, value, (xmax = 0) as inserted
+         ),
+         added as (
+             insert into measurement_days (station_id, parameter, day, min, max, sum, count)
+             select station_id, parameter, floor(date_part('epoch', time) / 86400)::bigint, min(value), max(value),
+                    sum(value), count(*)
+             from upserted where inserted group by 1, 2, 3
+             on conflict (station_id, parameter, day) do update
+                 set min = least(measurement_days.min, excluded.min),
+                     max = greatest(measurement_days.max, excluded.max),
+                     sum = measurement_days.sum + excluded.sum, count = measurement_days.count + excluded.count
          )
          select count(*) filter (where inserted), count(*) filter (where not inserted) from upserted",
     )

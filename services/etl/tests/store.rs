@@ -46,6 +46,49 @@ fn rejection(record: &str, reason: &str) -> Rejection {
     }
 }
 
+/// `measurement_days` holds, for every day with values of the station's PM2.5 and NO₂, what those values give.
+async fn days_agree(store: &Store, station: i64) {
+    type Day = (String, i64, f64, f64, f64, i64);
+    let mut stored: Vec<Day> = airq_core::on_pool!(store.database(), pool => sqlx::query_as(
+        "select parameter, day, min, max, sum, count from measurement_days where station_id = $1
+         order by parameter, day",
+    )
+    .bind(station)
+    .fetch_all(pool)
+    .await)
+    .unwrap();
+    stored.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let mut expected: Vec<Day> = Vec::new();
+    for parameter in [Parameter::No2, Parameter::Pm25] {
+        for point in store
+            .series(station, parameter, i64::from(i32::MIN), i64::from(i32::MAX))
+            .await
+            .unwrap()
+        {
+            let day = point.time.div_euclid(86_400);
+            match expected.last_mut() {
+                Some(last) if last.0 == parameter.code() && last.1 == day => {
+                    last.2 = last.2.min(point.value);
+                    last.3 = last.3.max(point.value);
+                    last.4 += point.value;
+                    last.5 += 1;
+                }
+                _ => expected.push((
+                    parameter.code().to_owned(),
+                    day,
+                    point.value,
+                    point.value,
+                    point.value,
+                    1,
+                )),
+            }
+        }
+    }
+    assert_eq!(stored, expected);
+    assert!(stored.iter().any(|d| d.1 < 0), "{stored:?}");
+    assert!(stored.iter().filter(|d| d.0 == "pm25").count() >= 3, "{stored:?}");
+}
+
 async fn suite(store: Store) {
     let station = store
         .ensure_station(&NewStation {
@@ -109,6 +152,18 @@ async fn suite(store: Store) {
     let repeated = write(&store, run_id, &second).await.unwrap();
     assert_eq!((repeated.inserted, repeated.updated, repeated.unchanged), (0, 0, 4));
     assert_eq!(store.fingerprint().await.unwrap(), fingerprint);
+    // The daily aggregates follow every insert and update (the hours above cross a midnight), and a value before
+    // 1970 falls in its own day.
+    let old = Batch {
+        measurements: vec![Measurement {
+            time: -3600,
+            ..m(station, Parameter::Pm25, 0, 7.0)
+        }],
+        rejected: vec![],
+        values_read: 1,
+    };
+    write(&store, run_id, &old).await.unwrap();
+    days_agree(&store, station).await;
 
     // Reading back: the stations, and a series in time order within a half-open range.
     let stations = store.stations().await.unwrap();
@@ -163,9 +218,9 @@ async fn suite(store: Store) {
         .unwrap();
     let recorded = store.run(run_id).await.unwrap().unwrap();
     assert_eq!(recorded.status, "succeeded");
-    assert_eq!(recorded.rows_read, 4 + 5 + 5);
+    assert_eq!(recorded.rows_read, 4 + 5 + 5 + 1);
     assert_eq!(recorded.rows_unchanged, 2 + 4);
-    assert_eq!(recorded.rows_inserted, 4);
+    assert_eq!(recorded.rows_inserted, 4 + 1);
     assert_eq!(recorded.rows_rejected, 3);
     assert_eq!(recorded.range_to, DateTime::from_timestamp(1_700_000_000, 0));
     assert!(recorded.finished_at.is_some());

@@ -60,6 +60,8 @@ function svg(tag, attrs, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null) continue;
     if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    // Through the CSSOM: a `style` attribute is inline style, which the page's Content-Security-Policy refuses.
+    else if (k === 'style') node.style.cssText = v;
     else node.setAttribute(k, v);
   }
   for (const child of children.flat()) {
@@ -90,6 +92,22 @@ function formatNumber(v) {
   return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : v.toFixed(2);
 }
 
+function bucketLabel(bucketSeconds) {
+  if (bucketSeconds === HOUR) return 'Hourly values';
+  if (bucketSeconds % DAY === 0) return bucketSeconds === DAY ? 'Daily mean' : `Mean per ${bucketSeconds / DAY} days`;
+  return `Mean per ${bucketSeconds / HOUR} h`;
+}
+
+// How long ago `rfc3339` was, in words (the data may be years old: the Beijing files end in 2017).
+function age(rfc3339) {
+  const s = Date.now() / 1000 - seconds(rfc3339);
+  if (s < 2 * HOUR) return 'less than 2 hours ago';
+  if (s < 2 * DAY) return `${Math.round(s / HOUR)} hours ago`;
+  if (s < 60 * DAY) return `${Math.round(s / DAY)} days ago`;
+  if (s < 730 * DAY) return `${Math.round(s / (30.44 * DAY))} months ago`;
+  return `${Math.floor(s / (365.25 * DAY))} years ago`;
+}
+
 function unitLabel(unit) {
   return unit === 'ug/m3' ? 'µg/m³' : unit;
 }
@@ -108,6 +126,15 @@ function badge(category) {
 
 function notice(text, kind) {
   return el('p', { class: 'notice' + (kind === 'error' ? ' error' : ''), role: 'status' }, text);
+}
+
+// Says how old the newest data is when it is more than two days old: a category is that hour's, not today's.
+function ageNotice(newestRfc) {
+  if (!newestRfc || Date.now() / 1000 - seconds(newestRfc) < 2 * DAY) return null;
+  const n = notice(`The newest data is from ${dateTime(seconds(newestRfc))} UTC, ${age(newestRfc)}: values and `
+    + 'categories describe that hour, not now. A load of newer data (an EtlSchedule) brings them up to date.');
+  n.classList.add('data-age');
+  return n;
 }
 
 // ---- routing -------------------------------------------------------------------------------------------------
@@ -145,9 +172,17 @@ async function route() {
     a.classList.toggle('active', a.dataset.nav === (section === 'station' ? 'overview' : section));
   }
   const target = el('div', { class: 'view', 'data-view': section });
+  let shown = false;
   const show = () => {
+    shown = true;
     if (token === renderToken) view.replaceChildren(target);
   };
+  // A call that takes time says so (the previous page stays until then, so quick answers do not flicker).
+  setTimeout(() => {
+    if (!shown && token === renderToken) {
+      view.replaceChildren(el('p', { class: 'loading', role: 'status' }, 'Loading…'));
+    }
+  }, 250);
   try {
     if (section === 'station' && parts[1]) await stationView(target, parts[1], params, show);
     else if (section === 'compare') await compareView(target, params);
@@ -162,13 +197,26 @@ async function route() {
 
 window.addEventListener('hashchange', route);
 window.addEventListener('DOMContentLoaded', route);
-let resizeTimer = null;
-window.addEventListener('resize', () => {
-  clearTimeout(resizeTimer);
-  resizeTimer = setTimeout(() => {
-    for (const chart of document.querySelectorAll('.chart')) if (chart.redraw) chart.redraw();
-  }, 150);
-});
+
+// Calls `draw(width)` once `container` is on the page with a width, and again whenever its width changes: drawings
+// are made at the size they are shown, never scaled (text stays at the stylesheet's size on a phone and a desktop).
+function sized(container, draw) {
+  let drawn = 0;
+  new ResizeObserver(() => {
+    const width = Math.floor(container.clientWidth);
+    if (width > 0 && width !== drawn) {
+      drawn = width;
+      draw(width);
+    }
+  }).observe(container);
+  return container;
+}
+
+// A date as ISO text (YYYY-MM-DD), as every date on the page is written, whatever the browser's locale.
+function dateInput(id, value) {
+  return el('input', { type: 'text', id, name: id, value, inputmode: 'numeric', placeholder: 'YYYY-MM-DD',
+    pattern: '\\d{4}-\\d{2}-\\d{2}', title: 'a date as YYYY-MM-DD (UTC)', size: 10, autocomplete: 'off' });
+}
 
 function pollutantSelect(list, current, onChange) {
   return el('label', {}, 'Pollutant',
@@ -190,12 +238,18 @@ async function overview(target, params) {
       'stations appear here as soon as their first rows are stored.'));
     return;
   }
+  const newest = data.stations.flatMap((s) => Object.values(s.pollutants).map((p) => p.last)).sort().pop();
+  const old = ageNotice(newest);
+  if (old) target.append(old);
   target.append(el('div', { class: 'legend' }, data.categories.map((c) =>
     el('span', {}, el('i', { class: 'swatch', style: `background:${c.color}` }), c.label))));
   // The map needs coordinates (OpenAQ and Open-Meteo give them; the Beijing files do not): without any, the grid.
   const located = data.stations.some((s) => s.latitude !== null && s.longitude !== null);
   const layout = el('div', { class: located ? 'layout' : '' });
-  if (located) layout.append(el('div', { class: 'panel map' }, stationMap(data.stations, info)));
+  if (located) {
+    const map = el('div', { class: 'map-drawing' });
+    layout.append(el('div', { class: 'panel map' }, sized(map, (width) => map.replaceChildren(stationMap(data.stations, info, width)))));
+  }
   const grid = el('div', { class: 'grid' });
   for (const s of data.stations) {
     const latest = s.pollutants[info.code];
@@ -215,9 +269,9 @@ async function overview(target, params) {
 }
 
 // Stations placed by longitude and latitude (an equirectangular view of their bounding box).
-function stationMap(list, info) {
+function stationMap(list, info, width) {
   const located = list.filter((s) => s.latitude !== null && s.longitude !== null);
-  const width = 420, height = 320, margin = 30;
+  const height = Math.round(Math.min(Math.max(width * 0.75, 220), 480)), margin = 30;
   const root = svg('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': `Map of the stations by ${info.label}` });
   root.append(svg('rect', { class: 'frame', x: 0, y: 0, width, height, rx: 8 }));
   if (located.length === 0) {
@@ -323,17 +377,14 @@ function bandPath(points, x, y) {
   return d;
 }
 
-// Draws `layers` into `container`, sized to its width, and redraws on resize. A layer is
+// Draws `layers` into `container` at its width, and again when that changes. A layer is
 // {kind: 'line'|'band', cls, label, color, points} with points [t, v] or [t, lo, hi].
 function chart(container, spec) {
   container.classList.add('chart');
-  container.redraw = () => drawChart(container, spec);
-  drawChart(container, spec);
-  return container;
+  return sized(container, (width) => drawChart(container, spec, width));
 }
 
-function drawChart(container, { layers, unit, domain, marker }) {
-  const width = Math.max(container.clientWidth || 800, 300);
+function drawChart(container, { layers, unit, domain, marker }, width) {
   const height = Math.round(Math.min(Math.max(width * 0.45, 240), 440));
   const m = { left: 48, right: 14, top: 12, bottom: 30 };
   let t0 = Infinity, t1 = -Infinity, vmax = 0;
@@ -428,8 +479,8 @@ async function stationView(target, code, params, show) {
   const go = (changes) => { location.hash = link(['station', code], Object.assign({ pollutant: info.code, from, to }, changes)); };
 
   target.append(el('h1', {}, station.name));
-  const fromInput = el('input', { type: 'date', id: 'from', value: from });
-  const toInput = el('input', { type: 'date', id: 'to', value: to });
+  const fromInput = dateInput('from', from);
+  const toInput = dateInput('to', to);
   const quick = (label, days) => el('button', { type: 'button', 'data-range': String(days), onclick: () => {
     if (!last) return;
     const end = dateOnly(last + DAY);
@@ -453,7 +504,9 @@ async function stationView(target, code, params, show) {
     el('div', {}, el('span', { class: 'k' }, 'Data'), el('span', { class: 'v' }, `${dateOnly(seconds(latest.first))} to ${dateTime(last)}`))));
 
   const notices = el('div', { class: 'notices' });
-  const panel = el('div', { class: 'panel' });
+  const old = ageNotice(latest.last);
+  if (old) notices.append(old);
+  const panel = el('div', { class: 'panel' }, el('p', { class: 'loading', role: 'status' }, 'Loading the series…'));
   target.append(notices, panel);
   // On the page before the chart is drawn, so that the chart takes the page's width.
   show();
@@ -466,6 +519,7 @@ async function stationView(target, code, params, show) {
       : Promise.resolve(null),
   ]);
   if (series.status === 'rejected') {
+    panel.replaceChildren();
     const e = series.reason;
     notices.append(notice(e.code === 'no_data' ? e.message + '.' : 'The series could not be read: ' + e.message,
       e.code === 'no_data' ? undefined : 'error'));
@@ -478,7 +532,7 @@ async function stationView(target, code, params, show) {
   if (!hourly) {
     layers.push({ kind: 'band', cls: 'band-range', label: 'min–max', points: s.mean.map((_, i) => [t(i), s.min[i], s.max[i]]) });
   }
-  layers.push({ kind: 'line', cls: 'series-mean', label: hourly ? 'hourly value' : `mean per ${s.bucketSeconds / HOUR} h`,
+  layers.push({ kind: 'line', cls: 'series-mean', label: hourly ? 'hourly value' : bucketLabel(s.bucketSeconds).toLowerCase(),
     points: s.mean.map((v, i) => [t(i), v]) });
   let domain = [s.start, s.start + s.mean.length * s.bucketSeconds];
   let marker = null;
@@ -509,7 +563,7 @@ async function stationView(target, code, params, show) {
     notices.append(notice(`The forecast starts after the newest data (${dateTime(last)} UTC); move the range to the end to see it.`));
   }
   if (s.filled === 0) notices.append(notice(`No ${info.label} values between ${s.from} and ${s.to}.`));
-  panel.append(chart(el('div', { id: 'chart' }), { layers, unit: s.unit, domain, marker }));
+  panel.replaceChildren(chart(el('div', { id: 'chart' }), { layers, unit: s.unit, domain, marker }));
   if (forecast.status === 'fulfilled' && forecast.value) panel.append(forecastTable(forecast.value));
 }
 
@@ -536,8 +590,8 @@ async function compareView(target, params) {
   const info = data.pollutants.find((p) => p.code === pollutant) || data.pollutants[0];
   const from = params.get('from') || '', to = params.get('to') || '';
   const go = (changes) => { location.hash = link(['compare'], Object.assign({ pollutant: info.code, from, to }, changes)); };
-  const fromInput = el('input', { type: 'date', id: 'from', value: from });
-  const toInput = el('input', { type: 'date', id: 'to', value: to });
+  const fromInput = dateInput('from', from);
+  const toInput = dateInput('to', to);
   target.append(el('h1', {}, `Compare stations: ${info.label}`));
   target.append(el('form', { class: 'controls', onsubmit: (e) => { e.preventDefault(); go({ from: fromInput.value, to: toInput.value }); } },
     pollutantSelect(data.pollutants, info.code, (p) => go({ pollutant: p })),
@@ -559,7 +613,8 @@ async function compareView(target, params) {
     target.append(notice(`No ${info.label} values between ${body.from} and ${body.to}.`));
     return;
   }
-  target.append(el('p', { class: 'meta' }, `Mean per ${body.bucketSeconds / HOUR} h, ${body.from} to ${body.to}.`));
+  target.append(el('p', { class: 'meta', id: 'compare-range' }, `${bucketLabel(body.bucketSeconds)}, `
+    + `${dateTime(seconds(body.from))} to ${dateTime(seconds(body.to))} UTC.`));
   target.append(el('div', { class: 'panel' }, chart(el('div', { id: 'chart' }),
     { layers, unit: body.unit, domain: [body.start, body.start + body.count * body.bucketSeconds] })));
 }
@@ -604,7 +659,9 @@ function anomaliesTable(anomalies) {
 }
 
 async function opsView(target) {
-  const ops = await api('ops');
+  const [ops, known] = await Promise.all([api('ops'), stations()]);
+  const pollutantInfo = new Map(known.pollutants.map((p) => [p.code, p]));
+  const stationName = new Map(known.stations.map((s) => [s.code, s.name]));
   target.append(el('h1', {}, 'Operations'));
   target.append(el('h2', {}, 'Anomalies'));
   const open = ops.anomalies.filter((a) => !a.closedAt).length;
@@ -643,8 +700,9 @@ async function opsView(target) {
         const v = m.latest;
         const pollutant = (m.spec && m.spec.target && m.spec.target.pollutant) || '';
         if (!v) return el('tr', {}, el('td', {}, m.name), el('td', { colspan: 8 }, 'not trained yet'));
-        return el('tr', {}, el('td', {}, m.name), el('td', {}, v.version), el('td', {}, v.algorithm), el('td', {}, pollutant),
-          el('td', {}, dateTime(v.createdAt)),
+        return el('tr', {}, el('td', {}, m.name), el('td', {}, v.version), el('td', {}, v.algorithm),
+          el('td', {}, pollutantInfo.has(pollutant) ? pollutantInfo.get(pollutant).label : pollutant),
+          el('td', {}, dateTime(seconds(v.createdAt))),
           el('td', { class: 'num' }, formatNumber(metric(v.metrics, ['mae']))),
           el('td', { class: 'num' }, formatNumber(metric(v.metrics, ['rmse']))),
           el('td', { class: 'num' }, formatNumber(coverage(v.metrics, 0.9))),
@@ -657,7 +715,9 @@ async function opsView(target) {
     return;
   }
   // One row per station: its extent and the newest value of each pollutant.
-  const pollutants = [...new Set(ops.series.map((s) => s.pollutant))].sort();
+  const order = known.pollutants.map((p) => p.code);
+  const pollutants = [...new Set(ops.series.map((s) => s.pollutant))]
+    .sort((a, b) => (order.indexOf(a) + 1 || 99) - (order.indexOf(b) + 1 || 99) || a.localeCompare(b));
   const byStation = new Map();
   for (const s of ops.series) {
     const row = byStation.get(s.station) || { first: Infinity, last: -Infinity, values: {} };
@@ -668,15 +728,19 @@ async function opsView(target) {
   }
   target.append(el('div', { class: 'table-wrap' }, el('table', { id: 'data' },
     el('thead', {}, el('tr', {}, ['Station', 'First (UTC)', 'Newest (UTC)'].map((h) => el('th', {}, h)),
-      pollutants.map((p) => el('th', { class: 'num' }, p)))),
-    el('tbody', {}, [...byStation].map(([station, row]) => el('tr', {}, el('td', {}, station),
+      pollutants.map((p) => {
+        const info = pollutantInfo.get(p);
+        return el('th', { class: 'num', 'data-pollutant': p }, info ? `${info.label} (${unitLabel(info.unit)})` : p);
+      }))),
+    el('tbody', {}, [...byStation].sort(([a], [b]) => (stationName.get(a) || a).localeCompare(stationName.get(b) || b))
+      .map(([station, row]) => el('tr', {}, el('td', {}, stationName.get(station) || station),
       el('td', {}, dateTime(row.first)), el('td', {}, dateTime(row.last)),
       pollutants.map((p) => {
         const v = row.values[p];
         return el('td', { class: 'num', title: v ? `newest at ${dateTime(seconds(v.last))} UTC` : null },
           v ? formatNumber(v.value) : '–');
       })))))));
-  target.append(el('p', { class: 'meta' }, 'Newest values in µg/m³.'));
+  target.append(el('p', { class: 'meta' }, 'The newest value of each pollutant; hover for its time.'));
 }
 
 function coverage(metrics, level) {

@@ -11,57 +11,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod measure;
 
-use std::time::Instant;
+use measure::{latency, loaded};
 
-use airq_core::db::Database;
-use airq_core::store::Store;
 use rand::{Rng, SeedableRng};
 
 const REQUESTS: usize = 2000;
 const WARM_UP: usize = 100;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-/// p50, p99 and the maximum in milliseconds of GETs of `urls`, after `WARM_UP` untimed ones.
-async fn latency(http: &reqwest::Client, urls: &[String]) -> anyhow::Result<(f64, f64, f64, usize)> {
-    let mut times = Vec::with_capacity(urls.len());
-    let mut bytes = 0;
-    for (i, url) in urls.iter().enumerate() {
-        let started = Instant::now();
-        let response = http.get(url).send().await?;
-        if !response.status().is_success() {
-            anyhow::bail!("{url}: {} {}", response.status(), response.text().await?);
-        }
-        let body = response.bytes().await?;
-        if i >= WARM_UP {
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
-            bytes = body.len();
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok((
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
-        times[times.len() - 1],
-        bytes,
-    ))
-}
-
-async fn loaded(url: &str, folder: &std::path::Path) -> anyhow::Result<Database> {
-    let db = Database::connect_url(url, 8).await?;
-    db.migrate().await?;
-    let request = airq_etl::load::LoadRequest::csv(
-        "bench",
-        &folder.display().to_string(),
-        airq_api::etl::CsvFormat::Beijing,
-        "bench",
-    );
-    airq_etl::load::run_to_end(&Store::new(db.clone()), &request).await?;
-    Ok(db)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -81,8 +38,8 @@ async fn main() -> anyhow::Result<()> {
     let test_db = airq_testenv::database().await?;
     let sqlite_url = format!("sqlite://{}/airq.db", work.path().display());
     let databases = [
-        ("PostgreSQL 15", loaded(&test_db.url, &one).await?),
-        ("SQLite", loaded(&sqlite_url, &one).await?),
+        ("PostgreSQL 15", loaded(&test_db.url, &one).await?.0),
+        ("SQLite", loaded(&sqlite_url, &one).await?.0),
     ];
     let http = airq_testenv::http_client();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -115,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
             ("(a) 2016, again and again", &same),
             ("(b) a random 365-day window", &windows),
         ] {
-            let (p50, p99, max, bytes) = latency(&http, urls).await?;
+            let (p50, p99, max, bytes) = latency(&http, urls, WARM_UP).await?;
             println!("| {name} | {label} | {p50:.2} | {p99:.2} | {max:.2} | {bytes} |");
         }
         if name.starts_with("PostgreSQL") {
@@ -128,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|u| u.replace(&front, &format!("{gateway}/airq")))
                 .collect();
-            let (p50, p99, max, bytes) = latency(&http, &through).await?;
+            let (p50, p99, max, bytes) = latency(&http, &through, WARM_UP).await?;
             println!("| {name} | (c) (b) through the gateway | {p50:.2} | {p99:.2} | {max:.2} | {bytes} |");
         }
     }

@@ -152,8 +152,16 @@ pub fn choose_model<'a>(models: &'a [Value], station: &str, pollutant: &str) -> 
             Some(stations) if !stations.is_empty() => stations.iter().any(|s| s.as_str() == Some(station)),
             _ => true,
         })
-        .max_by_key(|m| m["latest"]["createdAt"].as_i64().unwrap_or(0))
+        .max_by_key(|m| created(&m["latest"]["createdAt"]))
         .and_then(|m| m["name"].as_str())
+}
+
+/// When a version was trained, Unix seconds: RFC 3339 text, or the Unix seconds older services gave.
+fn created(value: &Value) -> i64 {
+    value
+        .as_str()
+        .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+        .map_or_else(|| value.as_i64().unwrap_or(0), |t| t.timestamp())
 }
 
 #[cfg(test)]
@@ -180,6 +188,14 @@ mod tests {
         assert_eq!(choose_model(&models, "Aotizhongxin", "pm25"), Some("pm25-new"));
         assert_eq!(choose_model(&models, "Dingling", "pm25"), Some("pm25-dingling"));
         assert_eq!(choose_model(&models, "Dingling", "o3"), None);
+        // Trained times as RFC 3339 text (as the predictive service gives them) order the same way.
+        let text = |name: &str, created: &str| json!({ "name": name, "spec": { "target": { "pollutant": "no2" } }, "latest": { "createdAt": created } });
+        let models = vec![
+            text("no2-a", "2026-12-06T10:00:00Z"),
+            text("no2-b", "2026-12-06T11:00:00Z"),
+            text("no2-c", "2026-12-05T23:00:00Z"),
+        ];
+        assert_eq!(choose_model(&models, "Dongsi", "no2"), Some("no2-b"));
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! station's pollutant series, and a series aggregated into fixed-width time buckets by the database (so a year of
 //! hourly values leaves the database as a few hundred rows).
 
-use airq_core::db::Database;
+use airq_core::db::{Database, DbTime};
+use airq_core::on_pool;
+
+use crate::view::DAY;
 
 /// What can go wrong reading the database.
 #[derive(Debug, thiserror::Error)]
@@ -51,49 +54,37 @@ impl ViewStore {
         Self { db }
     }
 
-    /// For every station and pollutant with data: first and newest hour, and the newest value. One index probe per
-    /// station and pollutant, so it costs the same with a thousand rows or ten million.
+    /// For every station and pollutant with data: first and newest hour, and the newest value. Three probes of the
+    /// primary key (station, parameter, time) per station and pollutant and no scan, so it costs the same with a
+    /// thousand rows or ten million (a join on the newest time let SQLite's planner walk each station's rows).
     pub async fn series_states(&self) -> Result<Vec<SeriesState>> {
         let what = "reading the newest values";
-        type Row = (i64, String, Option<i64>, i64, f64);
-        let rows: Vec<Row> = match &self.db {
-            Database::Postgres(pool) => sqlx::query_as(
-                "select s.id, p.code,
-                    (select extract(epoch from min(f.time))::bigint from measurements f
-                        where f.station_id = s.id and f.parameter = p.code),
-                    extract(epoch from l.time)::bigint, l.value
-                 from stations s cross join parameters p
-                 cross join lateral (select time, value from measurements m
-                     where m.station_id = s.id and m.parameter = p.code order by time desc limit 1) l
-                 where p.kind = 'pollutant'
-                 order by s.id, p.code",
-            )
-            .fetch_all(pool)
-            .await
-            .map_err(sql(what))?,
-            Database::Sqlite(pool) => sqlx::query_as(
-                "select s.id, p.code,
-                    (select min(f.time) from measurements f where f.station_id = s.id and f.parameter = p.code),
-                    l.time, l.value
-                 from stations s cross join parameters p
-                 join measurements l on l.station_id = s.id and l.parameter = p.code
-                     and l.time = (select max(x.time) from measurements x
-                         where x.station_id = s.id and x.parameter = p.code)
-                 where p.kind = 'pollutant'
-                 order by s.id, p.code",
-            )
-            .fetch_all(pool)
-            .await
-            .map_err(sql(what))?,
-        };
+        type Row = (i64, String, DbTime, DbTime, Option<f64>);
+        // `first` and `last` are computed once per pair in the inner select; the value is one more probe. One text for
+        // both databases: `DbTime` reads a timestamptz and Unix seconds alike.
+        const SELECT: &str = "select id, code, first, last,
+                (select m.value from measurements m
+                    where m.station_id = q.id and m.parameter = q.code and m.time = q.last)
+             from (select s.id as id, p.code as code,
+                     (select min(f.time) from measurements f where f.station_id = s.id and f.parameter = p.code)
+                         as first,
+                     (select max(x.time) from measurements x where x.station_id = s.id and x.parameter = p.code)
+                         as last
+                   from stations s cross join parameters p where p.kind = 'pollutant') q
+             where last is not null
+             order by id, code";
+        let rows: Vec<Row> =
+            on_pool!(&self.db, pool => sqlx::query_as(SELECT).fetch_all(pool).await).map_err(sql(what))?;
         Ok(rows
             .into_iter()
-            .map(|(station_id, parameter, first, last, last_value)| SeriesState {
-                station_id,
-                parameter,
-                first: first.unwrap_or(last),
-                last,
-                last_value,
+            .filter_map(|(station_id, parameter, first, last, last_value)| {
+                Some(SeriesState {
+                    station_id,
+                    parameter,
+                    first: first.seconds(),
+                    last: last.seconds(),
+                    last_value: last_value?,
+                })
             })
             .collect())
     }
@@ -101,33 +92,22 @@ impl ViewStore {
     /// The first and newest hour (Unix seconds) of one station's series, if it has values. Two index probes.
     pub async fn extent(&self, station_id: i64, parameter: &str) -> Result<Option<(i64, i64)>> {
         let what = "reading a series' extent";
-        let (first, last): (Option<i64>, Option<i64>) = match &self.db {
-            Database::Postgres(pool) => sqlx::query_as(
-                "select (select extract(epoch from min(time))::bigint from measurements
-                            where station_id = $1 and parameter = $2),
-                        (select extract(epoch from max(time))::bigint from measurements
-                            where station_id = $1 and parameter = $2)",
-            )
-            .bind(station_id)
-            .bind(parameter)
-            .fetch_one(pool)
-            .await
-            .map_err(sql(what))?,
-            Database::Sqlite(pool) => sqlx::query_as(
-                "select (select min(time) from measurements where station_id = $1 and parameter = $2),
-                        (select max(time) from measurements where station_id = $1 and parameter = $2)",
-            )
-            .bind(station_id)
-            .bind(parameter)
-            .fetch_one(pool)
-            .await
-            .map_err(sql(what))?,
-        };
-        Ok(first.zip(last))
+        let (first, last): (Option<DbTime>, Option<DbTime>) = on_pool!(&self.db, pool => sqlx::query_as(
+            "select (select min(time) from measurements where station_id = $1 and parameter = $2),
+                    (select max(time) from measurements where station_id = $1 and parameter = $2)",
+        )
+        .bind(station_id)
+        .bind(parameter)
+        .fetch_one(pool)
+        .await)
+        .map_err(sql(what))?;
+        Ok(first.zip(last).map(|(first, last)| (first.seconds(), last.seconds())))
     }
 
     /// The values of `parameter` at `stations` from `from` (inclusive) to `to` (exclusive), Unix seconds,
-    /// aggregated into buckets of `width` seconds starting at `from`. Buckets without a value are absent.
+    /// aggregated into buckets of `width` seconds starting at `from`. Buckets without a value are absent. Buckets of
+    /// whole days from midnight are read from the daily aggregates (`measurement_days`, kept by the loads), a row
+    /// per day instead of 24; the mean is weighted by each day's count, so both give the same answer.
     pub async fn buckets(
         &self,
         stations: &[i64],
@@ -138,40 +118,58 @@ impl ViewStore {
     ) -> Result<Vec<BucketRow>> {
         let what = "reading a series";
         type Row = (i64, i64, f64, f64, f64, i64);
+        let daily = width % DAY == 0 && from % DAY == 0 && to % DAY == 0;
         let rows: Vec<Row> = match &self.db {
-            Database::Postgres(pool) => sqlx::query_as(
-                "select station_id, (extract(epoch from time)::bigint - $3) / $5 as bucket,
-                    min(value), avg(value), max(value), count(*)
-                 from measurements
-                 where station_id = any($1) and parameter = $2
-                     and time >= to_timestamp($3::bigint) and time < to_timestamp($4::bigint)
-                 group by station_id, bucket order by station_id, bucket",
-            )
-            .bind(stations)
-            .bind(parameter)
-            .bind(from)
-            .bind(to)
-            .bind(width)
-            .fetch_all(pool)
-            .await
-            .map_err(sql(what))?,
+            Database::Postgres(pool) => {
+                let query = if daily {
+                    "select station_id, (day * 86400 - $3) / $5 as bucket,
+                        min(min), sum(sum) / sum(count), max(max), sum(count)::bigint
+                     from measurement_days
+                     where station_id = any($1) and parameter = $2 and day >= $3 / 86400 and day < $4 / 86400
+                     group by station_id, bucket order by station_id, bucket"
+                } else {
+                    "select station_id, (date_part('epoch', time)::bigint - $3) / $5 as bucket,
+                        min(value), avg(value), max(value), count(*)
+                     from measurements
+                     where station_id = any($1) and parameter = $2
+                         and time >= to_timestamp($3::bigint) and time < to_timestamp($4::bigint)
+                     group by station_id, bucket order by station_id, bucket"
+                };
+                sqlx::query_as(query)
+                    .bind(stations)
+                    .bind(parameter)
+                    .bind(from)
+                    .bind(to)
+                    .bind(width)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(sql(what))?
+            }
             Database::Sqlite(pool) => {
                 let ids = serde_json::to_string(stations).unwrap_or_else(|_| "[]".to_owned());
-                sqlx::query_as(
+                let query = if daily {
+                    "select station_id, (day * 86400 - $3) / $5 as bucket,
+                        min(min), sum(sum) / sum(count), max(max), sum(count)
+                     from measurement_days
+                     where station_id in (select value from json_each($1)) and parameter = $2
+                         and day >= $3 / 86400 and day < $4 / 86400
+                     group by station_id, bucket order by station_id, bucket"
+                } else {
                     "select station_id, (time - $3) / $5 as bucket, min(value), avg(value), max(value), count(*)
                      from measurements
                      where station_id in (select value from json_each($1)) and parameter = $2
                          and time >= $3 and time < $4
-                     group by station_id, bucket order by station_id, bucket",
-                )
-                .bind(ids)
-                .bind(parameter)
-                .bind(from)
-                .bind(to)
-                .bind(width)
-                .fetch_all(pool)
-                .await
-                .map_err(sql(what))?
+                     group by station_id, bucket order by station_id, bucket"
+                };
+                sqlx::query_as(query)
+                    .bind(ids)
+                    .bind(parameter)
+                    .bind(from)
+                    .bind(to)
+                    .bind(width)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(sql(what))?
             }
         };
         Ok(rows

@@ -1,12 +1,14 @@
 //! The shapes the dashboard draws, computed without HTTP or SQL: air-quality categories of a concentration, the
 //! time buckets a range is cut into for a chart, and a series laid out on those buckets with its gaps kept.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::store::BucketRow;
 
 pub const HOUR: i64 = 3600;
+/// Seconds in a day; buckets wider than 6 hours are whole days from midnight UTC.
+pub const DAY: i64 = 24 * HOUR;
 /// The most buckets one series answer may have.
 pub const MAX_POINTS: usize = 5000;
 /// The longest range one request may cover (20 years).
@@ -36,31 +38,10 @@ pub fn rfc3339(t: i64) -> String {
 
 /// Unix seconds of `value`: `YYYY-MM-DD` (midnight UTC), `YYYY-MM-DDTHH:MM[:SS]` (UTC), RFC 3339, or an integer.
 pub fn parse_time(field: &'static str, value: &str) -> Result<i64, ViewError> {
-    let text = value.trim();
-    let parsed = if let Ok(seconds) = text.parse::<i64>() {
-        Some(seconds)
-    } else if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        Some(t.timestamp())
-    } else if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp())
-    } else {
-        [
-            "%Y-%m-%dT%H:%M:%S",
-            "%Y-%m-%dT%H:%M",
-            "%Y-%m-%d %H:%M:%S",
-            "%Y-%m-%d %H:%M",
-        ]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-        .map(|t| t.and_utc().timestamp())
-    };
-    parsed
-        // Years 1900 to 2199: anything else is a typo, and would overflow the bucket arithmetic.
-        .filter(|t| (-2_208_988_800..7_258_118_400).contains(t))
-        .ok_or_else(|| ViewError::Time {
-            field,
-            value: value.to_owned(),
-        })
+    airq_core::time::parse_instant(value).ok_or_else(|| ViewError::Time {
+        field,
+        value: value.to_owned(),
+    })
 }
 
 /// How a range is cut into buckets: `count` buckets of `width` seconds from `from`. `from` is rounded down and
@@ -93,10 +74,26 @@ impl Plan {
                 to: rfc3339(to),
             });
         }
-        let hours = span / HOUR;
-        let width = (hours + points as i64 - 1) / points as i64 * HOUR;
+        let width = Self::width(span, points, HOUR);
+        if width <= DAY / 4 {
+            let count = usize::try_from((span + width - 1) / width).unwrap_or(points);
+            return Ok(Self { from, to, width, count });
+        }
+        // Buckets of more than 6 hours become whole days from midnight UTC (at most four times as wide, never more
+        // than `points` of them), so that they are read from the daily aggregates: a year of 12 stations is 4,400
+        // rows instead of 105,000.
+        let from = from.div_euclid(DAY) * DAY;
+        let to = (to + DAY - 1).div_euclid(DAY) * DAY;
+        let span = to - from;
+        let width = Self::width(span, points, DAY);
         let count = usize::try_from((span + width - 1) / width).unwrap_or(points);
         Ok(Self { from, to, width, count })
+    }
+
+    /// The narrowest whole number of `unit`s that covers `span` in at most `points` buckets.
+    fn width(span: i64, points: usize, unit: i64) -> i64 {
+        let units = (span + unit - 1) / unit;
+        (units + points as i64 - 1) / points as i64 * unit
     }
 
     /// Start of bucket `index`.
@@ -249,10 +246,10 @@ mod tests {
     fn plan_cuts_a_year_into_at_most_the_asked_points() {
         let from = parse_time("from", "2016-01-01").unwrap_or_default();
         let to = parse_time("to", "2017-01-01").unwrap_or_default();
-        let plan = Plan::new(from, to, 500).expect("a valid plan");
-        // 8,784 hours in 2016: 18 hours per bucket, 488 buckets.
-        assert_eq!(plan.width, 18 * HOUR);
-        assert_eq!(plan.count, 488);
+        let plan = Plan::new(from, to, 2000).expect("a valid plan");
+        // 8,784 hours in 2016: 5 hours per bucket, 1,757 buckets.
+        assert_eq!(plan.width, 5 * HOUR);
+        assert_eq!(plan.count, 1757);
         assert!(plan.start(plan.count) >= to);
         // Fewer hours than points: one bucket per hour.
         let day = Plan::new(from, from + 24 * HOUR, 500).expect("a valid plan");
@@ -260,6 +257,24 @@ mod tests {
         // Rounded to whole hours.
         let odd = Plan::new(from + 10, from + 2 * HOUR - 10, 100).expect("a valid plan");
         assert_eq!((odd.from, odd.to), (from, from + 2 * HOUR));
+    }
+
+    #[test]
+    fn buckets_wider_than_6_hours_are_whole_days_from_midnight() {
+        let from = parse_time("from", "2016-01-01").unwrap_or_default();
+        // 2016 in 300 points: 30 hours a bucket becomes 2 days, 183 buckets.
+        let year = Plan::new(from, from + 366 * DAY, 300).expect("a valid plan");
+        assert_eq!((year.width, year.count), (2 * DAY, 183));
+        // A range that starts and ends within days is widened to the midnights around it.
+        let odd = Plan::new(from + 5 * HOUR, from + 300 * DAY + 3 * HOUR, 200).expect("a valid plan");
+        assert_eq!((odd.from, odd.to), (from, from + 301 * DAY));
+        assert_eq!(odd.width % DAY, 0);
+        assert!(odd.count <= 200 && odd.start(odd.count) >= odd.to, "{odd:?}");
+        // 6 hours or less stays in hours, from the hour asked.
+        let six = Plan::new(from + 5 * HOUR, from + 5 * HOUR + 50 * DAY, 200).expect("a valid plan");
+        assert_eq!((six.from, six.width), (from + 5 * HOUR, 6 * HOUR));
+        let seven = Plan::new(from + 5 * HOUR, from + 5 * HOUR + 58 * DAY, 200).expect("a valid plan");
+        assert_eq!((seven.from, seven.width, seven.count), (from, DAY, 59));
     }
 
     #[test]

@@ -66,51 +66,56 @@ async fn the_view_api_over_the_beijing_data() {
     let (status, one) = get(&http, &format!("{front}/api/stations/Dongsi")).await;
     assert_eq!((status, &one["pollutants"]["pm25"]), (200, pm25));
 
-    // ---- a year downsampled to at most 500 points: each bucket's min, mean and max are those of its hours
-    let url = format!("{front}/api/stations/Dongsi/series?pollutant=pm25&from=2016-01-01&to=2017-01-01&points=500");
-    let (status, series) = get(&http, &url).await;
-    assert_eq!(status, 200, "{series}");
-    let width = series["bucketSeconds"].as_i64().unwrap();
-    let start = series["start"].as_i64().unwrap();
-    assert_eq!((width, start), (18 * 3600, time("2016-01-01T00:00:00Z")));
-    let (min, mean, max, count) = (
-        series["min"].as_array().unwrap(),
-        series["mean"].as_array().unwrap(),
-        series["max"].as_array().unwrap(),
-        series["count"].as_array().unwrap(),
-    );
-    assert_eq!(min.len(), 488);
-    assert!(min.len() <= 500 && mean.len() == min.len() && max.len() == min.len());
-    let hours = store
-        .series(dongsi.id, Parameter::Pm25, start, time("2017-01-01T00:00:00Z"))
-        .await
-        .unwrap();
-    let mut buckets: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
-    for point in &hours {
-        buckets
-            .entry(((point.time - start) / width) as usize)
-            .or_default()
-            .push(point.value);
+    // ---- a year downsampled: each bucket's min, mean and max are those of its hours — read from the daily
+    // aggregates (500 points: whole days) and from the hourly values (2000 points: 5 hours)
+    let mut hours = Vec::new();
+    for (points, expected_width, expected_count) in [(500, 86_400, 366), (2000, 5 * 3600, 1757)] {
+        let url =
+            format!("{front}/api/stations/Dongsi/series?pollutant=pm25&from=2016-01-01&to=2017-01-01&points={points}");
+        let (status, series) = get(&http, &url).await;
+        assert_eq!(status, 200, "{series}");
+        let width = series["bucketSeconds"].as_i64().unwrap();
+        let start = series["start"].as_i64().unwrap();
+        assert_eq!((width, start), (expected_width, time("2016-01-01T00:00:00Z")));
+        let (min, mean, max, count) = (
+            series["min"].as_array().unwrap(),
+            series["mean"].as_array().unwrap(),
+            series["max"].as_array().unwrap(),
+            series["count"].as_array().unwrap(),
+        );
+        assert_eq!(min.len(), expected_count);
+        assert!(min.len() <= points && mean.len() == min.len() && max.len() == min.len());
+        hours = store
+            .series(dongsi.id, Parameter::Pm25, start, time("2017-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        let mut buckets: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        for point in &hours {
+            buckets
+                .entry(((point.time - start) / width) as usize)
+                .or_default()
+                .push(point.value);
+        }
+        let round = |v: f64| (v * 100.0).round() / 100.0;
+        for (i, values) in &buckets {
+            let lowest = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let highest = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let average = values.iter().sum::<f64>() / values.len() as f64;
+            assert_eq!(min[*i].as_f64(), Some(round(lowest)), "bucket {i}");
+            assert_eq!(max[*i].as_f64(), Some(round(highest)), "bucket {i}");
+            assert_eq!(mean[*i].as_f64(), Some(round(average)), "bucket {i}");
+            assert_eq!(count[*i].as_u64(), Some(values.len() as u64), "bucket {i}");
+        }
+        // The year's extremes survive downsampling.
+        let year_max = hours.iter().map(|p| p.value).fold(f64::NEG_INFINITY, f64::max);
+        let shown_max = max.iter().filter_map(Value::as_f64).fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(shown_max, round(year_max));
+        // Buckets without a value are null, not zero, and only those.
+        for (i, value) in min.iter().enumerate() {
+            assert_eq!(value.is_null(), !buckets.contains_key(&i), "bucket {i}");
+        }
+        assert_eq!(series["filled"].as_u64(), Some(buckets.len() as u64));
     }
-    let round = |v: f64| (v * 100.0).round() / 100.0;
-    for (i, values) in &buckets {
-        let lowest = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let highest = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let average = values.iter().sum::<f64>() / values.len() as f64;
-        assert_eq!(min[*i].as_f64(), Some(round(lowest)), "bucket {i}");
-        assert_eq!(max[*i].as_f64(), Some(round(highest)), "bucket {i}");
-        assert_eq!(mean[*i].as_f64(), Some(round(average)), "bucket {i}");
-        assert_eq!(count[*i].as_u64(), Some(values.len() as u64), "bucket {i}");
-    }
-    // The year's extremes survive downsampling.
-    let year_max = hours.iter().map(|p| p.value).fold(f64::NEG_INFINITY, f64::max);
-    let shown_max = max.iter().filter_map(Value::as_f64).fold(f64::NEG_INFINITY, f64::max);
-    assert_eq!(shown_max, round(year_max));
-    // Buckets without a value are null, not zero, and only those.
-    for (i, value) in min.iter().enumerate() {
-        assert_eq!(value.is_null(), !buckets.contains_key(&i), "bucket {i}");
-    }
-    assert_eq!(series["filled"].as_u64(), Some(buckets.len() as u64));
 
     // ---- hourly resolution keeps a missing hour as a gap
     let missing = hours
@@ -272,7 +277,7 @@ async fn the_view_api_over_the_beijing_data() {
     // ---- comparison: every station on the same buckets
     let (status, compared) = get(
         &http,
-        &format!("{front}/api/compare?pollutant=no2&from=2016-07-01&to=2016-08-01&points=100"),
+        &format!("{front}/api/compare?pollutant=no2&from=2016-07-01&to=2016-08-01&points=200"),
     )
     .await;
     assert_eq!(status, 200, "{compared}");
@@ -285,7 +290,7 @@ async fn the_view_api_over_the_beijing_data() {
     }
     let (_, only) = get(
         &http,
-        &format!("{front}/api/compare?pollutant=no2&stations=Dongsi&from=2016-07-01&to=2016-08-01&points=100"),
+        &format!("{front}/api/compare?pollutant=no2&stations=Dongsi&from=2016-07-01&to=2016-08-01&points=200"),
     )
     .await;
     assert_eq!(only["series"].as_array().unwrap().len(), 1);

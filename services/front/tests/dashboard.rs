@@ -11,13 +11,14 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use airq_testenv::browser::WebDriver;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn browser(driver: &airq_testenv::browser::WebDriver, width: u32, height: u32) -> Client {
+async fn browser(driver: &WebDriver, width: u32, height: u32) -> Client {
     ClientBuilder::new(HttpConnector::new())
         .capabilities(driver.capabilities(width, height))
         .connect(&driver.url)
@@ -73,6 +74,97 @@ async fn station_chart(client: &Client) {
     element(client, "#chart svg path.series-mean").await;
 }
 
+/// Fails on what the page wrote to the console as an error since the last call — a Content-Security-Policy
+/// violation, a script error, a failed request — except messages containing one of `expected`.
+async fn console_clean(driver: &WebDriver, client: &Client, page: &str, expected: &[&str]) {
+    let session = client.session_id().await.unwrap().expect("a session");
+    let errors: Vec<(String, String)> = driver
+        .console(&session)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(level, message)| level == "SEVERE" || message.contains("Content Security Policy"))
+        .filter(|(_, message)| !expected.iter().any(|e| message.contains(e)))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{page}: the browser's console has errors: {errors:#?}"
+    );
+}
+
+/// Every chart and map on the page is drawn at the size it is shown (its drawing's width is the width on screen, so
+/// its 11 px text is 11 px), not drawn at one size and scaled.
+async fn drawn_at_their_size(client: &Client, page: &str) {
+    let sizes = js(
+        client,
+        "return [...document.querySelectorAll('.chart svg, .map svg')].map(s => [s.viewBox.baseVal.width, s.getBoundingClientRect().width, parseFloat(getComputedStyle(s.querySelector('text')).fontSize)]);",
+    )
+    .await;
+    let sizes = sizes.as_array().unwrap();
+    assert!(!sizes.is_empty(), "{page}: no chart");
+    for size in sizes {
+        let (drawn, shown, font) = (
+            size[0].as_f64().unwrap(),
+            size[1].as_f64().unwrap(),
+            size[2].as_f64().unwrap(),
+        );
+        let on_screen = font * shown / drawn;
+        assert!(
+            (drawn - shown).abs() <= 1.5 && (9.5..=12.5).contains(&on_screen),
+            "{page}: drawn {drawn} px wide, shown {shown} px wide: its {font} px text is {on_screen:.1} px on screen"
+        );
+    }
+}
+
+/// What a person sees of each line `css` selects: its computed stroke colour (never `none` or transparent) and
+/// its length on screen (more than `min_length` px).
+async fn visible_lines(client: &Client, css: &str, min_length: f64) -> Vec<String> {
+    let lines = js(
+        client,
+        &format!(
+            "return [...document.querySelectorAll({css:?})].map(p => {{ const s = getComputedStyle(p); const m = p.getScreenCTM(); return [s.stroke, s.strokeWidth, p.getTotalLength() * (m ? m.a : 0), s.visibility, s.opacity]; }});"
+        ),
+    )
+    .await;
+    let lines = lines.as_array().unwrap().clone();
+    assert!(!lines.is_empty(), "no {css}");
+    lines
+        .iter()
+        .map(|line| {
+            let stroke = line[0].as_str().unwrap().to_owned();
+            let length = line[2].as_f64().unwrap();
+            assert!(
+                stroke != "none"
+                    && !stroke.ends_with(", 0)")
+                    && line[1] != "0px"
+                    && line[3] == "visible"
+                    && line[4] != "0",
+                "{css}: a line nobody sees: {line}"
+            );
+            assert!(length > min_length, "{css}: {length} px long on screen: {line}");
+            stroke
+        })
+        .collect()
+}
+
+/// The computed fill of each band `css` selects: never `none` or transparent.
+async fn filled_bands(client: &Client, css: &str) {
+    let fills = js(
+        client,
+        &format!("return [...document.querySelectorAll({css:?})].map(p => getComputedStyle(p).fill);"),
+    )
+    .await;
+    let fills = fills.as_array().unwrap();
+    assert!(!fills.is_empty(), "no {css}");
+    for fill in fills {
+        let fill = fill.as_str().unwrap();
+        assert!(
+            fill != "none" && !fill.ends_with(", 0)") && fill != "transparent",
+            "{css}: fill {fill}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
     let shots = airq_testenv::browser::output_dir("dashboard").unwrap();
@@ -86,7 +178,7 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
         front.url
     );
     let gateway = common::gateway(&test_db.url, &routes, dir.path()).await;
-    let driver = airq_testenv::browser::WebDriver::start().await.unwrap();
+    let driver = WebDriver::start().await.unwrap();
     let client = browser(&driver, 1280, 900).await;
 
     // The stations, through the gateway under /airq/.
@@ -101,6 +193,13 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
     )
     .await;
     assert_ne!(colour, "rgb(204, 204, 204)", "{colour}");
+    // The data ends in 2017: the page says how old it is.
+    let age = element(&client, ".notice.data-age").await.text().await.unwrap();
+    assert!(
+        age.contains("The newest data is from 2017-") && age.contains("years ago"),
+        "{age}"
+    );
+    console_clean(&driver, &client, "the stations", &[]).await;
     screenshot(&client, &shots, "1-stations").await;
 
     // Pick NO2, then Dongsi.
@@ -131,7 +230,12 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
         legend.contains("90 % interval") && legend.contains("no2-knn v1"),
         "{legend}"
     );
-    assert_eq!(notices(&client).await, "");
+    assert!(notices(&client).await.starts_with("The newest data is from 2017-"));
+    visible_lines(&client, "#chart path.series-mean", 300.0).await;
+    visible_lines(&client, "#chart path.forecast-line", 20.0).await;
+    filled_bands(&client, "#chart path.band-forecast").await;
+    drawn_at_their_size(&client, "a station").await;
+    console_clean(&driver, &client, "a station", &[]).await;
     screenshot(&client, &shots, "2-station-no2-forecast").await;
 
     // The hover shows the values at the nearest hour.
@@ -161,6 +265,13 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
         .unwrap();
     element(&client, "#chart path.band-range").await;
     assert!(drawn_width(&client, "#chart path.band-range").await > 300.0);
+    filled_bands(&client, "#chart path.band-range").await;
+    // The dates are ISO text, as everywhere else on the page.
+    let from = js(&client, "return document.querySelector('#from').value;").await;
+    assert!(
+        from.as_str().is_some_and(|f| f.len() == 10 && f.as_bytes()[4] == b'-'),
+        "{from}"
+    );
     screenshot(&client, &shots, "3-station-no2-year").await;
 
     // PM2.5 has no model: the chart, and a notice saying so.
@@ -171,6 +282,8 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
     let text = notices(&client).await;
     assert!(text.contains("No trained model forecasts PM2.5 at Dongsi"), "{text}");
     assert_eq!(drawn_width(&client, "#chart path.band-forecast").await, 0.0);
+    // The front's 404 for the forecast is the notice above, not a fault of the page.
+    console_clean(&driver, &client, "a pollutant without a model", &["404"]).await;
     screenshot(&client, &shots, "4-station-pm25-no-model").await;
 
     // An unknown station.
@@ -191,6 +304,19 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
         .await
         .unwrap();
     assert_eq!(lines.len(), 2);
+    // Each station's line is seen, in a colour of its own; the page's policy refused no style.
+    let colours = visible_lines(&client, "#chart path.series-compare", 200.0).await;
+    assert_ne!(colours[0], colours[1], "both lines in {}", colours[0]);
+    drawn_at_their_size(&client, "the comparison").await;
+    let range = element(&client, "#compare-range").await.text().await.unwrap();
+    assert!(!range.contains(":00Z") && range.ends_with("UTC."), "{range}");
+    console_clean(&driver, &client, "the comparison", &[]).await;
+    // A narrower window: the charts are drawn again at the new width.
+    client.set_window_size(900, 900).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drawn_at_their_size(&client, "the comparison in a narrower window").await;
+    client.set_window_size(1280, 900).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     screenshot(&client, &shots, "5-compare").await;
     // An anomaly the predictive service recorded.
     airq_core::store::Store::new(db.clone())
@@ -229,6 +355,19 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
         "{model}"
     );
     element(&client, "#data tbody tr").await;
+    // Names and units, stations in order of their names.
+    let head = element(&client, "#data thead").await.text().await.unwrap();
+    assert!(head.contains("PM2.5 (µg/m³)") && !head.contains("pm25"), "{head}");
+    let rows = js(
+        &client,
+        "return [...document.querySelectorAll('#data tbody tr td:first-child')].map(t => t.textContent);",
+    )
+    .await;
+    let rows: Vec<&str> = rows.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let mut sorted = rows.clone();
+    sorted.sort_unstable();
+    assert_eq!(rows, sorted);
+    console_clean(&driver, &client, "the operations", &[]).await;
     screenshot(&client, &shots, "6-operations").await;
     client.close().await.unwrap();
 
@@ -246,7 +385,32 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
     )
     .await;
     assert_eq!(overflow.as_f64(), Some(0.0), "the page scrolls sideways on a phone");
+    drawn_at_their_size(&phone, "a station on a phone").await;
     screenshot(&phone, &shots, "7-phone-station").await;
+    // Every other page on the phone.
+    for (page, url, ready) in [
+        ("7-phone-stations", "#/", ".station-card"),
+        (
+            "7-phone-compare",
+            "#/compare?pollutant=no2&from=2017-01-01&to=2017-03-01",
+            "#chart path.series-compare",
+        ),
+        ("7-phone-operations", "#/ops", "#data tbody tr"),
+    ] {
+        phone.goto(&format!("{gateway}/airq/{url}")).await.unwrap();
+        element(&phone, ready).await;
+        let overflow = js(
+            &phone,
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+        )
+        .await;
+        assert_eq!(overflow.as_f64(), Some(0.0), "{page} scrolls sideways");
+        if page == "7-phone-compare" {
+            drawn_at_their_size(&phone, page).await;
+        }
+        screenshot(&phone, &shots, page).await;
+    }
+    console_clean(&driver, &phone, "the pages on a phone", &[]).await;
     phone.close().await.unwrap();
 
     // The predictive service stops: the chart without the forecast, and a notice (a new session: no cached forecast).

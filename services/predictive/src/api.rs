@@ -718,7 +718,7 @@ pub fn openapi_document() -> Value {
         "name": { "type": "string" }, "version": { "type": "string" }, "algorithm": { "type": "string" },
         "pollutant": { "type": "string" }, "spec": { "$ref": "#/components/schemas/ModelSpec" },
         "revision": { "type": "string" }, "metrics": { "type": "object" }, "artifactBytes": { "type": "integer" },
-        "trainSeconds": { "type": "number" }, "createdAt": { "type": "integer", "description": "Unix seconds" } } }),
+        "trainSeconds": { "type": "number" }, "createdAt": { "type": "string", "format": "date-time" } } }),
     );
     schemas.insert(
         "Training".into(),

@@ -12,7 +12,7 @@ use crate::model::{Model, ModelError, fmt_time};
 /// Why a forecast cannot be given. Each is the caller's mistake (4xx) except `Store` and `Model`.
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastError {
-    #[error("unknown station {0:?}")]
+    #[error("unknown station {0:?}: the stations are listed at GET /api/stations (the dashboard's API)")]
     UnknownStation(String),
     #[error("station {station:?} has no {pollutant} data{detail}")]
     NoData {
@@ -212,15 +212,15 @@ pub fn forecast(
                 let (lo, hi) = model.conformal.offsets(h - 1, p, *level, raw.fallback)?;
                 Ok(Interval {
                     confidence: *level,
-                    lower: f64::from(fz.inverse(p + lo)),
-                    upper: f64::from(fz.inverse(p + hi)),
+                    lower: rounded(fz.inverse(p + lo)),
+                    upper: rounded(fz.inverse(p + hi)),
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         points.push(ForecastPoint {
             time: rfc3339(origin + h as i64 * HOUR),
             horizon_hours: h,
-            value: f64::from(fz.inverse(p)),
+            value: rounded(fz.inverse(p)),
             intervals,
         });
     }
@@ -237,15 +237,22 @@ pub fn forecast(
     })
 }
 
+/// A concentration as answered: to 0.01 µg/m³. The model computes in 32-bit floats, so digits past the
+/// seventh are noise (`27.41109848022461`), and measurements are stored to 0.1 at best.
+pub fn rounded(value: f32) -> f64 {
+    (f64::from(value) * 100.0).round() / 100.0
+}
+
 pub fn rfc3339(t: i64) -> String {
     DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
-/// Parses an RFC 3339 time to Unix seconds, naming the field when it fails.
+/// Parses a time (a date is its midnight UTC) to Unix seconds, naming the field when it fails.
 pub fn parse_time(field: &str, text: &str) -> Result<i64, ForecastError> {
-    DateTime::parse_from_rfc3339(text).map(|t| t.timestamp()).map_err(|e| {
+    airq_core::time::parse_instant(text).ok_or_else(|| {
         ForecastError::Time(format!(
-            "{field}: {text:?} is not an RFC 3339 time (2016-03-01T15:00:00Z): {e}"
+            "{field}={text:?} is not a time: give {}",
+            airq_core::time::ACCEPTED
         ))
     })
 }

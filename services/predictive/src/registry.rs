@@ -43,8 +43,8 @@ pub struct StoredVersion {
     pub metrics: serde_json::Value,
     pub artifact_bytes: i64,
     pub train_seconds: f64,
-    /// Unix seconds.
-    pub created_at: i64,
+    /// RFC 3339, UTC.
+    pub created_at: String,
 }
 
 /// A stored evaluation.
@@ -57,7 +57,8 @@ pub struct StoredEvaluation {
     pub version: Option<String>,
     pub protocol: serde_json::Value,
     pub metrics: serde_json::Value,
-    pub created_at: i64,
+    /// RFC 3339, UTC.
+    pub created_at: String,
 }
 
 /// The version number of `v3` or `3`.
@@ -92,7 +93,7 @@ impl From<VersionRow> for StoredVersion {
             metrics: row.metrics.0,
             artifact_bytes: row.artifact_bytes,
             train_seconds: row.train_seconds,
-            created_at: row.created_at.seconds(),
+            created_at: crate::forecast::rfc3339(row.created_at.seconds()),
         }
     }
 }
@@ -294,7 +295,7 @@ impl Registry {
                 version: version.map(|v| format!("v{v}")),
                 protocol: protocol.0,
                 metrics: metrics.0,
-                created_at: created_at.seconds(),
+                created_at: crate::forecast::rfc3339(created_at.seconds()),
             })
             .collect())
     }

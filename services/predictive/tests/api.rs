@@ -158,6 +158,16 @@ async fn train_version_and_forecast_over_http() {
     let (status, whole) = get(&http, format!("{base}/models/{name}/forecast?station=Changping")).await;
     assert_eq!(status, 200, "{whole}");
     assert_eq!(whole["points"].as_array().unwrap().len(), 24);
+    // Values and bounds to 0.01, not the model's float noise.
+    for point in whole["points"].as_array().unwrap() {
+        let mut numbers = vec![point["value"].as_f64().unwrap()];
+        for interval in point["intervals"].as_array().unwrap() {
+            numbers.extend([interval["lower"].as_f64().unwrap(), interval["upper"].as_f64().unwrap()]);
+        }
+        for n in numbers {
+            assert_eq!((n * 100.0).round() / 100.0, n, "{point}");
+        }
+    }
     assert_eq!(
         whole["points"][0]["intervals"].as_array().unwrap().len(),
         2,
@@ -166,7 +176,11 @@ async fn train_version_and_forecast_over_http() {
 
     // Clear 4xx errors.
     for (query, status, needle) in [
-        ("station=Nowhere", 404, "unknown station"),
+        (
+            "station=Nowhere",
+            404,
+            "unknown station \"Nowhere\": the stations are listed at GET /api/stations",
+        ),
         (
             &format!("station=Aotizhongxin&origin={origin}&at=2016-05-20T10:00:00Z") as &str,
             422,
@@ -184,7 +198,11 @@ async fn train_version_and_forecast_over_http() {
         ),
         ("station=Aotizhongxin&confidence=0.99999", 422, "is not supported"),
         ("station=Aotizhongxin&confidence=1.2", 422, "strictly between 0 and 1"),
-        ("station=Aotizhongxin&at=yesterday", 422, "not an RFC 3339 time"),
+        (
+            "station=Aotizhongxin&at=yesterday",
+            422,
+            "is not a time: give YYYY-MM-DD",
+        ),
         ("", 422, "give the station"),
     ] {
         let (got, body) = get(&http, format!("{base}/models/{name}/forecast?{query}")).await;
