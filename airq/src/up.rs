@@ -108,9 +108,12 @@ fn route_table(
         Upstream::Adhoc(adhoc) => {
             let url = adhoc.annotations().get(LOCAL_URL_ANNOTATION).cloned();
             if url.is_none() {
-                tracing::warn!(
-                    adhoc_service = adhoc.name_any(),
-                    "no route on this machine: give the AdhocService the annotation {LOCAL_URL_ANNOTATION}: http://127.0.0.1:PORT (where it runs)"
+                // Said once per start, plainly: nothing runs an AdhocService's image on one machine.
+                eprintln!(
+                    "airq: AdhocService {} is not routed here: nothing runs its image on one machine; to route {} \
+                     to a process of yours, give it the annotation {LOCAL_URL_ANNOTATION}: http://127.0.0.1:PORT",
+                    adhoc.name_any(),
+                    adhoc.spec.route.path_prefix
                 );
             }
             url
