@@ -316,6 +316,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         registry.clone(),
         resources,
         args.openaq_api_key.clone(),
+        crate::work::Ready {
+            key: key.clone(),
+            gateway,
+        },
         stop.clone(),
     ));
 

@@ -14,12 +14,19 @@ use tokio_util::sync::CancellationToken;
 use crate::resources::Resources;
 use crate::up::{load_request, model_spec};
 
+/// Where the platform answers and the admin key it printed: for the lines that say a model is ready to try.
+pub struct Ready {
+    pub key: String,
+    pub gateway: std::net::SocketAddr,
+}
+
 /// Runs the loads, then the trainings; then keeps the scheduled loads going until `stop`.
 pub async fn run(
     store: Store,
     registry: Registry,
     resources: Resources,
     openaq_api_key: Option<String>,
+    ready: Ready,
     stop: CancellationToken,
 ) {
     let (once, scheduled): (Vec<EtlSchedule>, Vec<EtlSchedule>) = resources
@@ -50,8 +57,9 @@ pub async fn run(
             result = train_if_needed(&store, &registry, model) => result,
             () = stop.cancelled() => return,
         };
-        if let Err(e) = trained {
-            eprintln!("airq: PredictiveModel {}: {e:#}", model.name_any());
+        match trained {
+            Ok(()) => say_ready(&store, model, &ready).await,
+            Err(e) => eprintln!("airq: PredictiveModel {}: {e:#}", model.name_any()),
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
@@ -136,6 +144,30 @@ fn is_stopped(error: &anyhow::Error) -> bool {
         error.downcast_ref::<airq_etl::load::LoadError>(),
         Some(airq_etl::load::LoadError::Stopped(_))
     )
+}
+
+/// A ready-to-paste try of `model`'s forecast through the gateway with the printed key, at one of its stations.
+async fn say_ready(store: &Store, model: &PredictiveModel, ready: &Ready) {
+    let station = match model.spec.target.stations.first() {
+        Some(code) => Some(code.clone()),
+        None => store
+            .stations()
+            .await
+            .ok()
+            .and_then(|s| s.into_iter().next())
+            .map(|s| s.code),
+    };
+    let Some(station) = station else { return };
+    let name = model.name_any();
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("station", &station)
+        .finish();
+    println!("airq: {name} answers forecasts; to try it, paste:");
+    println!("  KEY={}", ready.key);
+    println!(
+        "  curl -H \"Authorization: Bearer $KEY\" 'http://{}/api/predictive/models/{name}/forecast?{query}'",
+        ready.gateway
+    );
 }
 
 /// Trains `model` when no stored version has its revision.

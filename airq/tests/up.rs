@@ -277,6 +277,22 @@ async fn up_loads_trains_serves_stops_and_starts_again() {
     .unwrap();
     assert!(scored >= 2.0 * 300.0, "{scored} hours scored");
 
+    // When the model was ready, a try to paste: the key and the forecast's curl.
+    let printed = std::fs::read_to_string(&up.stdout).unwrap();
+    assert!(
+        printed.contains("airq: pm25 answers forecasts; to try it, paste:"),
+        "{printed}"
+    );
+    assert!(printed.contains(&format!("  KEY={}\n", up.key)), "{printed}");
+    let curl = format!(
+        "  curl -H \"Authorization: Bearer $KEY\" '{}/api/predictive/models/pm25/forecast?station=",
+        up.url
+    );
+    assert!(
+        STATIONS.iter().any(|s| printed.contains(&format!("{curl}{s}'"))),
+        "{printed}"
+    );
+
     let first_key = up.key.clone();
     let status = up.interrupt();
     assert!(status.success(), "{status}");
