@@ -139,13 +139,13 @@ pub async fn write(store: &Store, run_id: i64, batch: &Batch) -> Result<WriteCou
     match store.database() {
         Database::Postgres(pool) => {
             let mut tx = pool.begin().await.map_err(sql("starting a transaction"))?;
-            let days = days_touched(&measurements);
-            postgres_lock_stations(&mut tx, &days).await?;
+            let ranges = series_ranges(&measurements);
+            postgres_lock_stations(&mut tx, &ranges).await?;
             let mut counts = postgres_upsert(&mut tx, &measurements).await?;
             // The upsert added its inserted values to the daily aggregates; a changed value needs its days
             // computed again.
             if counts.updated > 0 {
-                postgres_days(&mut tx, &days).await?;
+                postgres_days(&mut tx, &ranges).await?;
             }
             counts += known;
             postgres_reject(&mut tx, run_id, &rejected).await?;
@@ -162,9 +162,10 @@ pub async fn write(store: &Store, run_id: i64, batch: &Batch) -> Result<WriteCou
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(sql("starting a transaction"))?;
-            let mut counts = sqlite_upsert(&mut tx, &measurements).await?;
+            let ranges = series_ranges(&measurements);
+            let mut counts = sqlite_upsert(&mut tx, &measurements, &ranges).await?;
             if counts.inserted + counts.updated > 0 {
-                sqlite_days(&mut tx, &days_touched(&measurements)).await?;
+                sqlite_days(&mut tx, &ranges).await?;
             }
             counts += known;
             sqlite_reject(&mut tx, run_id, &rejected).await?;
@@ -181,25 +182,32 @@ const DAYS_LOCK_KEY: i32 = 0x4441_5953;
 /// Seconds in a day: `measurement_days.day` counts them from 1970-01-01 UTC.
 const DAY: i64 = 86_400;
 
-/// The first and last day (days since 1970-01-01, UTC) a batch holds values of, per station and parameter.
-type DaysTouched = BTreeMap<(i64, &'static str), (i64, i64)>;
+/// The first and last time (Unix seconds) a batch holds values of, per station and parameter: what the daily
+/// aggregates recompute and SQLite's counts cover.
+type SeriesRanges = BTreeMap<(i64, &'static str), (i64, i64)>;
 
-fn days_touched(measurements: &[Measurement]) -> DaysTouched {
-    let mut days = DaysTouched::new();
+fn series_ranges(measurements: &[Measurement]) -> SeriesRanges {
+    let mut ranges = SeriesRanges::new();
     for m in measurements {
-        let day = m.time.div_euclid(DAY);
-        let range = days.entry((m.station_id, m.parameter.code())).or_insert((day, day));
-        range.0 = range.0.min(day);
-        range.1 = range.1.max(day);
+        let range = ranges
+            .entry((m.station_id, m.parameter.code()))
+            .or_insert((m.time, m.time));
+        range.0 = range.0.min(m.time);
+        range.1 = range.1.max(m.time);
     }
-    days
+    ranges
+}
+
+/// Midnight (UTC) of the first day and of the day after the last of a range of times.
+fn whole_days((first, last): (i64, i64)) -> (i64, i64) {
+    (first.div_euclid(DAY) * DAY, (last.div_euclid(DAY) + 1) * DAY)
 }
 
 /// PostgreSQL: the batch's stations locked for the transaction, in order (so two batches cannot deadlock), before it
 /// writes: another load's batch of the same station waits, and the daily aggregates each recomputes see the
 /// other's committed values instead of overwriting them with older sums.
-async fn postgres_lock_stations(conn: &mut PgConnection, days: &DaysTouched) -> Result<()> {
-    let mut stations: Vec<i64> = days.keys().map(|(station, _)| *station).collect();
+async fn postgres_lock_stations(conn: &mut PgConnection, ranges: &SeriesRanges) -> Result<()> {
+    let mut stations: Vec<i64> = ranges.keys().map(|(station, _)| *station).collect();
     stations.dedup();
     for station in stations {
         sqlx::query("select pg_advisory_xact_lock($1, $2)")
@@ -214,11 +222,10 @@ async fn postgres_lock_stations(conn: &mut PgConnection, days: &DaysTouched) -> 
 }
 
 /// PostgreSQL: the daily aggregates of the days the batch touched, recomputed from the stored values.
-async fn postgres_days(conn: &mut PgConnection, days: &DaysTouched) -> Result<()> {
-    let stations: Vec<i64> = days.keys().map(|(station, _)| *station).collect();
-    let parameters: Vec<&str> = days.keys().map(|(_, parameter)| *parameter).collect();
-    let firsts: Vec<i64> = days.values().map(|(first, _)| first * DAY).collect();
-    let ends: Vec<i64> = days.values().map(|(_, last)| (last + 1) * DAY).collect();
+async fn postgres_days(conn: &mut PgConnection, ranges: &SeriesRanges) -> Result<()> {
+    let stations: Vec<i64> = ranges.keys().map(|(station, _)| *station).collect();
+    let parameters: Vec<&str> = ranges.keys().map(|(_, parameter)| *parameter).collect();
+    let (firsts, ends): (Vec<i64>, Vec<i64>) = ranges.values().map(|range| whole_days(*range)).unzip();
     sqlx::query(
         "insert into measurement_days (station_id, parameter, day, min, max, sum, count)
          select m.station_id, m.parameter, floor(date_part('epoch', m.time) / 86400)::bigint, min(m.value),
@@ -242,8 +249,9 @@ async fn postgres_days(conn: &mut PgConnection, days: &DaysTouched) -> Result<()
 
 /// SQLite: the daily aggregates of the days the batch touched, recomputed from the stored values (the transaction
 /// is IMMEDIATE: no other writer runs in between).
-async fn sqlite_days(conn: &mut SqliteConnection, days: &DaysTouched) -> Result<()> {
-    for ((station, parameter), (first, last)) in days {
+async fn sqlite_days(conn: &mut SqliteConnection, ranges: &SeriesRanges) -> Result<()> {
+    for ((station, parameter), range) in ranges {
+        let (from, to) = whole_days(*range);
         // Integer division truncates toward zero: shifted so that times before 1970 fall in their own day.
         sqlx::query(
             "insert into measurement_days (station_id, parameter, day, min, max, sum, count)
@@ -256,8 +264,8 @@ async fn sqlite_days(conn: &mut SqliteConnection, days: &DaysTouched) -> Result<
         )
         .bind(station)
         .bind(parameter)
-        .bind(first * DAY)
-        .bind((last + 1) * DAY)
+        .bind(from)
+        .bind(to)
         .execute(&mut *conn)
         .await
         .map_err(sql("updating the daily aggregates"))?;
@@ -371,19 +379,15 @@ const SQLITE_ROWS_PER_STATEMENT: usize = 2000;
 /// SQLite: multi-row upserts in the batch's transaction. SQLite cannot say whether an upserted row was inserted or
 /// updated, so the rows of each touched series are counted before and after: the difference was inserted, the
 /// rest of the changed rows were updated.
-async fn sqlite_upsert(conn: &mut SqliteConnection, measurements: &[Measurement]) -> Result<WriteCounts> {
+async fn sqlite_upsert(
+    conn: &mut SqliteConnection,
+    measurements: &[Measurement],
+    ranges: &SeriesRanges,
+) -> Result<WriteCounts> {
     if measurements.is_empty() {
         return Ok(WriteCounts::default());
     }
-    let mut ranges: BTreeMap<(i64, &'static str), (i64, i64)> = BTreeMap::new();
-    for m in measurements {
-        let range = ranges
-            .entry((m.station_id, m.parameter.code()))
-            .or_insert((m.time, m.time));
-        range.0 = range.0.min(m.time);
-        range.1 = range.1.max(m.time);
-    }
-    let before = sqlite_count(conn, &ranges).await?;
+    let before = sqlite_count(conn, ranges).await?;
     let mut changed = 0;
     for chunk in measurements.chunks(SQLITE_ROWS_PER_STATEMENT) {
         let mut builder: QueryBuilder<sqlx::Sqlite> =
@@ -407,7 +411,7 @@ async fn sqlite_upsert(conn: &mut SqliteConnection, measurements: &[Measurement]
             .map_err(sql("upserting measurements"))?
             .rows_affected() as i64;
     }
-    let after = sqlite_count(conn, &ranges).await?;
+    let after = sqlite_count(conn, ranges).await?;
     let inserted = after - before;
     let updated = changed - inserted;
     Ok(WriteCounts {
@@ -418,7 +422,7 @@ async fn sqlite_upsert(conn: &mut SqliteConnection, measurements: &[Measurement]
     })
 }
 
-async fn sqlite_count(conn: &mut SqliteConnection, ranges: &BTreeMap<(i64, &'static str), (i64, i64)>) -> Result<i64> {
+async fn sqlite_count(conn: &mut SqliteConnection, ranges: &SeriesRanges) -> Result<i64> {
     let mut total = 0;
     for ((station_id, parameter), (from, to)) in ranges {
         let count: i64 = sqlx::query_scalar(
