@@ -68,7 +68,7 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     for m in &resources.models {
         let spec = &m.spec;
         println!(
-            "  PredictiveModel/{}: trained after the one-off loads when no stored version has its revision, then served",
+            "  PredictiveModel/{}: trained once the one-off loads have stored their values, when no stored version has its revision; then served",
             m.name_any()
         );
         println!(

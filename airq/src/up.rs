@@ -242,6 +242,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             stop.clone(),
         ));
     }
+    let predictive_state_for_work = predictive_state.clone();
     let predictive = serve_internal(
         airq_predictive::api::router(predictive_state),
         &telemetry.for_service("predictive"),
@@ -313,7 +314,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let work = tokio::spawn(crate::work::run(
         store.clone(),
-        registry.clone(),
+        predictive_state_for_work,
         resources,
         args.openaq_api_key.clone(),
         crate::work::Ready {

@@ -3,11 +3,16 @@
 //! the training of each PredictiveModel whose revision (its training spec and retrain request, as the operator
 //! computes it) has no stored version yet, and again at each time of its `training.schedule`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use airq_api::{EtlSchedule, PredictiveModel};
 use airq_core::store::Store;
-use airq_predictive::registry::Registry;
+use airq_predictive::api::ApiState;
+use airq_predictive::cli::TerminalProgress;
+use airq_predictive::evaluate::Evaluation;
+use airq_predictive::model::Progress;
+use airq_predictive::registry::{Registry, StoredVersion};
 use kube::ResourceExt;
 use tokio_util::sync::CancellationToken;
 
@@ -20,47 +25,118 @@ pub struct Ready {
     pub gateway: std::net::SocketAddr,
 }
 
-/// Runs the loads, then the trainings; then keeps the scheduled loads going until `stop`.
+/// Runs the loads, then the trainings; then keeps the scheduled loads going until `stop`. The trainings to come
+/// are announced to the predictive API at once: until a model has a version, its forecasts answer `409 training`
+/// with what the training waits for or how far it is.
 pub async fn run(
     store: Store,
-    registry: Registry,
+    api: ApiState,
     resources: Resources,
     openaq_api_key: Option<String>,
     ready: Ready,
     stop: CancellationToken,
 ) {
+    let registry = api.registry.clone();
     let (once, scheduled): (Vec<EtlSchedule>, Vec<EtlSchedule>) = resources
         .etl_schedules
         .into_iter()
         .filter(|s| !s.spec.suspend)
         .partition(|s| s.spec.schedule.is_none());
-    for schedule in &once {
-        if stop.is_cancelled() {
-            return;
-        }
-        match load_once(&store, schedule, openaq_api_key.clone(), &stop).await {
-            Ok(()) => {}
-            Err(e) if stop.is_cancelled() && is_stopped(&e) => {
-                eprintln!(
-                    "airq: EtlSchedule {}: stopped; what it stored is kept, the next `airq up` goes on from there",
-                    schedule.name_any()
-                );
+    let waiting_for = match once.iter().map(|s| s.name_any()).collect::<Vec<_>>().as_slice() {
+        [] => "the trainings before it".to_owned(),
+        [one] => format!("the load {one} to store its values"),
+        names => format!("the loads {} to store their values", names.join(", ")),
+    };
+    // The load's bar and the training's share the terminal.
+    let terminal = indicatif::MultiProgress::new();
+    let say = |line: String| terminal.suspend(|| eprintln!("{line}"));
+    let mut announced = HashMap::new();
+    for model in &resources.models {
+        match announce(&api, model, &waiting_for).await {
+            Ok(what) => {
+                announced.insert(model.name_any(), what);
             }
-            Err(e) => eprintln!("airq: EtlSchedule {}: {e:#}", schedule.name_any()),
+            Err(e) => say(format!("airq: PredictiveModel {}: {e:#}", model.name_any())),
         }
     }
-    for model in &resources.models {
-        if stop.is_cancelled() {
-            return;
+    // Trainings read values only: they start once the last load has stored its values, while it checks the series
+    // for quality marks.
+    let (stored_tx, mut stored_rx) = tokio::sync::watch::channel(false);
+    let loads = async {
+        for (i, schedule) in once.iter().enumerate() {
+            if stop.is_cancelled() {
+                break;
+            }
+            let last = i + 1 == once.len();
+            let stored = || {
+                if last {
+                    let _ = stored_tx.send(true);
+                }
+            };
+            match load_once(&store, schedule, openaq_api_key.clone(), &stop, &terminal, stored).await {
+                Ok(()) => {}
+                Err(e) if stop.is_cancelled() && is_stopped(&e) => say(format!(
+                    "airq: EtlSchedule {}: stopped; what it stored is kept, the next `airq up` goes on from there",
+                    schedule.name_any()
+                )),
+                Err(e) => say(format!("airq: EtlSchedule {}: {e:#}", schedule.name_any())),
+            }
         }
-        let trained = tokio::select! {
-            result = train_if_needed(&store, &registry, model) => result,
+        let _ = stored_tx.send(true);
+    };
+    let trainings = async {
+        tokio::select! {
+            _ = stored_rx.wait_for(|stored| *stored) => {}
             () = stop.cancelled() => return,
-        };
-        match trained {
-            Ok(()) => say_ready(&store, model, &ready).await,
-            Err(e) => eprintln!("airq: PredictiveModel {}: {e:#}", model.name_any()),
         }
+        for model in &resources.models {
+            if stop.is_cancelled() {
+                return;
+            }
+            let name = model.name_any();
+            let trained = match announced.get(&name) {
+                None => Ok(()),
+                Some(Announced::Trained(version)) => {
+                    say(format!(
+                        "airq: {name} is trained ({version}, revision {})",
+                        model.spec.revision()
+                    ));
+                    Ok(())
+                }
+                Some(&Announced::Training(id)) => {
+                    let bar = TerminalProgress::new(name.clone()).shown_in(&terminal);
+                    let progress = api.start_training(id, bar);
+                    say(format!("airq: training {name}"));
+                    let result = tokio::select! {
+                        result = train_as(&store, &registry, model, progress) => result,
+                        () = stop.cancelled() => return,
+                    };
+                    api.finish_training(
+                        id,
+                        result
+                            .as_ref()
+                            .map(|(stored, _, _)| stored.clone())
+                            .map_err(|e| format!("{e:#}")),
+                    );
+                    result.map(|(stored, evaluation, seconds)| {
+                        say(format!(
+                            "airq: {name} {} trained in {seconds:.1} s: MAE {:.2}, 90 % coverage {:.3} on held-out data",
+                            stored.version,
+                            evaluation.mae,
+                            evaluation.coverage(0.9).unwrap_or(f64::NAN)
+                        ))
+                    })
+                }
+            };
+            match trained {
+                Ok(()) => say_ready(&store, model, &ready, &terminal).await,
+                Err(e) => say(format!("airq: PredictiveModel {name}: {e:#}")),
+            }
+        }
+    };
+    tokio::join!(loads, trainings);
+    if stop.is_cancelled() {
+        return;
     }
     let mut tasks = tokio::task::JoinSet::new();
     for schedule in scheduled {
@@ -77,7 +153,7 @@ pub async fn run(
                 &stop,
                 || async {
                     let request = load_request(&schedule, key.clone())?;
-                    run_load(&store, &request, &stop).await
+                    run_load(&store, &request, &stop, &indicatif::MultiProgress::new(), || ()).await
                 },
             )
             .await;
@@ -91,18 +167,32 @@ pub async fn run(
         let (store, registry, stop) = (store.clone(), registry.clone(), stop.clone());
         tasks.spawn(async move {
             let what = format!("PredictiveModel {}", model.name_any());
-            every(&what, &expression, None, &stop, || train(&store, &registry, &model)).await;
+            every(&what, &expression, None, &stop, || async {
+                let (stored, evaluation, seconds) =
+                    train_as(&store, &registry, &model, TerminalProgress::new(model.name_any())).await?;
+                eprintln!(
+                    "airq: {} {} trained in {seconds:.1} s: MAE {:.2}",
+                    model.name_any(),
+                    stored.version,
+                    evaluation.mae
+                );
+                Ok(())
+            })
+            .await;
         });
     }
     while tasks.join_next().await.is_some() {}
 }
 
-/// Runs a one-off load unless its newest run, with the same spec, succeeded.
+/// Runs a one-off load unless its newest run, with the same spec, succeeded; `stored` is called once its values
+/// are stored (at once when there is nothing to load).
 async fn load_once(
     store: &Store,
     schedule: &EtlSchedule,
     openaq_api_key: Option<String>,
     stop: &CancellationToken,
+    terminal: &indicatif::MultiProgress,
+    stored: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let request = load_request(schedule, openaq_api_key)?;
     let spec = serde_json::to_value(&request.spec)?;
@@ -110,31 +200,39 @@ async fn load_once(
         && last.status == "succeeded"
         && last.spec == spec
     {
-        eprintln!(
-            "airq: {} already loaded ({} values, run {}); not loading again",
-            request.name,
-            last.rows_inserted + last.rows_updated + last.rows_unchanged,
-            last.id
-        );
+        stored();
+        terminal.suspend(|| {
+            eprintln!(
+                "airq: {} already loaded ({} values, run {}); not loading again",
+                request.name,
+                last.rows_inserted + last.rows_updated + last.rows_unchanged,
+                last.id
+            )
+        });
         return Ok(());
     }
-    run_load(store, &request, stop).await
+    run_load(store, &request, stop, terminal, stored).await
 }
 
 async fn run_load(
     store: &Store,
     request: &airq_etl::load::LoadRequest,
     stop: &CancellationToken,
+    terminal: &indicatif::MultiProgress,
+    stored: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    eprintln!("airq: loading {}", request.name);
-    let bar = airq_etl::cli::progress_bar();
-    let outcome = airq_etl::load::run(store, request, &bar, stop).await;
+    terminal.suspend(|| eprintln!("airq: loading {}", request.name));
+    let bar = terminal.add(airq_etl::cli::progress_bar());
+    let outcome = airq_etl::load::run_reporting(store, request, &bar, stop, |_| (), stored).await;
     bar.finish_and_clear();
+    terminal.remove(&bar);
     let report = outcome?.report();
-    eprintln!(
-        "airq: {} loaded: {} values inserted, {} updated, {} rejected",
-        request.name, report.rows_inserted, report.rows_updated, report.rows_rejected
-    );
+    terminal.suspend(|| {
+        eprintln!(
+            "airq: {} loaded: {} values inserted, {} updated, {} rejected",
+            request.name, report.rows_inserted, report.rows_updated, report.rows_rejected
+        )
+    });
     Ok(())
 }
 
@@ -147,7 +245,7 @@ fn is_stopped(error: &anyhow::Error) -> bool {
 }
 
 /// A ready-to-paste try of `model`'s forecast through the gateway with the printed key, at one of its stations.
-async fn say_ready(store: &Store, model: &PredictiveModel, ready: &Ready) {
+async fn say_ready(store: &Store, model: &PredictiveModel, ready: &Ready, terminal: &indicatif::MultiProgress) {
     let station = match model.spec.target.stations.first() {
         Some(code) => Some(code.clone()),
         None => store
@@ -162,52 +260,53 @@ async fn say_ready(store: &Store, model: &PredictiveModel, ready: &Ready) {
     let query: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("station", &station)
         .finish();
-    println!("airq: {name} answers forecasts; to try it, paste:");
-    println!("  KEY={}", ready.key);
-    println!(
-        "  curl -H \"Authorization: Bearer $KEY\" 'http://{}/api/predictive/models/{name}/forecast?{query}'",
-        ready.gateway
-    );
+    terminal.suspend(|| {
+        println!("airq: {name} answers forecasts; to try it, paste:");
+        println!("  KEY={}", ready.key);
+        println!(
+            "  curl -H \"Authorization: Bearer $KEY\" 'http://{}/api/predictive/models/{name}/forecast?{query}'",
+            ready.gateway
+        );
+    });
 }
 
-/// Trains `model` when no stored version has its revision.
-async fn train_if_needed(store: &Store, registry: &Registry, model: &PredictiveModel) -> anyhow::Result<()> {
+/// A model at the start: trained already (the version with its revision), or its training announced (its id).
+enum Announced {
+    Trained(String),
+    Training(u64),
+}
+
+/// When no stored version of `model` has its revision: its spec stored (so the API lists it) and its training
+/// announced.
+async fn announce(api: &ApiState, model: &PredictiveModel, waiting_for: &str) -> anyhow::Result<Announced> {
     let name = model.name_any();
     let revision = model.spec.revision();
-    let versions = registry.versions(Some(&name)).await?;
+    let versions = api.registry.versions(Some(&name)).await?;
     if let Some(current) = versions
         .iter()
         .find(|v| v.revision.as_deref() == Some(revision.as_str()))
     {
-        eprintln!("airq: {name} is trained ({}, revision {revision})", current.version);
-        return Ok(());
+        return Ok(Announced::Trained(current.version.clone()));
     }
-    train_as(store, registry, model, &name, &revision).await
+    api.registry.set_spec(&name, &model_spec(model)?).await?;
+    Ok(Announced::Training(api.announce_training(
+        &name,
+        "airq up",
+        waiting_for.to_owned(),
+    )))
 }
 
-/// Trains and stores a new version of `model`, with its revision.
-async fn train(store: &Store, registry: &Registry, model: &PredictiveModel) -> anyhow::Result<()> {
-    train_as(store, registry, model, &model.name_any(), &model.spec.revision()).await
-}
-
-async fn train_as(
+/// Trains and stores a new version of `model`, with its revision: the version, its scores on held-out data and the
+/// seconds it took.
+async fn train_as<P: Progress + Send + 'static>(
     store: &Store,
     registry: &Registry,
     model: &PredictiveModel,
-    name: &str,
-    revision: &str,
-) -> anyhow::Result<()> {
+    progress: P,
+) -> anyhow::Result<(StoredVersion, Evaluation, f64)> {
+    let (name, revision) = (model.name_any(), model.spec.revision());
     let spec = model_spec(model)?;
-    eprintln!("airq: training {name} ({})", spec.algorithm.name());
-    let (stored, evaluation, seconds) =
-        airq_predictive::cli::train_version(store, registry, name, &spec, Some(revision), None).await?;
-    eprintln!(
-        "airq: {name} {} trained in {seconds:.1} s: MAE {:.2}, 90 % coverage {:.3} on held-out data",
-        stored.version,
-        evaluation.mae,
-        evaluation.coverage(0.9).unwrap_or(f64::NAN)
-    );
-    Ok(())
+    airq_predictive::cli::train_version(store, registry, &name, &spec, Some(&revision), None, progress).await
 }
 
 /// Calls `task` at each time of the cron `expression` (in `time_zone`, UTC when absent) until `stop`; `what` names

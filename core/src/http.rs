@@ -306,6 +306,10 @@ pub struct ApiError {
     pub code: &'static str,
     /// What is wrong, and where, for a person.
     pub message: String,
+    /// More fields of the error object for a program (e.g. a training's progress).
+    pub details: serde_json::Map<String, serde_json::Value>,
+    /// Seconds after which the same request may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -314,7 +318,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: serde_json::Map::new(),
+            retry_after: None,
         }
+    }
+
+    /// The error with one more field in its object.
+    pub fn with(mut self, field: &str, value: serde_json::Value) -> Self {
+        self.details.insert(field.to_owned(), value);
+        self
+    }
+
+    /// The error with a `Retry-After` of `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -342,7 +360,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut error = self.details;
+        error.insert("code".to_owned(), json!(self.code));
+        error.insert("message".to_owned(), json!(self.message));
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod log_sink;
+pub mod openapi;
 pub mod parameter;
 pub mod service;
 pub mod store;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod images;
 pub mod kubernetes;
 pub mod node;
+pub mod openapi;
 pub mod pods;
 pub mod postgres;
 pub mod process;

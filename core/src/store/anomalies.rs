@@ -36,7 +36,7 @@ pub struct AnomalyReport {
 }
 
 /// An anomaly as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredAnomaly {
     pub id: i64,

@@ -102,7 +102,7 @@ pub struct NewRun {
 }
 
 /// A load, running or finished.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadRun {
     pub id: i64,
@@ -132,7 +132,7 @@ pub struct LoadRun {
 }
 
 /// A refused value as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RejectedRow {
     pub load_run_id: i64,
@@ -146,7 +146,7 @@ pub struct RejectedRow {
 }
 
 /// A station as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Station {
     pub id: i64,
     pub code: String,

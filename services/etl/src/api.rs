@@ -84,6 +84,11 @@ fn validate(spec: &LoadSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Starts a load; follow it at `/loads/{id}`.
+#[utoipa::path(post, path = "/loads", tag = "etl", request_body = StartLoad,
+    responses((status = 202, description = "The load started: its run", body = LoadRun),
+        (status = 409, description = "A load of that name is already running", body = airq_core::openapi::ErrorBody),
+        (status = 422, description = "The request is not a valid load; the message names the field", body = airq_core::openapi::ErrorBody)))]
 async fn start_load(
     State(state): State<ApiState>,
     body: Result<Json<StartLoad>, axum::extract::rejection::JsonRejection>,
@@ -148,12 +153,18 @@ async fn start_load(
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only the runs of this load.
     name: Option<String>,
+    /// At most this many (1–1000, default 50).
     limit: Option<i64>,
 }
 
+/// Load runs, newest first.
+#[utoipa::path(get, path = "/loads", tag = "etl", params(ListQuery),
+    responses((status = 200, description = "Runs", body = [LoadRun])))]
 async fn list_loads(
     State(state): State<ApiState>,
     Query(query): Query<ListQuery>,
@@ -172,6 +183,10 @@ fn run_id(text: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::invalid(format!("load run id {text:?} is not a number")))
 }
 
+/// One load run with its counters, while it runs and after.
+#[utoipa::path(get, path = "/loads/{id}", tag = "etl", params(("id" = i64, Path, description = "The load run's id")),
+    responses((status = 200, description = "The run", body = LoadRun),
+        (status = 404, description = "No such run", body = airq_core::openapi::ErrorBody)))]
 async fn get_load(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<LoadRun>, ApiError> {
     let id = run_id(&id)?;
     state
@@ -183,11 +198,17 @@ async fn get_load(State(state): State<ApiState>, Path(id): Path<String>) -> Resu
         .ok_or_else(|| ApiError::not_found(format!("no load run {id}")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LimitQuery {
+    /// At most this many (1–10000, default 100).
     limit: Option<i64>,
 }
 
+/// The values a run refused, with the reason.
+#[utoipa::path(get, path = "/loads/{id}/rejected", tag = "etl", params(("id" = i64, Path, description = "The load run's id"), LimitQuery),
+    responses((status = 200, description = "Refused values", body = [RejectedRow]),
+        (status = 404, description = "No such run", body = airq_core::openapi::ErrorBody)))]
 async fn get_rejected(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -206,112 +227,28 @@ async fn get_rejected(
     Ok(Json(rows))
 }
 
-async fn openapi() -> Json<serde_json::Value> {
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(openapi_document())
 }
 
-/// The OpenAPI 3.1 description of this API. Request schemas come from the Rust types (the same ones the CRDs are
-/// generated from); `operator/tests`-style staleness does not apply because it is built at run time.
-pub fn openapi_document() -> serde_json::Value {
-    let mut start_load = serde_json::to_value(schemars::schema_for!(StartLoad)).unwrap_or_default();
-    // The nested definitions become components of their own, and the references follow them.
-    let mut schemas = serde_json::Map::new();
-    if let Some(serde_json::Value::Object(defs)) = start_load.as_object_mut().and_then(|o| o.remove("$defs")) {
-        schemas.extend(defs);
-    }
-    let error = serde_json::json!({
-        "type": "object",
-        "properties": { "error": { "type": "object", "properties": {
-            "code": { "type": "string" }, "message": { "type": "string" } } } }
-    });
-    let run = serde_json::json!({
-        "type": "object",
-        "properties": {
-            "id": { "type": "integer" }, "name": { "type": "string" }, "source": { "type": "string" },
-            "mode": { "type": "string" }, "spec": { "type": "object" }, "requestedBy": { "type": "string" },
-            "rangeFrom": { "type": ["string", "null"], "format": "date-time" },
-            "rangeTo": { "type": ["string", "null"], "format": "date-time" },
-            "status": { "type": "string", "enum": ["running", "succeeded", "failed"] },
-            "rowsRead": { "type": "integer" }, "rowsInserted": { "type": "integer" },
-            "rowsUpdated": { "type": "integer" }, "rowsUnchanged": { "type": "integer" },
-            "rowsRejected": { "type": "integer" }, "rowsFlagged": { "type": "integer" },
-            "error": { "type": ["string", "null"] },
-            "startedAt": { "type": "string", "format": "date-time" },
-            "updatedAt": { "type": "string", "format": "date-time" },
-            "finishedAt": { "type": ["string", "null"], "format": "date-time" }
-        }
-    });
-    let rejected = serde_json::json!({
-        "type": "object",
-        "properties": {
-            "loadRunId": { "type": "integer" }, "source": { "type": "string" }, "record": { "type": "string" },
-            "station": { "type": ["string", "null"] }, "parameter": { "type": "string" },
-            "time": { "type": ["string", "null"], "format": "date-time" },
-            "rawValue": { "type": ["string", "null"] }, "reason": { "type": "string" }
-        }
-    });
-    let err = |description: &str| {
-        serde_json::json!({ "description": description,
-            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
-    };
-    let id_param = serde_json::json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } });
-    let mut document = serde_json::json!({
-        "openapi": "3.1.0",
-        "info": { "title": "airq ETL API", "version": env!("CARGO_PKG_VERSION"),
-                  "description": "Start loads of measurements and follow them. Through the gateway: /api/etl/…" },
-        "paths": {
-            "/loads": {
-                "post": {
-                    "summary": "Start a load",
-                    "requestBody": { "required": true, "content": { "application/json": {
-                        "schema": { "$ref": "#/components/schemas/StartLoad" } } } },
-                    "responses": {
-                        "202": { "description": "The load started; follow it at /loads/{id}",
-                                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/LoadRun" } } } },
-                        "409": err("A load of that name is already running"),
-                        "422": err("The request is not a valid load")
-                    }
-                },
-                "get": {
-                    "summary": "List load runs, newest first",
-                    "parameters": [
-                        { "name": "name", "in": "query", "schema": { "type": "string" } },
-                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }
-                    ],
-                    "responses": { "200": { "description": "Runs", "content": { "application/json": {
-                        "schema": { "type": "array", "items": { "$ref": "#/components/schemas/LoadRun" } } } } } }
-                }
-            },
-            "/loads/{id}": {
-                "get": {
-                    "summary": "One load run, with its counters",
-                    "parameters": [id_param],
-                    "responses": {
-                        "200": { "description": "The run", "content": { "application/json": {
-                            "schema": { "$ref": "#/components/schemas/LoadRun" } } } },
-                        "404": err("No such run")
-                    }
-                }
-            },
-            "/loads/{id}/rejected": {
-                "get": {
-                    "summary": "The values a run refused, with the reason",
-                    "parameters": [id_param, { "name": "limit", "in": "query", "schema": { "type": "integer" } }],
-                    "responses": {
-                        "200": { "description": "Refused values", "content": { "application/json": {
-                            "schema": { "type": "array", "items": { "$ref": "#/components/schemas/RejectedRow" } } } } },
-                        "404": err("No such run")
-                    }
-                }
-            }
-        },
-        "components": { "schemas": {} }
-    });
-    schemas.insert("StartLoad".to_owned(), start_load);
-    schemas.insert("LoadRun".to_owned(), run);
-    schemas.insert("RejectedRow".to_owned(), rejected);
-    schemas.insert("Error".to_owned(), error);
-    document["components"]["schemas"] = serde_json::Value::Object(schemas);
-    let text = document.to_string().replace("#/$defs/", "#/components/schemas/");
-    serde_json::from_str(&text).unwrap_or(document)
+airq_core::schema_from_schemars!(StartLoad);
+
+/// This API's OpenAPI 3.1 description, generated from its handlers and their types; the request's schema is the
+/// one the EtlSchedule CRD is generated from.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "airq ETL API", description = "Start loads of measurements and follow them."),
+    paths(start_load, list_loads, get_load, get_rejected),
+    components(schemas(airq_core::openapi::ErrorBody, airq_core::openapi::ErrorDetail)),
+    tags((name = "etl", description = "Loads of measurements from external services and files"))
+)]
+pub struct Doc;
+
+/// This API's OpenAPI description, with the `servers` entry of its place behind the gateway (`/api/etl`).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    airq_core::openapi::behind_gateway(
+        <Doc as utoipa::OpenApi>::openapi(),
+        airq_api::paths::ETL,
+        env!("CARGO_PKG_VERSION"),
+    )
 }

@@ -303,6 +303,19 @@ pub async fn run_reporting_start(
     stop: &CancellationToken,
     on_start: impl FnOnce(i64),
 ) -> Result<LoadOutcome, LoadError> {
+    run_reporting(store, request, progress, stop, on_start, || ()).await
+}
+
+/// [`run_reporting_start`], also calling `on_stored` once every value is stored, before the series are checked for
+/// quality marks (what reads only the values, e.g. a training, may start then).
+pub async fn run_reporting(
+    store: &Store,
+    request: &LoadRequest,
+    progress: &ProgressBar,
+    stop: &CancellationToken,
+    on_start: impl FnOnce(i64),
+    on_stored: impl FnOnce(),
+) -> Result<LoadOutcome, LoadError> {
     let started = Instant::now();
     let range = range(store, request).await?;
     let spec_json = serde_json::to_string(&request.spec).map_err(|e| LoadError::Invalid(e.to_string()))?;
@@ -322,9 +335,12 @@ pub async fn run_reporting_start(
     tracing::info!(run = run_id, load = %request.name, source = request.spec.source.kind(), "load started");
     let result = match load_chunks(store, request, run_id, range, progress, stop).await {
         // The marks come before the watermark: a load stopped while marking is run again over the same range.
-        Ok((values_read, counts, newest, touched)) => mark(store, request, run_id, &touched, progress, stop)
-            .await
-            .map(|marks| (values_read, counts, newest, marks)),
+        Ok((values_read, counts, newest, touched)) => {
+            on_stored();
+            mark(store, request, run_id, &touched, progress, stop)
+                .await
+                .map(|marks| (values_read, counts, newest, marks))
+        }
         Err(error) => Err(error),
     };
     let source = request.spec.source.kind();

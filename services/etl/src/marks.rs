@@ -134,6 +134,16 @@ pub async fn mark(
     let series = touched.series();
     let total = series.len();
     let mut done = 0;
+    // A phase of its own on the bar: series checked of those touched, not the bytes of the files read before.
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} series checked for stuck sensors and jumps ({eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    progress.set_message("");
+    progress.set_length(total as u64);
+    progress.set_position(0);
     let mut counts = MarkCounts::default();
     let mut checked = futures::stream::iter(series.into_iter().map(|(station, parameter, first, last)| async move {
         let window = Window::new(first, last, settings);
@@ -150,7 +160,7 @@ pub async fn mark(
     while let Some(result) = checked.next().await {
         counts += result?;
         done += 1;
-        progress.set_message(format!("quality checks: {done} of {total} series"));
+        progress.set_position(done);
     }
     Ok(counts)
 }

@@ -1,5 +1,5 @@
 // The airq dashboard: reads the front service's API (every URL relative to the page, so it works under any path
-// prefix) and draws its charts as SVG. Views: #/ (stations), #/station/CODE, #/compare, #/ops.
+// prefix) and draws its charts as SVG. Views: #/ (stations), #/station/CODE, #/compare, #/ops, #/api.
 'use strict';
 
 const SVG = 'http://www.w3.org/2000/svg';
@@ -187,6 +187,7 @@ async function route() {
     if (section === 'station' && parts[1]) await stationView(target, parts[1], params, show);
     else if (section === 'compare') await compareView(target, params);
     else if (section === 'ops') await opsView(target);
+    else if (section === 'api') await apiView(target);
     else await overview(target, params);
   } catch (e) {
     target.append(notice(e.message, 'error'));
@@ -557,6 +558,7 @@ async function stationView(target, code, params, show) {
     const e = forecast.reason;
     const text = e.code === 'forecast_unavailable' ? 'The forecast is not available right now (the predictive service did not answer). The chart shows the measurements only.'
       : e.code === 'no_model' ? `No trained model forecasts ${info.label} at ${station.name}; the chart shows the measurements only.`
+        : e.code === 'training' ? `No forecast yet: ${e.message} (reload the page then). The chart shows the measurements only.`
         : `No forecast: ${e.message}`;
     notices.append(notice(text));
   } else if (!wantsForecast) {
@@ -759,4 +761,69 @@ function coverage(metrics, level) {
     }
   }
   return null;
+}
+
+// ---- the API's reference ----------------------------------------------------------------------------------------
+
+// A JSON Schema in a few words: `string`, `array of Station`, `Forecast`…
+function schemaName(schema) {
+  if (!schema) return '';
+  if (schema.$ref) return schema.$ref.split('/').pop();
+  const one = schema.oneOf || schema.anyOf;
+  if (one) return one.map(schemaName).filter((n) => n && n !== 'null').join(' or ') || 'null';
+  if (schema.allOf) return schema.allOf.map(schemaName).join(' and ');
+  const type = Array.isArray(schema.type) ? schema.type.filter((t) => t !== 'null').join(' or ') : schema.type;
+  if (type === 'array') return 'array of ' + schemaName(schema.items);
+  return type || 'any';
+}
+
+// Text of the document with its `code` spans as code (built as nodes, never as HTML).
+function prose(tag, attrs, text) {
+  return el(tag, attrs, ...String(text || '').split('`').map((part, i) => (i % 2 ? el('code', {}, part) : part)));
+}
+
+function bodyOf(content) {
+  return Object.entries(content || {}).map(([kind, media]) => `${schemaName(media.schema)} (${kind})`).join(', ');
+}
+
+// The OpenAPI document of everything behind the gateway, as a page: each part, each operation with its
+// parameters, body and answers. The document itself is at api/openapi.json.
+async function apiView(target) {
+  const doc = await api('openapi.json');
+  target.append(el('h1', {}, 'API'));
+  target.append(prose('p', { class: 'meta' }, doc.info.description));
+  target.append(el('p', {}, 'The OpenAPI document: ', el('a', { href: 'api/openapi.json', id: 'openapi-link' }, 'api/openapi.json'),
+    ` (OpenAPI ${doc.openapi}, version ${doc.info.version}).`));
+  const operations = [];
+  for (const [path, item] of Object.entries(doc.paths || {})) {
+    for (const method of ['get', 'put', 'post', 'patch', 'delete']) {
+      if (item[method]) operations.push({ path, method, op: item[method], params: item.parameters || [] });
+    }
+  }
+  const tags = (doc.tags || []).map((t) => t.name);
+  for (const o of operations) for (const t of o.op.tags || []) if (!tags.includes(t)) tags.push(t);
+  for (const tag of tags) {
+    const mine = operations.filter((o) => (o.op.tags || []).includes(tag));
+    if (mine.length === 0) continue;
+    const info = (doc.tags || []).find((t) => t.name === tag);
+    const section = el('section', { class: 'api-part', 'data-tag': tag }, el('h2', {}, tag),
+      info && info.description ? prose('p', { class: 'meta' }, info.description) : null);
+    for (const { path, method, op, params } of mine) {
+      const parameters = [...params, ...(op.parameters || [])];
+      const answers = Object.entries(op.responses || {});
+      section.append(el('article', { class: 'api-operation' },
+        el('h3', {}, el('span', { class: 'method method-' + method }, method.toUpperCase()), ' ', el('code', {}, path)),
+        op.summary ? prose('p', {}, op.summary) : null,
+        op.description ? prose('p', { class: 'meta' }, op.description) : null,
+        parameters.length ? el('div', { class: 'table-wrap' }, el('table', {},
+          el('thead', {}, el('tr', {}, ['Parameter', 'In', 'Type', ''].map((h) => el('th', {}, h)))),
+          el('tbody', {}, parameters.map((p) => el('tr', {},
+            el('td', {}, el('code', {}, p.name), p.required ? ' (required)' : ''), el('td', {}, p.in),
+            el('td', {}, schemaName(p.schema)), prose('td', {}, p.description)))))) : null,
+        op.requestBody ? el('p', {}, 'Body: ', bodyOf(op.requestBody.content)) : null,
+        el('ul', { class: 'api-answers' }, answers.map(([status, r]) => el('li', {},
+          el('strong', {}, status), ' ', prose('span', {}, r.description), r.content ? ' — ' + bodyOf(r.content) : '')))));
+    }
+    target.append(section);
+  }
 }

@@ -25,7 +25,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::AppState;
 use crate::caching::{self, Freshness};
@@ -125,13 +125,15 @@ fn unknown_station(code: &str) -> ApiError {
 }
 
 /// The newest value of a pollutant at a station, with its index and category.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Latest {
     /// First and newest hour with a value (RFC 3339).
     first: String,
     last: String,
     value: f64,
+    /// `ug/m3` (µg/m³) or `mg/m3` (CO).
+    #[schema(value_type = String)]
     unit: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     aqi: Option<u32>,
@@ -139,12 +141,34 @@ struct Latest {
     category: Option<Category>,
 }
 
-#[derive(Debug, Serialize)]
+/// A station with the newest value of each pollutant it measures.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct StationView {
     #[serde(flatten)]
     station: Station,
+    /// By pollutant code (`pm25`…).
     pollutants: BTreeMap<String, Latest>,
+}
+
+/// A pollutant the dashboard shows.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct PollutantInfo {
+    /// `pm25`, `pm10`, `no2`, `o3`, `so2` or `co`.
+    #[schema(value_type = String)]
+    code: &'static str,
+    #[schema(value_type = String)]
+    label: &'static str,
+    #[schema(value_type = String)]
+    unit: &'static str,
+}
+
+/// Every station, the pollutants and the categories of the index.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct StationList {
+    stations: Vec<StationView>,
+    pollutants: Vec<PollutantInfo>,
+    categories: Vec<Category>,
 }
 
 async fn station_views(state: &AppState, only: Option<&str>) -> Result<Vec<StationView>, ApiError> {
@@ -179,22 +203,34 @@ async fn station_views(state: &AppState, only: Option<&str>) -> Result<Vec<Stati
     Ok(views)
 }
 
-fn pollutant_list() -> Vec<Value> {
+fn pollutant_list() -> Vec<PollutantInfo> {
     Parameter::POLLUTANTS
         .iter()
-        .map(|p| json!({ "code": p.code(), "label": label(*p), "unit": p.unit() }))
+        .map(|p| PollutantInfo {
+            code: p.code(),
+            label: label(*p),
+            unit: p.unit(),
+        })
         .collect()
 }
 
+/// Every station with the newest value, index and category of each pollutant.
+#[utoipa::path(get, path = "/api/stations", tag = "dashboard",
+    responses((status = 200, description = "Every station", body = StationList)))]
 async fn list_stations(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let views = station_views(&state, None).await?;
-    Ok(caching::json(
-        &headers,
-        &json!({ "stations": views, "pollutants": pollutant_list(), "categories": CATEGORIES }),
-        DATA_FRESHNESS,
-    ))
+    let list = StationList {
+        stations: views,
+        pollutants: pollutant_list(),
+        categories: CATEGORIES.to_vec(),
+    };
+    Ok(caching::json(&headers, &list, DATA_FRESHNESS))
 }
 
+/// One station with the newest value of each pollutant.
+#[utoipa::path(get, path = "/api/stations/{code}", tag = "dashboard", params(("code" = String, Path, description = "The station's code, e.g. `Dongsi`")),
+    responses((status = 200, description = "The station", body = StationView),
+        (status = 404, description = "No such station", body = airq_core::openapi::ErrorBody)))]
 async fn get_station(
     State(state): State<AppState>,
     Path(code): Path<String>,
@@ -209,11 +245,16 @@ async fn get_station(
     Ok(caching::json(&headers, &view, DATA_FRESHNESS))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RangeQuery {
+    /// `pm25` (default), `pm10`, `no2`, `o3`, `so2` or `co`.
     pollutant: Option<String>,
+    /// YYYY-MM-DD, RFC 3339 or Unix seconds; a week before `to` by default.
     from: Option<String>,
+    /// The end (exclusive); the hour after the newest value by default.
     to: Option<String>,
+    /// The most buckets to answer (2–5000, default 500).
     points: Option<String>,
     /// Comma-separated station codes (compare only; every station when absent).
     stations: Option<String>,
@@ -228,25 +269,85 @@ fn plan(query: &RangeQuery, newest: Option<i64>) -> Result<Plan, ApiError> {
     Plan::new(from, to, points(query.points.as_deref())?).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
-#[derive(Debug, Serialize)]
+/// The first and newest hour with a value (RFC 3339).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Extent {
+    first: String,
+    last: String,
+}
+
+/// What a view's buckets are: the pollutant, and the range cut into buckets of `bucketSeconds`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct SeriesView {
-    station: String,
+struct Buckets {
+    #[schema(value_type = String)]
     pollutant: &'static str,
+    #[schema(value_type = String)]
     label: &'static str,
+    #[schema(value_type = String)]
     unit: &'static str,
     from: String,
     to: String,
     /// Unix seconds of the first bucket; bucket `i` starts at `start + i × bucketSeconds`.
     start: i64,
     bucket_seconds: i64,
+}
+
+impl Buckets {
+    fn new(pollutant: Parameter, plan: &Plan) -> Self {
+        Self {
+            pollutant: pollutant.code(),
+            label: label(pollutant),
+            unit: pollutant.unit(),
+            from: rfc3339(plan.from),
+            to: rfc3339(plan.to),
+            start: plan.from,
+            bucket_seconds: plan.width,
+        }
+    }
+}
+
+/// One station's series on time buckets: min, mean and max per bucket, `null` where a bucket holds no value.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SeriesView {
+    station: String,
+    #[serde(flatten)]
+    buckets: Buckets,
     /// Buckets that hold a value.
     filled: usize,
-    extent: Value,
+    extent: Extent,
     #[serde(flatten)]
     columns: Columns,
 }
 
+/// Several stations' series on the same buckets.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct CompareView {
+    #[serde(flatten)]
+    buckets: Buckets,
+    /// Buckets.
+    count: usize,
+    series: Vec<CompareSeries>,
+}
+
+/// One station of a comparison.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct CompareSeries {
+    station: String,
+    name: String,
+    filled: usize,
+    min: Vec<Option<f64>>,
+    mean: Vec<Option<f64>>,
+    max: Vec<Option<f64>>,
+}
+
+/// A station's series of one pollutant: min, mean and max per time bucket, gaps as `null`.
+#[utoipa::path(get, path = "/api/stations/{code}/series", tag = "dashboard", params(("code" = String, Path, description = "The station's code, e.g. `Dongsi`"), RangeQuery),
+    responses((status = 200, description = "The series", body = SeriesView),
+        (status = 404, description = "No such station, or no values in the range (`no_data`)", body = airq_core::openapi::ErrorBody),
+        (status = 422, description = "A bad pollutant, time or number of points", body = airq_core::openapi::ErrorBody)))]
 async fn series(
     State(state): State<AppState>,
     Path(code): Path<String>,
@@ -291,20 +392,22 @@ async fn series(
     let columns = Columns::from_rows(&plan, &rows);
     let view = SeriesView {
         station: station.code,
-        pollutant: pollutant.code(),
-        label: label(pollutant),
-        unit: pollutant.unit(),
-        from: rfc3339(plan.from),
-        to: rfc3339(plan.to),
-        start: plan.from,
-        bucket_seconds: plan.width,
+        buckets: Buckets::new(pollutant, &plan),
         filled: columns.filled(),
-        extent: json!({ "first": rfc3339(first), "last": rfc3339(last) }),
+        extent: Extent {
+            first: rfc3339(first),
+            last: rfc3339(last),
+        },
         columns,
     };
     Ok(caching::json(&headers, &view, DATA_FRESHNESS))
 }
 
+/// Several stations' series of one pollutant on the same buckets.
+#[utoipa::path(get, path = "/api/compare", tag = "dashboard", params(RangeQuery),
+    responses((status = 200, description = "The series", body = CompareView),
+        (status = 404, description = "An unknown station", body = airq_core::openapi::ErrorBody),
+        (status = 422, description = "A bad pollutant, time or number of points", body = airq_core::openapi::ErrorBody)))]
 async fn compare(
     State(state): State<AppState>,
     Query(query): Query<RangeQuery>,
@@ -342,28 +445,34 @@ async fn compare(
         .buckets(&ids, pollutant.code(), plan.from, plan.to, plan.width)
         .await
         .map_err(internal)?;
-    let series: Vec<Value> = chosen
+    let series = chosen
         .iter()
         .map(|s| {
             let columns = Columns::from_rows(&plan, rows.iter().filter(|r| r.station_id == s.id));
-            json!({ "station": s.code, "name": s.name, "filled": columns.filled(), "min": columns.min,
-                    "mean": columns.mean, "max": columns.max })
+            CompareSeries {
+                station: s.code.clone(),
+                name: s.name.clone(),
+                filled: columns.filled(),
+                min: columns.min,
+                mean: columns.mean,
+                max: columns.max,
+            }
         })
         .collect();
-    Ok(caching::json(
-        &headers,
-        &json!({
-            "pollutant": pollutant.code(), "label": label(pollutant), "unit": pollutant.unit(),
-            "from": rfc3339(plan.from), "to": rfc3339(plan.to), "start": plan.from,
-            "bucketSeconds": plan.width, "count": plan.count, "series": series,
-        }),
-        DATA_FRESHNESS,
-    ))
+    let view = CompareView {
+        buckets: Buckets::new(pollutant, &plan),
+        count: plan.count,
+        series,
+    };
+    Ok(caching::json(&headers, &view, DATA_FRESHNESS))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ForecastQuery {
+    /// `pm25` (default), `pm10`, `no2`, `o3`, `so2` or `co`.
     pollutant: Option<String>,
+    /// Comma-separated levels, e.g. `0.8,0.9`; the model's when absent.
     confidence: Option<String>,
 }
 
@@ -378,7 +487,18 @@ fn forecast_error(e: PredictiveError) -> ApiError {
             )
         }
         PredictiveError::NoModel { .. } => ApiError::new(StatusCode::NOT_FOUND, "no_model", e.to_string()),
-        PredictiveError::Refused { status, message } => ApiError::new(
+        PredictiveError::Refused {
+            status,
+            message,
+            training: Some(training),
+        } => ApiError::new(
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::CONFLICT),
+            "training",
+            message.clone(),
+        )
+        .with("training", training.clone())
+        .retry_after(5),
+        PredictiveError::Refused { status, message, .. } => ApiError::new(
             StatusCode::from_u16(*status).unwrap_or(StatusCode::NOT_FOUND),
             "no_forecast",
             message.clone(),
@@ -386,6 +506,13 @@ fn forecast_error(e: PredictiveError) -> ApiError {
     }
 }
 
+/// The forecast from the station's newest data, by the model that serves the pollutant there.
+#[utoipa::path(get, path = "/api/stations/{code}/forecast", tag = "dashboard", params(("code" = String, Path, description = "The station's code, e.g. `Dongsi`"), ForecastQuery),
+    responses((status = 200, description = "The predictive service's forecast", body = airq_predictive::forecast::Forecast),
+        (status = 404, description = "No such station, or no model forecasts the pollutant there (`no_model`)", body = airq_core::openapi::ErrorBody),
+        (status = 409, description = "The model is still training (`training`, with its progress and a Retry-After)", body = airq_core::openapi::ErrorBody),
+        (status = 422, description = "A bad pollutant or confidence level", body = airq_core::openapi::ErrorBody),
+        (status = 503, description = "The predictive service did not answer", body = airq_core::openapi::ErrorBody)))]
 async fn forecast(
     State(state): State<AppState>,
     Path(code): Path<String>,
@@ -412,9 +539,45 @@ async fn forecast(
     Ok(caching::json(&headers, &forecast, DATA_FRESHNESS))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AnomaliesQuery {
+    /// Hours of closed anomalies to include (1–720, default 24).
     hours: Option<String>,
+}
+
+/// The anomalies open now and those closed in the last hours.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct AnomalyList {
+    /// How many are open.
+    open: usize,
+    hours: i64,
+    anomalies: Vec<airq_core::store::StoredAnomaly>,
+}
+
+/// A station's series of one pollutant in the operations view.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct StoredSeries {
+    station: String,
+    pollutant: String,
+    first: String,
+    last: String,
+    /// The newest value.
+    value: f64,
+}
+
+/// The operations view: anomalies of the last day, the newest loads, the models and the stored data.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct OpsView {
+    anomalies: Vec<airq_core::store::StoredAnomaly>,
+    loads: Vec<airq_core::store::LoadRun>,
+    /// Every model (the predictive service's `GET /models`); none when it did not answer.
+    #[schema(value_type = Option<Vec<airq_predictive::api::ModelInfo>>)]
+    models: Option<std::sync::Arc<Vec<Value>>>,
+    /// Why the models are missing.
+    models_error: Option<String>,
+    series: Vec<StoredSeries>,
 }
 
 /// The anomalies open now and those closed in the last `hours`.
@@ -423,6 +586,10 @@ async fn recent_anomalies(state: &AppState, hours: i64) -> Result<Vec<airq_core:
     state.store.anomalies(since, ANOMALIES_LIMIT).await.map_err(internal)
 }
 
+/// The anomalies open now and those that closed in the last `hours`, from every part of the platform.
+#[utoipa::path(get, path = "/api/anomalies", tag = "dashboard", params(AnomaliesQuery),
+    responses((status = 200, description = "Anomalies, open ones first", body = AnomalyList),
+        (status = 422, description = "A bad number of hours", body = airq_core::openapi::ErrorBody)))]
 async fn anomalies(
     State(state): State<AppState>,
     Query(query): Query<AnomaliesQuery>,
@@ -445,129 +612,118 @@ async fn anomalies(
     let open = found.iter().filter(|a| a.is_open()).count();
     Ok(caching::json(
         &headers,
-        &json!({ "open": open, "hours": hours, "anomalies": found }),
+        &AnomalyList {
+            open,
+            hours,
+            anomalies: found,
+        },
         Freshness::Revalidate,
     ))
 }
 
+/// The operations view: the anomalies of the last day, the newest loads, the models and their scores, and the
+/// extent of the stored data.
+#[utoipa::path(get, path = "/api/ops", tag = "dashboard", responses((status = 200, description = "The view", body = OpsView)))]
 async fn ops(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let anomalies = recent_anomalies(&state, ANOMALY_HOURS).await?;
     let loads = state.store.runs(None, OPS_LOADS).await.map_err(internal)?;
     let stations = stations(&state).await?;
-    let series: Vec<Value> = state
+    let series = state
         .views
         .series_states()
         .await
         .map_err(internal)?
         .into_iter()
-        .map(|s| {
-            let code = stations
+        .map(|s| StoredSeries {
+            station: stations
                 .iter()
                 .find(|st| st.id == s.station_id)
-                .map_or("", |st| st.code.as_str());
-            json!({ "station": code, "pollutant": s.parameter, "first": rfc3339(s.first), "last": rfc3339(s.last),
-                    "value": s.last_value })
+                .map_or_else(String::new, |st| st.code.clone()),
+            pollutant: s.parameter,
+            first: rfc3339(s.first),
+            last: rfc3339(s.last),
+            value: s.last_value,
         })
         .collect();
     let (models, models_error) = match state.predictive.models().await {
         Ok(models) => (Some(models), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    Ok(caching::json(
-        &headers,
-        &json!({ "anomalies": anomalies, "loads": loads, "models": models, "modelsError": models_error,
-                 "series": series }),
-        Freshness::Revalidate,
-    ))
+    let view = OpsView {
+        anomalies,
+        loads,
+        models,
+        models_error,
+        series,
+    };
+    Ok(caching::json(&headers, &view, Freshness::Revalidate))
 }
 
-async fn openapi() -> Json<Value> {
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(openapi_document())
 }
 
-/// The OpenAPI 3.1 description of this API.
-pub fn openapi_document() -> Value {
-    let error = json!({ "description": "what is wrong", "content": { "application/json": { "schema": {
-        "$ref": "#/components/schemas/Error" } } } });
-    let range_parameters = json!([
-        { "name": "pollutant", "in": "query", "schema": { "type": "string",
-            "enum": ["pm25", "pm10", "no2", "o3", "so2", "co"], "default": "pm25" } },
-        { "name": "from", "in": "query", "description": "YYYY-MM-DD, RFC 3339 or Unix seconds; a week before `to` by default",
-            "schema": { "type": "string" } },
-        { "name": "to", "in": "query", "description": "end (exclusive); the hour after the newest value by default",
-            "schema": { "type": "string" } },
-        { "name": "points", "in": "query", "description": "most buckets to answer (2–5000)",
-            "schema": { "type": "integer", "default": DEFAULT_POINTS } }
+/// The dashboard's API, generated from its handlers and their types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list_stations, get_station, series, forecast, compare, ops, anomalies),
+    components(schemas(airq_core::openapi::ErrorBody, airq_core::openapi::ErrorDetail)),
+    tags((name = "dashboard", description = "The data behind the dashboard's views; anyone may call it"))
+)]
+pub struct Doc;
+
+/// One OpenAPI 3.1 document for everything a key can call through the gateway: the dashboard's API, the predictive
+/// and ETL APIs under their prefixes, and the gateway's admin API. Each part is generated from its service's
+/// handlers; the document's server is the gateway (every path is called on it).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+    let prefix = |p: &'static str| p.trim_end_matches('/');
+    let mut doc = Doc::openapi()
+        .nest(
+            prefix(airq_api::paths::PREDICTIVE),
+            airq_predictive::api::Doc::openapi(),
+        )
+        .nest(prefix(airq_api::paths::ETL), airq_etl::api::Doc::openapi())
+        .merge_from(airq_gateway::admin::Doc::openapi());
+    doc.info = utoipa::openapi::InfoBuilder::new()
+        .title("airq API")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Everything callable through the airq gateway: the dashboard's data (anyone), forecasts and models \
+             (`/api/predictive`, the developers group), loads (`/api/etl`, the operators group) and the admin API \
+             (`/admin`, the admin group). Give a key as `Authorization: Bearer airq_…` or `X-Api-Key: airq_…`; which \
+             routes need one, and which groups may call them, is the gateway's route configuration \
+             (`GET /admin/routes`). Each service also serves its own part at `openapi.json` under its prefix.",
+        ))
+        .build();
+    doc.servers = Some(vec![
+        utoipa::openapi::ServerBuilder::new()
+            .url("/")
+            .description(Some("the gateway that served this document"))
+            .build(),
     ]);
-    let code = json!({ "name": "code", "in": "path", "required": true, "schema": { "type": "string" } });
-    let mut series_parameters = range_parameters.as_array().cloned().unwrap_or_default();
-    series_parameters.insert(0, code.clone());
-    let mut compare_parameters = range_parameters.as_array().cloned().unwrap_or_default();
-    compare_parameters.push(
-        json!({ "name": "stations", "in": "query", "description": "comma-separated codes; all by default",
-        "schema": { "type": "string" } }),
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("airq_<id>_<secret>")
+                .build(),
+        ),
     );
-    let nullable_numbers = json!({ "type": "array", "items": { "type": ["number", "null"] } });
-    json!({
-        "openapi": "3.1.0",
-        "info": { "title": "airq front", "version": env!("CARGO_PKG_VERSION"),
-            "description": "The data behind the dashboard's views. Times are UTC; concentrations are µg/m³." },
-        "paths": {
-            "/api/stations": { "get": { "summary": "every station with the newest value and category of each pollutant",
-                "responses": { "200": { "description": "stations, pollutants and the categories' colours" } } } },
-            "/api/stations/{code}": { "get": { "summary": "one station", "parameters": [code],
-                "responses": { "200": { "description": "the station" }, "404": error } } },
-            "/api/stations/{code}/series": { "get": {
-                "summary": "a pollutant's values in time buckets: min, mean and max per bucket, null where empty",
-                "parameters": series_parameters,
-                "responses": { "200": { "description": "the series", "content": { "application/json": { "schema": {
-                    "$ref": "#/components/schemas/Series" } } } },
-                    "304": { "description": "not modified (If-None-Match)" }, "404": error, "422": error } } },
-            "/api/stations/{code}/forecast": { "get": {
-                "summary": "the forecast from the station's newest data, by the model that serves the pollutant",
-                "parameters": [code, { "name": "pollutant", "in": "query", "schema": { "type": "string" } },
-                    { "name": "confidence", "in": "query", "description": "e.g. 0.8,0.9", "schema": { "type": "string" } }],
-                "responses": { "200": { "description": "the predictive service's forecast" },
-                    "404": error, "503": error } } },
-            "/api/compare": { "get": { "summary": "several stations on the same buckets",
-                "parameters": compare_parameters, "responses": { "200": { "description": "one series per station" },
-                "404": error, "422": error } } },
-            "/api/ops": { "get": {
-                "summary": "the anomalies of the last day, the newest loads, the models and the stored data's extent",
-                "responses": { "200": { "description": "the operations view" } } } },
-            "/api/anomalies": { "get": {
-                "summary": "anomalies from every part of the platform: open ones, then those closed in the last hours",
-                "parameters": [{ "name": "hours", "in": "query", "description": "closed in the last hours (1–720)",
-                    "schema": { "type": "integer", "default": ANOMALY_HOURS } }],
-                "responses": { "200": { "description": "the anomalies", "content": { "application/json": {
-                    "schema": { "$ref": "#/components/schemas/Anomalies" } } } }, "422": error } } }
-        },
-        "components": { "schemas": {
-            "Anomalies": { "type": "object", "properties": {
-                "open": { "type": "integer" }, "hours": { "type": "integer" },
-                "anomalies": { "type": "array", "items": { "type": "object", "properties": {
-                    "id": { "type": "integer" },
-                    "component": { "type": "string", "description": "gateway, etl or predictive" },
-                    "signal": { "type": "string", "description": "e.g. error_ratio, load_duration_seconds, forecast_abs_error" },
-                    "subject": { "type": "string", "description": "a route, a load, model/station" },
-                    "reporter": { "type": "string" },
-                    "openedAt": { "type": "string", "format": "date-time" },
-                    "closedAt": { "type": ["string", "null"], "format": "date-time" },
-                    "value": { "type": "number" }, "expected": { "type": ["number", "null"] },
-                    "score": { "type": "number" }, "peakScore": { "type": "number" },
-                    "detail": { "type": "string" } } } } } },
-            "Error": { "type": "object", "properties": { "error": { "type": "object", "properties": {
-                "code": { "type": "string" }, "message": { "type": "string" } } } } },
-            "Series": { "type": "object", "properties": {
-                "station": { "type": "string" }, "pollutant": { "type": "string" }, "unit": { "type": "string" },
-                "from": { "type": "string", "format": "date-time" }, "to": { "type": "string", "format": "date-time" },
-                "start": { "type": "integer", "description": "Unix seconds of the first bucket" },
-                "bucketSeconds": { "type": "integer" }, "filled": { "type": "integer" },
-                "extent": { "type": "object", "properties": { "first": { "type": "string" }, "last": { "type": "string" } } },
-                "min": nullable_numbers, "mean": nullable_numbers, "max": nullable_numbers,
-                "count": { "type": "array", "items": { "type": "integer" } } } }
-        } }
-    })
+    components.add_security_scheme(
+        "apiKey",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Api-Key"))),
+    );
+    // A key is optional on the dashboard's routes and required elsewhere, as the routes say.
+    doc.security = Some(vec![
+        utoipa::openapi::security::SecurityRequirement::default(),
+        utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new()),
+        utoipa::openapi::security::SecurityRequirement::new("apiKey", Vec::<String>::new()),
+    ]);
+    doc
 }
 
 #[cfg(test)]
@@ -578,11 +734,8 @@ mod tests {
     /// or an AdhocService could take it over.
     #[test]
     fn every_documented_path_is_reserved_for_the_front() {
-        let document = openapi_document();
-        let documented = document["paths"]
-            .as_object()
-            .map(|p| p.keys().cloned().collect::<Vec<_>>());
-        let documented = documented.unwrap_or_default();
+        use utoipa::OpenApi as _;
+        let documented: Vec<String> = Doc::openapi().paths.paths.keys().cloned().collect();
         assert!(documented.len() >= 7, "{documented:?}");
         for path in documented {
             assert!(
@@ -590,5 +743,33 @@ mod tests {
                 "{path} is served by the front but not in airq_api::paths::front::ALL"
             );
         }
+    }
+
+    /// The parts are merged by schema name, the first one kept: two parts may share a name only for the same schema.
+    #[test]
+    fn the_parts_do_not_give_one_name_to_two_schemas() {
+        use utoipa::OpenApi as _;
+        let parts = [
+            ("dashboard", Doc::openapi()),
+            ("predictive", airq_predictive::api::Doc::openapi()),
+            ("etl", airq_etl::api::Doc::openapi()),
+            ("admin", airq_gateway::admin::Doc::openapi()),
+        ];
+        let mut seen: BTreeMap<String, (&str, Value)> = BTreeMap::new();
+        for (part, doc) in &parts {
+            for (name, schema) in doc.components.iter().flat_map(|c| c.schemas.iter()) {
+                let schema = serde_json::to_value(schema).unwrap();
+                if let Some((first, earlier)) = seen.get(name) {
+                    assert_eq!(earlier, &schema, "{name} means two things: in {first} and in {part}");
+                } else {
+                    seen.insert(name.clone(), (part, schema));
+                }
+            }
+        }
+        let whole = serde_json::to_value(openapi_document()).unwrap();
+        assert!(whole["components"]["schemas"]["TrainingRun"].is_object());
+        assert!(whole["paths"]["/api/predictive/models/{name}/forecast"]["get"].is_object());
+        assert!(whole["paths"]["/admin/users/{name}/keys"]["post"].is_object());
+        assert!(whole["paths"]["/api/etl/loads"]["post"].is_object());
     }
 }

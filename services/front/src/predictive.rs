@@ -24,9 +24,14 @@ pub enum PredictiveError {
     Unreachable(String),
     #[error("no trained model forecasts {pollutant} at {station}")]
     NoModel { pollutant: String, station: String },
-    /// The predictive service refused the request (4xx): its message.
+    /// The predictive service refused the request (4xx): its message; a model still training says how far it is
+    /// (`training`).
     #[error("{message}")]
-    Refused { status: u16, message: String },
+    Refused {
+        status: u16,
+        message: String,
+        training: Option<Value>,
+    },
 }
 
 /// A client of the predictive service.
@@ -87,6 +92,7 @@ impl Predictive {
             Err(PredictiveError::Refused {
                 status: status.as_u16(),
                 message: body["error"]["message"].as_str().unwrap_or("refused").to_owned(),
+                training: Some(body["error"]["training"].clone()).filter(|t| t.is_object()),
             })
         } else {
             Err(PredictiveError::Unreachable(format!(
@@ -144,15 +150,21 @@ fn describe(error: &reqwest::Error) -> String {
 /// The model to ask for `pollutant` at `station`: among those with a trained version whose target is that
 /// pollutant and includes the station (no station list means every station), the most recently trained.
 pub fn choose_model<'a>(models: &'a [Value], station: &str, pollutant: &str) -> Option<&'a str> {
-    models
+    let serving = models
         .iter()
-        .filter(|m| m["latest"].is_object())
         .filter(|m| m["spec"]["target"]["pollutant"].as_str() == Some(pollutant))
         .filter(|m| match m["spec"]["target"]["stations"].as_array() {
             Some(stations) if !stations.is_empty() => stations.iter().any(|s| s.as_str() == Some(station)),
             _ => true,
-        })
+        });
+    let (trained, training): (Vec<&Value>, Vec<&Value>) = serving
+        .filter(|m| m["latest"].is_object() || m["training"].is_object())
+        .partition(|m| m["latest"].is_object());
+    // A model still training is asked only when none is trained: its answer says how far the training is.
+    trained
+        .into_iter()
         .max_by_key(|m| created(&m["latest"]["createdAt"]))
+        .or_else(|| training.into_iter().next())
         .and_then(|m| m["name"].as_str())
 }
 

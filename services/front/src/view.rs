@@ -104,7 +104,7 @@ impl Plan {
 
 /// A series on a plan's buckets, as columns: `null` where a bucket holds no value, so a chart breaks its line there
 /// instead of joining across missing data.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Columns {
     pub min: Vec<Option<f64>>,
     pub mean: Vec<Option<f64>>,
@@ -147,12 +147,14 @@ impl Columns {
 
 /// An air-quality category, after China's Technical Regulation on Ambient Air Quality Index (HJ 633-2012), the
 /// standard of the Beijing stations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Category {
     /// 1 (best) to 6 (worst).
     pub level: u8,
+    #[schema(value_type = String)]
     pub label: &'static str,
     /// The colour the standard gives the category.
+    #[schema(value_type = String)]
     pub color: &'static str,
 }
 

@@ -369,6 +369,29 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
     assert_eq!(rows, sorted);
     console_clean(&driver, &client, "the operations", &[]).await;
     screenshot(&client, &shots, "6-operations").await;
+
+    // The API's reference: the one OpenAPI document of everything behind the gateway, as a page.
+    client.goto(&format!("{gateway}/airq/#/api")).await.unwrap();
+    element(&client, "section.api-part[data-tag='predictive'] .api-operation").await;
+    let page = js(&client, "return document.getElementById('view').innerText;").await;
+    let page = page.as_str().unwrap();
+    for operation in [
+        "GET /api/stations/{code}/series",
+        "GET /api/predictive/models/{name}/forecast",
+        "POST /api/etl/loads",
+        "POST /admin/users/{name}/keys",
+    ] {
+        assert!(page.contains(operation), "{operation} is not on the API page:\n{page}");
+    }
+    // A parameter with its description, and the answers with their bodies.
+    assert!(
+        page.contains("station") && page.contains("409") && page.contains("Forecast (application/json)"),
+        "{page}"
+    );
+    let link = element(&client, "#openapi-link").await.attr("href").await.unwrap();
+    assert_eq!(link.as_deref(), Some("api/openapi.json"));
+    console_clean(&driver, &client, "the API's reference", &[]).await;
+    screenshot(&client, &shots, "6-api").await;
     client.close().await.unwrap();
 
     // A phone: the page fits the screen's width.
@@ -396,6 +419,7 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
             "#chart path.series-compare",
         ),
         ("7-phone-operations", "#/ops", "#data tbody tr"),
+        ("7-phone-api", "#/api", ".api-operation"),
     ] {
         phone.goto(&format!("{gateway}/airq/{url}")).await.unwrap();
         element(&phone, ready).await;

@@ -12,13 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::AppState;
 use crate::access::AccessRecord;
 use crate::error::GatewayError;
 use crate::identity::{KeyHasher, generate_key, parse_key};
-use crate::store::{KeyRecord, Store};
+use crate::store::{Group, KeyRecord, Store, Usage, User};
 
 /// The group whose members may use the admin API.
 pub const ADMIN_GROUP: &str = "admin";
@@ -99,21 +98,91 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 
+/// The routes the gateway serves now.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct RouteList {
+    routes: Vec<RouteState>,
+}
+
+/// A route from the configuration, and whether its upstream's circuit is open (calls refused for a while).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct RouteState {
+    /// As configured: the routes file's entry (`airq_api::gateway::Route`).
+    #[schema(value_type = Object)]
+    route: airq_api::gateway::Route,
+    circuit_open: bool,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct GroupList {
+    groups: Vec<Group>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct UserList {
+    users: Vec<User>,
+}
+
+/// A user with its keys (never the keys themselves: their ids and limits).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct UserWithKeys {
+    user: User,
+    keys: Vec<KeyRecord>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct KeyList {
+    keys: Vec<KeyRecord>,
+}
+
+/// A new key: the only answer that ever shows it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct IssuedKey {
+    /// The key, `airq_<id>_<secret>`: store it now.
+    key: String,
+    id: String,
+    /// What logs and lists show of it: `airq_<id>`.
+    prefix: String,
+    user: String,
+    /// Unix seconds; none: it does not expire.
+    expires_at: Option<i64>,
+    note: String,
+}
+
+/// Requests per key and day since a day.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct UsageReport {
+    since: String,
+    usage: Vec<Usage>,
+}
+
+/// The routes the gateway serves, from its configuration, with their circuit breakers' state.
+#[utoipa::path(get, path = "/admin/routes", tag = "admin", responses((status = 200, body = RouteList)))]
 async fn routes(State(state): State<AppState>) -> Response {
     let table = state.routes.current();
-    let routes: Vec<_> = table
+    let routes = table
         .entries
         .iter()
-        .map(|e| json!({ "route": e.route, "circuitOpen": e.breaker.is_open() }))
+        .map(|e| RouteState {
+            route: e.route.clone(),
+            circuit_open: e.breaker.is_open(),
+        })
         .collect();
-    Json(json!({ "routes": routes })).into_response()
+    Json(RouteList { routes }).into_response()
 }
 
+/// Every group with its number of members.
+#[utoipa::path(get, path = "/admin/groups", tag = "admin", responses((status = 200, body = GroupList)))]
 async fn groups(State(state): State<AppState>) -> Result<Response> {
-    Ok(Json(json!({ "groups": state.store.groups().await? })).into_response())
+    Ok(Json(GroupList {
+        groups: state.store.groups().await?,
+    })
+    .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewGroup {
     name: String,
@@ -121,17 +190,21 @@ struct NewGroup {
     description: String,
 }
 
+/// Creates a group (routes name the groups that may call them).
+#[utoipa::path(post, path = "/admin/groups", tag = "admin", request_body = NewGroup,
+    responses((status = 201, description = "The group", body = NewGroup),
+        (status = 409, description = "It exists", body = airq_core::openapi::ErrorBody), (status = 422, description = "A bad name", body = airq_core::openapi::ErrorBody)))]
 async fn create_group(State(state): State<AppState>, body: Bytes) -> Result<Response> {
     let group: NewGroup = parse(&body)?;
     check_name("group", &group.name)?;
     state.store.create_group(&group.name, &group.description, now()).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "name": group.name, "description": group.description })),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(group)).into_response())
 }
 
+/// Deletes a group (not `admin`); its members leave it.
+#[utoipa::path(delete, path = "/admin/groups/{name}", tag = "admin", params(("name" = String, Path, description = "The group's name")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such group", body = airq_core::openapi::ErrorBody),
+        (status = 409, description = "The admin group cannot be deleted", body = airq_core::openapi::ErrorBody)))]
 async fn delete_group(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response> {
     if name == ADMIN_GROUP {
         return Err(GatewayError::Conflict("the admin group cannot be deleted".to_owned()));
@@ -141,11 +214,16 @@ async fn delete_group(State(state): State<AppState>, Path(name): Path<String>) -
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Every user with its groups.
+#[utoipa::path(get, path = "/admin/users", tag = "admin", responses((status = 200, body = UserList)))]
 async fn users(State(state): State<AppState>) -> Result<Response> {
-    Ok(Json(json!({ "users": state.store.users().await? })).into_response())
+    Ok(Json(UserList {
+        users: state.store.users().await?,
+    })
+    .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     name: String,
@@ -153,6 +231,10 @@ struct NewUser {
     groups: Vec<String>,
 }
 
+/// Creates a user, in the groups given.
+#[utoipa::path(post, path = "/admin/users", tag = "admin", request_body = NewUser,
+    responses((status = 201, description = "The user", body = User),
+        (status = 409, description = "It exists", body = airq_core::openapi::ErrorBody), (status = 422, description = "A bad name or an unknown group", body = airq_core::openapi::ErrorBody)))]
 async fn create_user(State(state): State<AppState>, body: Bytes) -> Result<Response> {
     let user: NewUser = parse(&body)?;
     check_name("user", &user.name)?;
@@ -160,18 +242,24 @@ async fn create_user(State(state): State<AppState>, body: Bytes) -> Result<Respo
     Ok((StatusCode::CREATED, Json(state.store.user(&user.name).await?)).into_response())
 }
 
+/// A user with its keys.
+#[utoipa::path(get, path = "/admin/users/{name}", tag = "admin", params(("name" = String, Path, description = "The user's name")),
+    responses((status = 200, body = UserWithKeys), (status = 404, description = "No such user", body = airq_core::openapi::ErrorBody)))]
 async fn user(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response> {
     let user = state.store.user(&name).await?;
     let keys = state.store.keys_of(&name).await?;
-    Ok(Json(json!({ "user": user, "keys": keys })).into_response())
+    Ok(Json(UserWithKeys { user, keys }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserChange {
     disabled: bool,
 }
 
+/// Disables or enables a user: a disabled user's keys are refused at once, on every replica.
+#[utoipa::path(patch, path = "/admin/users/{name}", tag = "admin", params(("name" = String, Path, description = "The user's name")), request_body = UserChange,
+    responses((status = 200, description = "The user", body = User), (status = 404, description = "No such user", body = airq_core::openapi::ErrorBody)))]
 async fn update_user(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Response> {
     let change: UserChange = parse(&body)?;
     state.store.set_disabled(&name, change.disabled).await?;
@@ -179,18 +267,25 @@ async fn update_user(State(state): State<AppState>, Path(name): Path<String>, bo
     Ok(Json(state.store.user(&name).await?).into_response())
 }
 
+/// Deletes a user and its keys.
+#[utoipa::path(delete, path = "/admin/users/{name}", tag = "admin", params(("name" = String, Path, description = "The user's name")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such user", body = airq_core::openapi::ErrorBody)))]
 async fn delete_user(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response> {
     state.store.delete_user(&name).await?;
     state.identities.changed().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Groups {
     groups: Vec<String>,
 }
 
+/// Sets a user's groups (all of them).
+#[utoipa::path(put, path = "/admin/users/{name}/groups", tag = "admin", params(("name" = String, Path, description = "The user's name")), request_body = Groups,
+    responses((status = 200, description = "The user", body = User), (status = 404, description = "No such user", body = airq_core::openapi::ErrorBody),
+        (status = 422, description = "An unknown group", body = airq_core::openapi::ErrorBody)))]
 async fn set_groups(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Response> {
     let groups: Groups = parse(&body)?;
     state.store.set_groups(&name, &groups.groups).await?;
@@ -198,12 +293,18 @@ async fn set_groups(State(state): State<AppState>, Path(name): Path<String>, bod
     Ok(Json(state.store.user(&name).await?).into_response())
 }
 
+/// A user's keys: ids, limits, expiry and revocation, never the keys.
+#[utoipa::path(get, path = "/admin/users/{name}/keys", tag = "admin", params(("name" = String, Path, description = "The user's name")),
+    responses((status = 200, body = KeyList), (status = 404, description = "No such user", body = airq_core::openapi::ErrorBody)))]
 async fn keys(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response> {
-    Ok(Json(json!({ "keys": state.store.keys_of(&name).await? })).into_response())
+    Ok(Json(KeyList {
+        keys: state.store.keys_of(&name).await?,
+    })
+    .into_response())
 }
 
 /// What a new key is issued with.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct KeyOptions {
     #[serde(default)]
@@ -247,18 +348,22 @@ fn new_key(hasher: &KeyHasher, user: &str, options: &KeyOptions, now: i64) -> Re
 fn issued(record: &KeyRecord, key: &str) -> Response {
     (
         StatusCode::CREATED,
-        Json(json!({
-            "key": key,
-            "id": record.id,
-            "prefix": format!("airq_{}", record.id),
-            "user": record.user,
-            "expiresAt": record.expires_at,
-            "note": "store the key now: the gateway keeps only a hash of it and cannot show it again",
-        })),
+        Json(IssuedKey {
+            key: key.to_owned(),
+            id: record.id.clone(),
+            prefix: format!("airq_{}", record.id),
+            user: record.user.clone(),
+            expires_at: record.expires_at,
+            note: "store the key now: the gateway keeps only a hash of it and cannot show it again".to_owned(),
+        }),
     )
         .into_response()
 }
 
+/// Issues a key to a user; the answer is the only place the key is ever shown.
+#[utoipa::path(post, path = "/admin/users/{name}/keys", tag = "admin", params(("name" = String, Path, description = "The user's name")), request_body = KeyOptions,
+    responses((status = 201, description = "The key", body = IssuedKey), (status = 404, description = "No such user", body = airq_core::openapi::ErrorBody),
+        (status = 422, description = "A bad limit", body = airq_core::openapi::ErrorBody)))]
 async fn issue_key(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Response> {
     let options: KeyOptions = parse(&body)?;
     let (record, key) = new_key(state.identities.hasher(), &name, &options, now())?;
@@ -267,10 +372,16 @@ async fn issue_key(State(state): State<AppState>, Path(name): Path<String>, body
     Ok(issued(&record, &key))
 }
 
+/// One key's record.
+#[utoipa::path(get, path = "/admin/keys/{id}", tag = "admin", params(("id" = String, Path, description = "The key's id (its visible prefix without `airq_`)")),
+    responses((status = 200, body = KeyRecord), (status = 404, description = "No such key", body = airq_core::openapi::ErrorBody)))]
 async fn key(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
     Ok(Json(state.store.key(&id).await?).into_response())
 }
 
+/// Revokes a key: refused at once, on every replica.
+#[utoipa::path(delete, path = "/admin/keys/{id}", tag = "admin", params(("id" = String, Path, description = "The key's id (its visible prefix without `airq_`)")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "No such key", body = airq_core::openapi::ErrorBody)))]
 async fn revoke_key(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
     state.store.revoke_key(&id, now()).await?;
     state.identities.changed().await?;
@@ -278,7 +389,7 @@ async fn revoke_key(State(state): State<AppState>, Path(id): Path<String>) -> Re
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Rotation {
     /// Seconds the old key stays valid beside the new one.
@@ -291,6 +402,10 @@ fn default_grace() -> u32 {
     86_400
 }
 
+/// Issues a new key in place of one; the old one stays valid for `graceSeconds`.
+#[utoipa::path(post, path = "/admin/keys/{id}/rotate", tag = "admin", params(("id" = String, Path, description = "The key's id (its visible prefix without `airq_`)")), request_body = Rotation,
+    responses((status = 201, description = "The new key", body = IssuedKey), (status = 404, description = "No such key", body = airq_core::openapi::ErrorBody),
+        (status = 409, description = "The key is revoked or expired", body = airq_core::openapi::ErrorBody)))]
 async fn rotate_key(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response> {
     let rotation: Rotation = parse(&body)?;
     let old = state.store.key(&id).await?;
@@ -320,12 +435,18 @@ async fn rotate_key(State(state): State<AppState>, Path(id): Path<String>, body:
     Ok(issued(&record, &key))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UsageQuery {
+    /// The first day (YYYY-MM-DD, UTC); a week ago by default.
     since: Option<String>,
+    /// Only this user's keys.
     user: Option<String>,
 }
 
+/// Requests per key and day.
+#[utoipa::path(get, path = "/admin/usage", tag = "admin", params(UsageQuery),
+    responses((status = 200, body = UsageReport), (status = 422, description = "A bad day", body = airq_core::openapi::ErrorBody)))]
 async fn usage(State(state): State<AppState>, Query(query): Query<UsageQuery>) -> Result<Response> {
     let since = match query.since {
         Some(day) => {
@@ -336,7 +457,7 @@ async fn usage(State(state): State<AppState>, Query(query): Query<UsageQuery>) -
         None => crate::identity::day_of(now() - 6 * 86_400),
     };
     let rows = state.store.usage(&since, query.user.as_deref()).await?;
-    Ok(Json(json!({ "since": since, "usage": rows })).into_response())
+    Ok(Json(UsageReport { since, usage: rows }).into_response())
 }
 
 /// Makes sure the `admin` group and user exist and that `key` (from the Secret) is a valid key of that user. The
@@ -375,3 +496,34 @@ pub async fn bootstrap(store: &Store, hasher: &KeyHasher, key: &str) -> Result<S
     store.upsert_key(&record).await.map_err(fail)?;
     Ok(parsed.id.to_owned())
 }
+
+/// The admin API's OpenAPI description, generated from its handlers and their types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "airq gateway admin API",
+        description = "Users, groups, API keys and usage; only members of the admin group may call it."
+    ),
+    paths(
+        routes,
+        groups,
+        create_group,
+        delete_group,
+        users,
+        create_user,
+        user,
+        update_user,
+        delete_user,
+        set_groups,
+        keys,
+        issue_key,
+        key,
+        revoke_key,
+        rotate_key,
+        usage,
+        crate::anomalies::list
+    ),
+    components(schemas(airq_core::openapi::ErrorBody, airq_core::openapi::ErrorDetail)),
+    tags((name = "admin", description = "The gateway's admin API: users, groups, API keys, usage (admin group only)"))
+)]
+pub struct Doc;

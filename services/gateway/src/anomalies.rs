@@ -134,6 +134,8 @@ fn describe(anomaly: &Anomaly) -> serde_json::Value {
 }
 
 /// `GET /admin/anomalies`: the anomalies open on this replica.
+#[utoipa::path(get, path = "/admin/anomalies", tag = "admin",
+    responses((status = 200, description = "`anomalies`: each open anomaly (signal, route, since, value, expected, score); `followed`: how many signals are followed", body = serde_json::Value)))]
 pub async fn list(State(state): State<AppState>) -> Response {
     let watcher = lock(&state.anomalies);
     let open: Vec<serde_json::Value> = watcher.open().iter().map(describe).collect();

@@ -48,7 +48,7 @@ macro_rules! bind_key {
 }
 
 /// A group, with how many users belong to it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Group {
     pub name: String,
@@ -58,7 +58,7 @@ pub struct Group {
 }
 
 /// A user and its groups.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub name: String,
@@ -68,12 +68,13 @@ pub struct User {
 }
 
 /// A stored API key: its id and keyed hash, never the key.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRecord {
     pub id: String,
     pub user: String,
     #[serde(skip)]
+    #[schema(ignore)]
     pub hash: Vec<u8>,
     pub description: String,
     pub created_at: i64,
@@ -95,7 +96,7 @@ pub struct KeyOwner {
 }
 
 /// Requests made with one key on one day.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Usage {
     pub key_id: String,

@@ -19,10 +19,20 @@ use crate::model::{Model, Plan, Progress};
 use crate::registry::{Registry, parse_version};
 use crate::spec::ModelSpec;
 
-/// Shows training phases and epochs on a terminal; logs them otherwise.
+/// Shows training phases, forecasts made and epochs on a terminal; logs them otherwise.
 pub struct TerminalProgress {
     bar: Option<ProgressBar>,
     label: String,
+}
+
+/// A phase without a count: a spinner and its name. One with a count: a bar of forecasts made.
+fn phase_style(counted: bool) -> ProgressStyle {
+    let template = if counted {
+        "{spinner} {elapsed:>4} {prefix}: {msg} {wide_bar} {pos}/{len} forecasts ({eta} left)"
+    } else {
+        "{spinner} {elapsed:>4} {prefix}: {msg}"
+    };
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
 impl TerminalProgress {
@@ -30,10 +40,7 @@ impl TerminalProgress {
         let label = label.into();
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} {elapsed:>4} {prefix} {msg} {wide_bar} {pos}/{len}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
+            bar.set_style(phase_style(false));
             bar.set_prefix(label.clone());
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
             bar
@@ -41,30 +48,59 @@ impl TerminalProgress {
         Self { bar, label }
     }
 
-    pub fn finish(&self, message: String) {
-        match &self.bar {
-            Some(bar) => bar.finish_with_message(message),
-            None => tracing::info!(model = %self.label, "{message}"),
+    /// The same, drawn among `terminal`'s other bars (a load's, while this trains).
+    pub fn shown_in(self, terminal: &indicatif::MultiProgress) -> Self {
+        if let Some(bar) = &self.bar {
+            terminal.add(bar.clone());
         }
+        self
     }
 }
 
 impl Progress for TerminalProgress {
     fn phase(&self, name: &str) {
         match &self.bar {
-            Some(bar) => bar.set_message(name.to_owned()),
+            Some(bar) => {
+                bar.set_style(phase_style(false));
+                bar.set_message(name.to_owned());
+            }
             None => tracing::info!(model = %self.label, phase = name, "training"),
+        }
+    }
+
+    fn count(&self, done: usize, of: usize) {
+        if let Some(bar) = &self.bar {
+            if done == 0 {
+                bar.set_style(phase_style(true));
+                bar.reset_eta();
+            }
+            bar.set_length(of as u64);
+            bar.set_position(done as u64);
         }
     }
 
     fn epoch(&self, epoch: usize, of: usize, validation_loss: f32) {
         match &self.bar {
             Some(bar) => {
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {elapsed:>4} {prefix}: {msg} {wide_bar} epoch {pos}/{len}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
                 bar.set_length(of as u64);
                 bar.set_position(epoch as u64);
-                bar.set_message(format!("epoch, validation loss {validation_loss:.4}"));
+                bar.set_message(format!("fit, validation loss {validation_loss:.4}"));
             }
             None => tracing::info!(model = %self.label, epoch, of, validation_loss, "training epoch"),
+        }
+    }
+
+    fn finish(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_style(phase_style(false));
+                bar.finish_with_message(message.to_owned());
+            }
+            None => tracing::info!(model = %self.label, "{message}"),
         }
     }
 }
@@ -152,22 +188,27 @@ pub fn train_and_score(
     plan: Plan,
     progress: &dyn Progress,
 ) -> anyhow::Result<(Model, Evaluation)> {
-    let model = Model::train(data, spec, plan, progress)?;
+    let (model, calibration) = Model::train_calibrated(data, spec, plan, progress)?;
     progress.phase("score");
-    let evaluation = crate::evaluate::cross_scored(&model, data, plan)?;
+    let evaluation = crate::evaluate::cross_scored(&model, data, &calibration)?;
     Ok((model, evaluation))
 }
 
 /// Trains a version of `name` with `spec` on the store's data (or the CSV files at `csv`), scores it on held-out
-/// data and stores it with `revision`; what `train` and the one-machine platform (`airq up`) do.
-pub async fn train_version(
+/// data and stores it with `revision`; what `train` and the one-machine platform (`airq up`) do. `progress` is told
+/// each phase, from reading the data to the forecasts of the calibration period.
+#[allow(clippy::too_many_arguments)]
+pub async fn train_version<P: Progress + Send + 'static>(
     store: &Store,
     registry: &Registry,
     name: &str,
     spec: &ModelSpec,
     revision: Option<&str>,
     csv: Option<&str>,
+    progress: P,
 ) -> anyhow::Result<(crate::registry::StoredVersion, Evaluation, f64)> {
+    let started = Instant::now();
+    progress.phase("read the data");
     let (from, to) = spec.window()?;
     let data = dataset(
         csv,
@@ -178,22 +219,19 @@ pub async fn train_version(
     )
     .await?;
     let plan = plan_for(spec, &data)?;
-    let progress = TerminalProgress::new(name.to_owned());
-    let started = Instant::now();
     let task_spec = spec.clone();
-    let (model, evaluation) =
-        tokio::task::spawn_blocking(move || train_and_score(&data, &task_spec, plan, &progress).map(|r| (r, progress)))
-            .await?
-            .map(|((m, e), progress)| {
-                progress.finish(format!("trained in {:.1} s", started.elapsed().as_secs_f64()));
-                (m, e)
-            })?;
+    let (model, evaluation, progress) = tokio::task::spawn_blocking(move || {
+        train_and_score(&data, &task_spec, plan, &progress).map(|(m, e)| (m, e, progress))
+    })
+    .await??;
     let seconds = started.elapsed().as_secs_f64();
     metrics::histogram!("airq_predictive_training_duration_seconds", "algorithm" => spec.algorithm.name())
         .record(seconds);
+    progress.phase("store the version");
     let stored = registry
         .save(name, &model, revision, &serde_json::to_value(&evaluation)?, seconds)
         .await?;
+    progress.finish(&format!("{} trained in {seconds:.1} s", stored.version));
     Ok((stored, evaluation, seconds))
 }
 
@@ -211,6 +249,7 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
         &spec,
         args.revision.as_deref(),
         args.csv.as_deref(),
+        TerminalProgress::new(args.name.clone()),
     )
     .await?;
     tracing::info!(model = %args.name, version = %stored.version, mae = evaluation.mae, coverage90 = ?evaluation.coverage(0.9), seconds, "model stored");
@@ -358,7 +397,7 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         })
         .await??;
         let seconds = started.elapsed().as_secs_f64();
-        progress.finish(format!(
+        progress.finish(&format!(
             "MAE {:.2} CRPS {:.2} cover90 {:.3} ({seconds:.1} s)",
             evaluation.mae,
             evaluation.crps,

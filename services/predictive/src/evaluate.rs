@@ -6,7 +6,7 @@ use chrono::{NaiveDate, TimeZone};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, HOUR};
-use crate::model::{Conformal, Model, ModelError, Plan, Progress, RawForecast, origins};
+use crate::model::{Calibration, Conformal, Model, ModelError, Plan, Progress, RawForecast, origins};
 use crate::score::Scores;
 use crate::spec::ModelSpec;
 
@@ -129,12 +129,15 @@ pub fn score(model: &Model, data: &Dataset, keys: &[(usize, usize)], levels: &[f
 }
 
 /// Scores `model` on its own calibration period with two folds: intervals calibrated on the origins of even days
-/// score the odd days, and the reverse. Every forecast is scored once, with intervals that did not see it.
-pub fn cross_scored(model: &Model, data: &Dataset, plan: Plan) -> Result<Evaluation, ModelError> {
+/// score the odd days, and the reverse. Every forecast is scored once, with intervals that did not see it. The
+/// forecasts are the ones the training made on that period (`calibration`).
+pub fn cross_scored(model: &Model, data: &Dataset, calibration: &Calibration) -> Result<Evaluation, ModelError> {
     let horizon = model.horizon();
-    let keys = origins(data, plan.calibrate_from, plan.calibrate_to, horizon, plan.origin_hour);
-    let forecasts = model.forecast_many(data, &keys)?;
-    let truths = crate::model::truths(data, &model.meta.featurizer, &keys);
+    let Calibration {
+        keys,
+        forecasts,
+        truths,
+    } = calibration;
     let fold = |i: usize| (data.time(keys[i].1).div_euclid(86_400) % 2) as usize;
     let mut points = [Vec::new(), Vec::new()];
     let mut truth = [Vec::new(), Vec::new()];
@@ -152,8 +155,8 @@ pub fn cross_scored(model: &Model, data: &Dataset, plan: Plan) -> Result<Evaluat
     score_with(
         model,
         data,
-        &keys,
-        &forecasts,
+        keys,
+        forecasts,
         &[&other[0], &other[1]],
         &fold,
         &model.meta.spec.confidence_levels,

@@ -50,7 +50,7 @@ impl From<DataError> for ForecastError {
 }
 
 /// An interval at one confidence level.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Interval {
     pub confidence: f64,
     pub lower: f64,
@@ -58,7 +58,7 @@ pub struct Interval {
 }
 
 /// The forecast for one hour.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ForecastPoint {
     /// RFC 3339, UTC.
@@ -69,7 +69,7 @@ pub struct ForecastPoint {
 }
 
 /// A forecast from one origin.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Forecast {
     pub model: String,

@@ -346,6 +346,9 @@ fn bounds(n: usize, level: f64) -> Option<(usize, usize)> {
     (lo >= 1 && hi <= n).then_some((lo, hi))
 }
 
+/// The reference origins at one hour of day: their scaled features (n × d), trajectories (n × H) and squared norms.
+type HourGroup = (Tensor, Vec<f32>, Vec<f32>);
+
 /// A k-nearest-neighbours analogue model: the trajectories after the k most similar past origins at the same hour
 /// of day, averaged.
 #[derive(Debug, Clone)]
@@ -359,7 +362,7 @@ struct KnnModel {
     y: Vec<f32>,
     hour: Vec<u8>,
     /// Per hour of day: the reference rows as a tensor, their trajectories, and squared norms.
-    groups: Vec<Option<(Tensor, Vec<f32>, Tensor)>>,
+    groups: Vec<Option<HourGroup>>,
 }
 
 impl KnnModel {
@@ -395,8 +398,8 @@ impl KnnModel {
                 .iter()
                 .flat_map(|r| y[r * horizon..(r + 1) * horizon].iter().copied())
                 .collect();
+            let norms = gx.chunks(dim.max(1)).map(|r| r.iter().map(|v| v * v).sum()).collect();
             let t = Tensor::from_vec(gx, (rows.len(), dim), &Device::Cpu)?;
-            let norms = t.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
             groups.push(Some((t, gy, norms)));
         }
         Ok(Self {
@@ -443,38 +446,44 @@ impl KnnModel {
                     .iter()
                     .flat_map(|i| q[i * dim..(i + 1) * dim].iter().copied())
                     .collect();
+                let qn: Vec<f32> = qv.chunks(dim.max(1)).map(|r| r.iter().map(|v| v * v).sum()).collect();
                 let qt = Tensor::from_vec(qv, (part.len(), dim), &Device::Cpu)?;
-                let dist = match self.distance {
-                    Distance::Euclidean => {
-                        let qn = qt.sqr()?.sum_keepdim(1)?;
-                        let cross = qt.matmul(&refs.t()?)?;
-                        qn.broadcast_add(norms)?
-                            .sub(&cross.affine(2.0, 0.0)?)?
-                            .clamp(0f32, f32::INFINITY)?
-                            .sqrt()?
-                    }
+                // Products with every reference (one matrix product), or the Manhattan distances themselves.
+                let table = match self.distance {
                     Distance::Manhattan => qt.unsqueeze(1)?.broadcast_sub(&refs.unsqueeze(0)?)?.abs()?.sum(2)?,
-                    Distance::Cosine => {
-                        let qn = qt.sqr()?.sum_keepdim(1)?.sqrt()?;
-                        let rn = norms.sqrt()?;
-                        let denom = qn.broadcast_mul(&rn)?.clamp(1e-12f32, f32::INFINITY)?;
-                        qt.matmul(&refs.t()?)?.div(&denom)?.affine(-1.0, 1.0)?
-                    }
+                    Distance::Euclidean | Distance::Cosine => qt.matmul(&refs.t()?)?,
+                }
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+                let distance = self.distance;
+                // The distance of query row `i` to reference `j`, from its product `c`; for the ranking, Euclidean
+                // distances leave out the query's own norm (the same for every reference) and the square root.
+                let rank = |i: usize, j: usize, c: f32| match distance {
+                    Distance::Euclidean => norms[j] - 2.0 * c,
+                    Distance::Manhattan => c,
+                    Distance::Cosine => 1.0 - c / (qn[i].sqrt() * norms[j].sqrt()).max(1e-12),
                 };
-                // The k nearest of each row: a selection (linear time), not a sort of every distance.
-                let dist = dist.to_vec2::<f32>()?;
-                let mut index: Vec<u32> = Vec::with_capacity(n);
-                let (order, near): (Vec<Vec<u32>>, Vec<Vec<f32>>) = dist
-                    .iter()
-                    .map(|row| {
-                        index.clear();
-                        index.extend(0..n as u32);
+                let actual = |i: usize, score: f32| match distance {
+                    Distance::Euclidean => (qn[i] + score).max(0.0).sqrt(),
+                    Distance::Manhattan | Distance::Cosine => score,
+                };
+                // The k nearest of each row: a selection (linear time), not a sort of every distance; rows in
+                // parallel.
+                use rayon::prelude::*;
+                let (order, near): (Vec<Vec<u32>>, Vec<Vec<f32>>) = table
+                    .par_chunks(n)
+                    .enumerate()
+                    .map(|(i, row)| {
+                        let scores: Vec<f32> = row.iter().enumerate().map(|(j, c)| rank(i, j, *c)).collect();
+                        let mut index: Vec<u32> = (0..n as u32).collect();
                         if k < n {
-                            index.select_nth_unstable_by(k - 1, |a, b| row[*a as usize].total_cmp(&row[*b as usize]));
+                            index.select_nth_unstable_by(k - 1, |a, b| {
+                                scores[*a as usize].total_cmp(&scores[*b as usize])
+                            });
                         }
-                        let chosen = index[..k].to_vec();
-                        let d = chosen.iter().map(|i| row[*i as usize]).collect();
-                        (chosen, d)
+                        index.truncate(k);
+                        let d = index.iter().map(|j| actual(i, scores[*j as usize])).collect();
+                        (index, d)
                     })
                     .unzip();
                 for (row, query) in part.iter().enumerate() {
@@ -727,10 +736,23 @@ fn origin_hour(time: i64) -> u8 {
     DateTime::from_timestamp(time, 0).map_or(0, |t| t.hour() as u8)
 }
 
-/// Progress callbacks of a training: a phase name, then epochs for the neural network.
+/// Progress callbacks of a training: a phase name, then how far the phase is (forecasts made of those it needs),
+/// and epochs for the neural network.
 pub trait Progress: Sync {
     fn phase(&self, _name: &str) {}
+    fn count(&self, _done: usize, _of: usize) {}
     fn epoch(&self, _epoch: usize, _of: usize, _validation_loss: f32) {}
+    /// The training is over (stored, or scored): `message` says how it went.
+    fn finish(&self, _message: &str) {}
+}
+
+/// The forecasts a training made on its calibration period: the evaluation scores the same ones instead of making
+/// them again.
+pub struct Calibration {
+    pub keys: Vec<(usize, usize)>,
+    pub forecasts: Vec<RawForecast>,
+    /// Model space, `keys.len() × horizon`.
+    pub truths: Vec<f32>,
 }
 
 /// Reports nothing.
@@ -740,6 +762,16 @@ impl Progress for Quiet {}
 impl Model {
     /// Trains the algorithm of `spec` on `data` as `plan` says, and calibrates its intervals.
     pub fn train(data: &Dataset, spec: &ModelSpec, plan: Plan, progress: &dyn Progress) -> Result<Self> {
+        Self::train_calibrated(data, spec, plan, progress).map(|(model, _)| model)
+    }
+
+    /// [`Model::train`], with the forecasts made on the calibration period.
+    pub fn train_calibrated(
+        data: &Dataset,
+        spec: &ModelSpec,
+        plan: Plan,
+        progress: &dyn Progress,
+    ) -> Result<(Self, Calibration)> {
         spec.validate()
             .map_err(|e| ModelError::InvalidParameter(e.to_string()))?;
         let horizon = spec.horizon_hours as usize;
@@ -868,7 +900,7 @@ impl Model {
         };
         progress.phase("calibrate");
         let keys = origins(data, plan.calibrate_from, plan.calibrate_to, horizon, plan.origin_hour);
-        let forecasts = model.forecast_many(data, &keys)?;
+        let forecasts = model.forecast_counted(data, &keys, progress)?;
         let truths = truths(data, &model.meta.featurizer, &keys);
         let points: Vec<f32> = forecasts.iter().flat_map(|f| f.points.iter().copied()).collect();
         let fallback: Vec<bool> = forecasts.iter().map(|f| f.fallback).collect();
@@ -882,7 +914,32 @@ impl Model {
                 model.conformal.size()
             )));
         }
-        Ok(model)
+        Ok((
+            model,
+            Calibration {
+                keys,
+                forecasts,
+                truths,
+            },
+        ))
+    }
+
+    /// [`Model::forecast_many`] in parts, telling `progress` how many of `keys` are done after each.
+    pub fn forecast_counted(
+        &self,
+        data: &Dataset,
+        keys: &[(usize, usize)],
+        progress: &dyn Progress,
+    ) -> Result<Vec<RawForecast>> {
+        // Large enough that each hour of day's group of a part fills the nearest-neighbour search's blocks.
+        const PART: usize = 8192;
+        let mut out = Vec::with_capacity(keys.len());
+        progress.count(0, keys.len());
+        for part in keys.chunks(PART) {
+            out.extend(self.forecast_many(data, part)?);
+            progress.count(out.len(), keys.len());
+        }
+        Ok(out)
     }
 
     pub fn horizon(&self) -> usize {

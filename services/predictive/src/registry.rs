@@ -29,7 +29,8 @@ fn sql(what: &'static str) -> impl FnOnce(sqlx::Error) -> RegistryError {
 }
 
 /// A stored model version, without its artifact.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = Version)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredVersion {
     pub name: String,
@@ -48,7 +49,8 @@ pub struct StoredVersion {
 }
 
 /// A stored evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = Evaluation)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredEvaluation {
     pub id: i64,

@@ -302,6 +302,9 @@ async fn train_version_and_forecast_over_http() {
     }
     assert!(document["components"]["schemas"].get("Knn").is_some());
     assert!(!document.to_string().contains("#/$defs/"));
+    assert_eq!(document["servers"][0]["url"], "/api/predictive");
+    let problems = airq_testenv::openapi::problems(&http, &base, None, &document).await;
+    assert!(problems.is_empty(), "{problems:#?}");
 
     db.close().await;
     test_db.remove().await.unwrap();

@@ -51,9 +51,17 @@ async fn forecast_errors_are_followed_once_the_truth_arrives() {
     let mut spec = common::spec(json!({ "linear": {} }));
     spec["training"]["to"] = json!("2016-05-15");
     let spec = ModelSpec::from_json(&spec).unwrap();
-    airq_predictive::cli::train_version(&store, &registry, "no2", &spec, None, None)
-        .await
-        .unwrap();
+    airq_predictive::cli::train_version(
+        &store,
+        &registry,
+        "no2",
+        &spec,
+        None,
+        None,
+        airq_predictive::model::Quiet,
+    )
+    .await
+    .unwrap();
     let state = ApiState::new(registry, store.clone(), None);
     let mut monitor = ModelMonitor::new("no2");
 
