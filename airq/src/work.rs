@@ -120,10 +120,11 @@ pub async fn run(
                     );
                     result.map(|(stored, evaluation, seconds)| {
                         say(format!(
-                            "airq: {name} {} trained in {seconds:.1} s: MAE {:.2}, 90 % coverage {:.3} on held-out data",
+                            "airq: {name} {} trained in {seconds:.1} s: MAE {:.2}, 90 % coverage {:.3} on held-out data{}",
                             stored.version,
                             evaluation.mae,
-                            evaluation.coverage(0.9).unwrap_or(f64::NAN)
+                            evaluation.coverage(0.9).unwrap_or(f64::NAN),
+                            airq_predictive::cli::without(&evaluation.inputs_absent)
                         ))
                     })
                 }

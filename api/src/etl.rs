@@ -131,6 +131,7 @@ pub struct CsvSource {
 
 /// The layout of a CSV file.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "camelCase")]
 pub enum CsvFormat {
     /// The Beijing multi-site files: one row per station and hour, one column per pollutant, local time, `NA`.

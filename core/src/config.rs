@@ -31,6 +31,10 @@ pub struct LogArgs {
     /// the caller's decision.
     #[arg(long = "trace-sample-ratio", env = "AIRQ_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
     pub trace_sample_ratio: f64,
+    /// Log to stderr instead of stdout: commands whose stdout is their result (a table, a JSON report) set it, so
+    /// that `… > table.md` holds the result alone.
+    #[arg(skip)]
+    pub to_stderr: bool,
 }
 
 impl LogArgs {
@@ -41,6 +45,15 @@ impl LogArgs {
             format,
             otlp_endpoint: None,
             trace_sample_ratio: 1.0,
+            to_stderr: false,
+        }
+    }
+
+    /// The same logging, to stderr.
+    pub fn on_stderr(&self) -> Self {
+        Self {
+            to_stderr: true,
+            ..self.clone()
         }
     }
 }

@@ -270,6 +270,8 @@ fn install(service: &'static str, log: &LogArgs, background: bool) -> Result<Tel
             Some(sink),
             Some(std::sync::Arc::new(guard)),
         )
+    } else if log.to_stderr {
+        (BoxMakeWriter::new(std::io::stderr), None, None)
     } else {
         (BoxMakeWriter::new(std::io::stdout), None, None)
     };

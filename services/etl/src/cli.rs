@@ -25,7 +25,7 @@ pub fn request(args: &LoadArgs) -> anyhow::Result<LoadRequest> {
             source: EtlSource {
                 csv: Some(CsvSource {
                     url: url.clone(),
-                    format: args.csv_format.into(),
+                    format: args.csv_format,
                 }),
                 ..EtlSource::default()
             },
@@ -116,7 +116,8 @@ fn load_logging(log: &airq_core::config::LogArgs) -> airq_core::config::LogArgs 
 
 /// Runs `airq-etl load`.
 pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
-    let _telemetry = airq_core::telemetry::init("etl", &load_logging(&args.log))?;
+    // Its stdout is the load's summary: logs go to stderr.
+    let _telemetry = airq_core::telemetry::init("etl", &load_logging(&args.log).on_stderr())?;
     let request = request(&args)?;
     let db = Database::connect(&args.database).await?;
     let store = Store::new(db.clone());
@@ -161,6 +162,9 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
                 for anomaly in &outcome.anomalies {
                     println!("unusual run: {anomaly}");
                 }
+            } else {
+                // For a program: the report as one JSON line (the logs are on stderr).
+                println!("{}", serde_json::to_string(&outcome.report())?);
             }
             Ok(())
         }

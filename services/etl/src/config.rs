@@ -59,22 +59,6 @@ pub struct Config {
     pub openaq_api_key: Option<String>,
 }
 
-/// CSV layouts, as flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CsvLayout {
-    Beijing,
-    Long,
-}
-
-impl From<CsvLayout> for CsvFormat {
-    fn from(layout: CsvLayout) -> Self {
-        match layout {
-            CsvLayout::Beijing => CsvFormat::Beijing,
-            CsvLayout::Long => CsvFormat::Long,
-        }
-    }
-}
-
 /// Load modes, as flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -107,8 +91,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub csv: Option<String>,
     /// The layout of the CSV files.
-    #[arg(long = "format", id = "csv_format", value_enum, default_value_t = CsvLayout::Beijing)]
-    pub csv_format: CsvLayout,
+    #[arg(long = "format", id = "csv_format", value_enum, default_value_t = CsvFormat::Beijing)]
+    pub csv_format: CsvFormat,
     /// `incremental` (after the watermark) or `backfill` (`--from` to `--to`).
     #[arg(long, value_enum, default_value_t = Mode::Incremental)]
     pub mode: Mode,

@@ -134,16 +134,17 @@ pub async fn mark(
     let series = touched.series();
     let total = series.len();
     let mut done = 0;
-    // A phase of its own on the bar: series checked of those touched, not the bytes of the files read before.
+    // A phase of its own on the bar: series checked of those touched, not the bytes of the files read before (the
+    // counts first, so that the new style never shows the old ones).
+    progress.set_message("");
+    progress.set_length(total as u64);
+    progress.set_position(0);
     progress.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} series checked for stuck sensors and jumps ({eta} left)",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    progress.set_message("");
-    progress.set_length(total as u64);
-    progress.set_position(0);
     let mut counts = MarkCounts::default();
     let mut checked = futures::stream::iter(series.into_iter().map(|(station, parameter, first, last)| async move {
         let window = Window::new(first, last, settings);

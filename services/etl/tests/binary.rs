@@ -50,7 +50,8 @@ async fn a_load_on_a_terminal_shows_a_summary_not_json_lines() -> anyhow::Result
         .env_remove("AIRQ_LOG_FORMAT")
         .output()
         .await?;
-    let logged = String::from_utf8_lossy(&elsewhere.stdout);
+    // Elsewhere: JSON log lines on stderr, and stdout the report alone (`load … > report.json`).
+    let logged = String::from_utf8_lossy(&elsewhere.stderr);
     anyhow::ensure!(elsewhere.status.success(), "{logged}");
     anyhow::ensure!(
         logged
@@ -58,5 +59,12 @@ async fn a_load_on_a_terminal_shows_a_summary_not_json_lines() -> anyhow::Result
             .any(|l| l.starts_with('{') && l.contains("load finished")),
         "no JSON log line: {logged}"
     );
+    let report: serde_json::Value = serde_json::from_slice(&elsewhere.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "stdout is not the report alone ({e}): {}",
+            String::from_utf8_lossy(&elsewhere.stdout)
+        )
+    })?;
+    anyhow::ensure!(report["rowsInserted"] == 48, "{report}");
     Ok(())
 }

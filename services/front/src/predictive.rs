@@ -211,6 +211,20 @@ mod tests {
     }
 
     #[test]
+    fn a_model_still_training_is_asked_only_when_none_is_trained() {
+        let training = json!({ "name": "o3-new", "spec": { "target": { "pollutant": "o3" } }, "latest": null,
+                               "training": { "status": "running" } });
+        let trained = json!({ "name": "o3-old", "spec": { "target": { "pollutant": "o3" } },
+                              "latest": { "createdAt": "2026-12-01T00:00:00Z" } });
+        // Its answer (409 training, with the progress) is the dashboard's when it is the only one.
+        assert_eq!(
+            choose_model(std::slice::from_ref(&training), "Dongsi", "o3"),
+            Some("o3-new")
+        );
+        assert_eq!(choose_model(&[training, trained], "Dongsi", "o3"), Some("o3-old"));
+    }
+
+    #[test]
     fn model_names_with_a_namespace_are_one_path_segment() {
         let client = Predictive::new(Some("http://predictive:80/"), Duration::from_secs(1)).expect("a client");
         let url = client.url(&["models", "airq/pm25", "forecast"]).expect("a URL");

@@ -445,7 +445,7 @@ async fn forward(
                     continue;
                 }
                 entry.breaker.record(false);
-                tracing::warn!(route = %route.id, request_id, error = %error, error_source = ?std::error::Error::source(&error), "upstream request failed");
+                tracing::warn!(route = %route.id, request_id, error = %error, error_source = std::error::Error::source(&error).map(tracing::field::display), "upstream request failed");
                 return Err(GatewayError::UpstreamUnreachable {
                     route: route.id.clone(),
                 });

@@ -133,7 +133,7 @@ pub fn read_spec(args: &SpecArgs) -> anyhow::Result<ModelSpec> {
 }
 
 async fn dataset(
-    csv: Option<&str>,
+    csv: Option<(&str, CsvFormat)>,
     store: Option<&Store>,
     spec: &ModelSpec,
     from: i64,
@@ -141,7 +141,7 @@ async fn dataset(
 ) -> anyhow::Result<Dataset> {
     let pollutant = spec.pollutant()?;
     let mut data = match (csv, store) {
-        (Some(location), _) => Dataset::from_csv(location, CsvFormat::Beijing, pollutant).await?,
+        (Some((location, format)), _) => Dataset::from_csv(location, format, pollutant).await?,
         (None, Some(store)) => Dataset::from_store(store, pollutant, &spec.target.stations, from, to).await?,
         (None, None) => anyhow::bail!("give --csv or a database"),
     };
@@ -194,9 +194,9 @@ pub fn train_and_score(
     Ok((model, evaluation))
 }
 
-/// Trains a version of `name` with `spec` on the store's data (or the CSV files at `csv`), scores it on held-out
-/// data and stores it with `revision`; what `train` and the one-machine platform (`airq up`) do. `progress` is told
-/// each phase, from reading the data to the forecasts of the calibration period.
+/// Trains a version of `name` with `spec` on the store's data (or the CSV files at `csv`, in their layout), scores it
+/// on held-out data and stores it with `revision`; what `train` and the one-machine platform (`airq up`) do.
+/// `progress` is told each phase, from reading the data to the forecasts of the calibration period.
 #[allow(clippy::too_many_arguments)]
 pub async fn train_version<P: Progress + Send + 'static>(
     store: &Store,
@@ -204,7 +204,7 @@ pub async fn train_version<P: Progress + Send + 'static>(
     name: &str,
     spec: &ModelSpec,
     revision: Option<&str>,
-    csv: Option<&str>,
+    csv: Option<(&str, CsvFormat)>,
     progress: P,
 ) -> anyhow::Result<(crate::registry::StoredVersion, Evaluation, f64)> {
     let started = Instant::now();
@@ -237,7 +237,8 @@ pub async fn train_version<P: Progress + Send + 'static>(
 
 /// `train`: reads the data, trains, stores the version, writes the report.
 pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let _telemetry = airq_core::telemetry::init("predictive", &args.log)?;
+    // Its stdout is the version's JSON: logs go to stderr.
+    let _telemetry = airq_core::telemetry::init("predictive", &args.log.on_stderr())?;
     let spec = read_spec(&args.spec)?;
     let db = Database::connect(&args.database).await?;
     let store = Store::new(db.clone());
@@ -248,16 +249,17 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
         &args.name,
         &spec,
         args.revision.as_deref(),
-        args.csv.as_deref(),
+        args.csv.as_deref().map(|csv| (csv, args.csv_format)),
         TerminalProgress::new(args.name.clone()),
     )
     .await?;
-    tracing::info!(model = %args.name, version = %stored.version, mae = evaluation.mae, coverage90 = ?evaluation.coverage(0.9), seconds, "model stored");
+    tracing::info!(model = %args.name, version = %stored.version, mae = evaluation.mae, coverage90 = evaluation.coverage(0.9), inputs_absent = %evaluation.inputs_absent.join(","), seconds, "model stored");
     let report = TrainingReport {
         model_version: stored.version.clone(),
         mae: Some(evaluation.mae).filter(|v| v.is_finite()),
         rmse: Some(evaluation.rmse).filter(|v| v.is_finite()),
         coverage90: evaluation.coverage(0.9).filter(|v| v.is_finite()),
+        inputs_absent: evaluation.inputs_absent.clone(),
     };
     let path = args
         .report_file
@@ -269,20 +271,30 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     if std::io::stdout().is_terminal() {
         println!(
-            "{} {}: MAE {:.2}, RMSE {:.2}, 90 % coverage {:.3} on held-out data ({} forecasts); {:.1} s",
+            "{} {}: MAE {:.2}, RMSE {:.2}, 90 % coverage {:.3} on held-out data ({} forecasts); {:.1} s{}",
             args.name,
             stored.version,
             evaluation.mae,
             evaluation.rmse,
             evaluation.coverage(0.9).unwrap_or(f64::NAN),
             evaluation.forecasts,
-            seconds
+            seconds,
+            without(&evaluation.inputs_absent)
         );
     } else {
         println!("{}", serde_json::to_string(&stored)?);
     }
     db.close().await;
     Ok(())
+}
+
+/// What a training left out, for a person: `; without the weather inputs temp, pres (not in the data)`, or nothing.
+pub fn without(absent: &[String]) -> String {
+    if absent.is_empty() {
+        String::new()
+    } else {
+        format!("; without the weather inputs {} (not in the data)", absent.join(", "))
+    }
 }
 
 /// One line of the evaluation table.
@@ -299,8 +311,8 @@ pub struct Row {
 /// The Markdown table of an evaluation.
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| Pollutant | Algorithm | MAE | RMSE | Daily-mean MAE | CRPS | Cover 80 % | Winkler 80 % | Cover 90 % | Winkler 90 % | Fallbacks | Train s |\n\
-         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| Pollutant | Algorithm | MAE | RMSE | Daily-mean MAE | CRPS | Cover 80 % | Winkler 80 % | Cover 90 % | Winkler 90 % | Fallbacks | Inputs absent | Train s |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
     );
     for r in rows {
         let e = &r.evaluation;
@@ -308,7 +320,7 @@ pub fn markdown(rows: &[Row]) -> String {
         let (c80, w80) = level(0.8).map_or((f64::NAN, f64::NAN), |i| (i.coverage, i.winkler));
         let (c90, w90) = level(0.9).map_or((f64::NAN, f64::NAN), |i| (i.coverage, i.winkler));
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.3} | {:.0} | {} of {} | {:.1} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.3} | {:.0} | {} of {} | {} | {:.1} |\n",
             r.pollutant,
             r.algorithm,
             e.mae,
@@ -321,6 +333,11 @@ pub fn markdown(rows: &[Row]) -> String {
             w90,
             e.fallbacks,
             e.forecasts,
+            if e.inputs_absent.is_empty() {
+                "none".to_owned()
+            } else {
+                e.inputs_absent.join(", ")
+            },
             r.train_seconds
         ));
     }
@@ -329,7 +346,8 @@ pub fn markdown(rows: &[Row]) -> String {
 
 /// `evaluate`: the protocol for one spec or for every algorithm.
 pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
-    let _telemetry = airq_core::telemetry::init("predictive", &args.log)?;
+    // Its stdout is the table: logs go to stderr.
+    let _telemetry = airq_core::telemetry::init("predictive", &args.log.on_stderr())?;
     let protocol = Protocol::from_days(
         &args.fit_from,
         &args.calibrate_from,
@@ -358,7 +376,7 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.export {
         let (_, spec) = specs.first().cloned().ok_or_else(|| anyhow::anyhow!("no spec"))?;
         let data = dataset(
-            args.csv.as_deref(),
+            args.csv.as_deref().map(|csv| (csv, args.csv_format)),
             store.as_ref(),
             &spec,
             protocol.fit_from,
@@ -378,7 +396,7 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         if cache.as_ref().is_none_or(|d| d.pollutant != pollutant) {
             cache = Some(
                 dataset(
-                    args.csv.as_deref(),
+                    args.csv.as_deref().map(|csv| (csv, args.csv_format)),
                     store.as_ref(),
                     &spec,
                     protocol.fit_from,

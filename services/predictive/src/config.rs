@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use airq_api::etl::CsvFormat;
 use airq_core::config::{DatabaseArgs, LogArgs, ServeArgs};
 use clap::{Args, Parser, Subcommand};
 
@@ -92,10 +93,13 @@ pub struct TrainArgs {
     /// The revision of the spec the operator trains (recorded with the version).
     #[arg(long, env = "AIRQ_MODEL_REVISION")]
     pub revision: Option<String>,
-    /// Train from CSV files (a file or a folder, Beijing layout) instead of the database's measurements; the
-    /// model is still stored in the database.
+    /// Train from CSV files (a file or a folder) instead of the database's measurements; the model is still
+    /// stored in the database.
     #[arg(long)]
     pub csv: Option<String>,
+    /// The layout of the `--csv` files.
+    #[arg(long = "format", id = "csv_format", value_enum, default_value_t = CsvFormat::Beijing, requires = "csv")]
+    pub csv_format: CsvFormat,
     /// Where to write the JSON report for the operator; `/dev/termination-log` when it exists.
     #[arg(long, env = "AIRQ_REPORT_FILE")]
     pub report_file: Option<PathBuf>,
@@ -115,9 +119,13 @@ pub struct EvaluateArgs {
     /// Pollutants evaluated with `--all`.
     #[arg(long, value_delimiter = ',', default_value = "pm25,no2,o3")]
     pub pollutants: Vec<String>,
-    /// Read the data from CSV files (a file or a folder, Beijing layout) instead of the database.
+    /// Read the data from CSV files (a file or a folder) instead of the database.
     #[arg(long)]
     pub csv: Option<String>,
+    /// The layout of the `--csv` files: `beijing` (one row per station and hour, local time) or `long` (one
+    /// measurement per row: `station,parameter,time,value,unit`, UTC).
+    #[arg(long = "format", id = "csv_format", value_enum, default_value_t = CsvFormat::Beijing, requires = "csv")]
+    pub csv_format: CsvFormat,
     /// First local day fitted on.
     #[arg(long, default_value = "2013-03-01")]
     pub fit_from: String,

@@ -110,6 +110,12 @@ pub struct Evaluation {
     /// CRPS of the conformal predictive distribution (199 quantiles).
     pub crps: f64,
     pub intervals: Vec<IntervalMetric>,
+    /// The features the model used, in order.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Weather inputs its spec asked for that the data did not have (their features left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs_absent: Vec<String>,
 }
 
 impl Evaluation {
@@ -228,6 +234,8 @@ fn score_with(
                 winkler: i.winkler(),
             })
             .collect(),
+        features: model.meta.features.clone(),
+        inputs_absent: model.meta.featurizer.weather_absent.clone(),
     })
 }
 

@@ -26,6 +26,22 @@ const RAIN: usize = 3;
 const WSPM: usize = 4;
 const WD: usize = 5;
 
+/// The weather inputs, in the order of a station's `weather` series.
+pub const WEATHER_INPUTS: [&str; 6] = ["temp", "pres", "dewp", "rain", "wspm", "wd"];
+
+/// The weather features, in order, with the inputs each needs.
+const WEATHER_FEATURES: [(&str, &[usize]); 9] = [
+    ("temp", &[TEMP]),
+    ("pres", &[PRES]),
+    ("dewp", &[DEWP]),
+    ("dewpDepression", &[TEMP, DEWP]),
+    ("rain", &[RAIN]),
+    ("wspm", &[WSPM]),
+    ("windEast", &[WSPM, WD]),
+    ("windNorth", &[WSPM, WD]),
+    ("pres24hChange", &[PRES]),
+];
+
 /// Turns a station's series into feature vectors and targets.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,6 +49,11 @@ pub struct Featurizer {
     pub lags: Vec<u32>,
     pub calendar: bool,
     pub weather: bool,
+    /// Weather inputs ([`WEATHER_INPUTS`]) the spec asked for that the training data did not have: the features
+    /// that need them are left out (all of them, with `weather` false, when none was there). Empty for a model
+    /// trained with every input, as for those stored before this was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weather_absent: Vec<String>,
     pub log_transform: bool,
     pub horizon: usize,
 }
@@ -74,27 +95,22 @@ impl Featurizer {
                 names.push(format!("{n}.cos"));
             }
         }
-        if self.weather {
-            names.extend(
-                [
-                    "temp",
-                    "pres",
-                    "dewp",
-                    "dewpDepression",
-                    "rain",
-                    "wspm",
-                    "windEast",
-                    "windNorth",
-                    "pres24hChange",
-                ]
-                .map(str::to_owned),
-            );
-        }
+        names.extend(self.weather_features().map(|(name, _)| name.to_owned()));
         names
     }
 
     pub fn dim(&self) -> usize {
-        self.lags.len() + 1 + if self.calendar { 6 } else { 0 } + if self.weather { 9 } else { 0 }
+        self.lags.len() + 1 + if self.calendar { 6 } else { 0 } + self.weather_features().count()
+    }
+
+    /// The weather features used: every one whose inputs the training data had.
+    fn weather_features(&self) -> impl Iterator<Item = (&'static str, &'static [usize])> + '_ {
+        WEATHER_FEATURES.into_iter().filter(move |(_, inputs)| {
+            self.weather
+                && inputs
+                    .iter()
+                    .all(|k| !self.weather_absent.iter().any(|a| a == WEATHER_INPUTS[*k]))
+        })
     }
 
     /// Appends the features at `origin` (whose time is `origin_time`) to `out`; false, with `out` unchanged, when an
@@ -140,32 +156,45 @@ impl Featurizer {
         }
         if self.weather {
             let at = |k: usize, i: usize| Self::recent(&s.weather[k], i);
-            let (Some(temp), Some(pres), Some(dewp), Some(rain), Some(wspm), Some(wd)) = (
-                at(TEMP, origin),
-                at(PRES, origin),
-                at(DEWP, origin),
-                at(RAIN, origin),
-                at(WSPM, origin),
-                at(WD, origin),
-            ) else {
-                return false;
-            };
-            let Some(pres_before) = origin.checked_sub(24).and_then(|i| at(PRES, i)) else {
-                return false;
+            // The inputs at `origin` (and the pressure a day before) that the features used need.
+            let mut input = [0f32; 6];
+            let mut needed = [false; 6];
+            for (_, inputs) in self.weather_features() {
+                for k in inputs {
+                    needed[*k] = true;
+                }
+            }
+            for k in 0..6 {
+                if needed[k] {
+                    match at(k, origin) {
+                        Some(v) => input[k] = v,
+                        None => return false,
+                    }
+                }
+            }
+            let pres_before = if needed[PRES] {
+                match origin.checked_sub(24).and_then(|i| at(PRES, i)) {
+                    Some(v) => v,
+                    None => return false,
+                }
+            } else {
+                0.0
             };
             // Wind direction is where it blows from; the components say where the air goes.
-            let radians = wd.to_radians();
-            out.extend([
-                temp,
-                pres,
-                dewp,
-                temp - dewp,
-                rain,
-                wspm,
-                -wspm * radians.sin(),
-                -wspm * radians.cos(),
-                pres - pres_before,
-            ]);
+            let radians = input[WD].to_radians();
+            for (name, _) in self.weather_features() {
+                out.push(match name {
+                    "temp" => input[TEMP],
+                    "pres" => input[PRES],
+                    "dewp" => input[DEWP],
+                    "dewpDepression" => input[TEMP] - input[DEWP],
+                    "rain" => input[RAIN],
+                    "wspm" => input[WSPM],
+                    "windEast" => -input[WSPM] * radians.sin(),
+                    "windNorth" => -input[WSPM] * radians.cos(),
+                    _ => input[PRES] - pres_before,
+                });
+            }
         }
         true
     }
@@ -198,6 +227,7 @@ mod tests {
             lags: vec![1, 2, 24],
             calendar: false,
             weather: false,
+            weather_absent: Vec::new(),
             log_transform: false,
             horizon: 2,
         };
@@ -222,11 +252,47 @@ mod tests {
     }
 
     #[test]
+    fn weather_features_need_their_inputs_and_the_absent_ones_are_left_out() {
+        let all = Featurizer {
+            lags: vec![1],
+            calendar: false,
+            weather: true,
+            weather_absent: Vec::new(),
+            log_transform: false,
+            horizon: 1,
+        };
+        // Inputs k + 1: temp 1, pres 2, dewp 3, rain 4, wspm 5, wd 6 (degrees).
+        let s = series(vec![7.0; 30]);
+        let mut out = Vec::new();
+        assert!(all.features(&s, 28, 0, &mut out));
+        assert_eq!(out.len(), all.dim());
+        assert_eq!(all.dim(), 2 + 9);
+        assert_eq!(&out[2..7], &[1.0, 2.0, 3.0, -2.0, 4.0]);
+        // Wind alone: its speed and components stay, what needs temperature, pressure, dew point or rain goes.
+        let wind = Featurizer {
+            weather_absent: ["temp", "pres", "dewp", "rain"].map(str::to_owned).to_vec(),
+            ..all.clone()
+        };
+        assert_eq!(wind.names()[2..], ["wspm", "windEast", "windNorth"]);
+        let mut out = Vec::new();
+        assert!(wind.features(&s, 28, 0, &mut out));
+        assert_eq!(out.len(), wind.dim());
+        assert_eq!(out[2], 5.0);
+        assert!((out[3] - -5.0 * 6f32.to_radians().sin()).abs() < 1e-6);
+        // A stored model without the list (older versions) reads as having every input.
+        let json = serde_json::to_value(&all).unwrap();
+        assert!(json.get("weatherAbsent").is_none());
+        let back: Featurizer = serde_json::from_value(json).unwrap();
+        assert_eq!(back, all);
+    }
+
+    #[test]
     fn targets_are_transformed_and_missing_stays_missing() {
         let f = Featurizer {
             lags: vec![1],
             calendar: true,
             weather: true,
+            weather_absent: Vec::new(),
             log_transform: true,
             horizon: 3,
         };

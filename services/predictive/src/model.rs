@@ -775,11 +775,20 @@ impl Model {
         spec.validate()
             .map_err(|e| ModelError::InvalidParameter(e.to_string()))?;
         let horizon = spec.horizon_hours as usize;
-        let has_weather = data.stations.iter().any(|s| (0..6).all(|k| s.has_weather(k)));
+        // The weather inputs asked for that no station has: the features needing them are left out, and said.
+        let weather_absent: Vec<String> = if spec.features.weather {
+            (0..crate::features::WEATHER_INPUTS.len())
+                .filter(|k| !data.stations.iter().any(|s| s.has_weather(*k)))
+                .map(|k| crate::features::WEATHER_INPUTS[k].to_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let featurizer = Featurizer {
             lags: spec.features.lags.clone(),
             calendar: spec.features.calendar,
-            weather: spec.features.weather && has_weather,
+            weather: spec.features.weather && weather_absent.len() < crate::features::WEATHER_INPUTS.len(),
+            weather_absent,
             log_transform: spec.features.log_transform,
             horizon,
         };

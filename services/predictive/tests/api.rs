@@ -337,13 +337,17 @@ async fn the_training_job_stores_a_version_and_reports_it() {
         report.mae.unwrap() > 0.0 && report.coverage90.unwrap() > 0.5,
         "{report:?}"
     );
-    // JSON log lines, one saying what was stored.
-    let logs = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        logs.lines()
-            .any(|l| l.contains("\"model stored\"") && l.contains("\"version\":\"v1\"")),
-        "{logs}"
-    );
+    // JSON log lines on stderr, one saying what was stored, its coverage a number (not a Rust `Some(…)`); stdout
+    // is the stored version's JSON alone.
+    let logs = String::from_utf8_lossy(&output.stderr);
+    let stored_line = logs
+        .lines()
+        .find(|l| l.contains("\"model stored\"") && l.contains("\"version\":\"v1\""))
+        .unwrap_or_else(|| panic!("{logs}"));
+    let stored_line: Value = serde_json::from_str(stored_line).unwrap();
+    assert!(stored_line["coverage90"].is_number(), "{stored_line}");
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["version"], "v1");
     let registry = Registry::new(db.clone());
     let stored = registry.versions(Some("no2")).await.unwrap();
     assert_eq!(stored[0].revision.as_deref(), Some("abc123"));

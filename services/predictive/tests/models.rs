@@ -167,3 +167,53 @@ async fn bad_inputs_get_clear_errors() {
     let e = model.conformal.offsets(0, 3.0, 0.9999, false).unwrap_err().to_string();
     assert!(e.contains("calibration forecasts bound levels up to"), "{e}");
 }
+
+/// A spec asking for weather on data without some of it trains with what there is (wind alone here), and says which
+/// inputs were absent in the model, its evaluation and the table; with no weather at all, without weather features.
+#[tokio::test]
+async fn weather_the_data_lacks_is_left_out_and_said() {
+    let (_dir, mut data) = slice().await;
+    let spec = ModelSpec::from_json(&common::spec(json!({ "linear": { "l2": 1.0 } }))).unwrap();
+    assert!(spec.features.weather);
+    // Only the wind: temperature, pressure, dew point and rain removed at every station.
+    for station in &mut data.stations {
+        for k in 0..4 {
+            station.weather[k].iter_mut().for_each(|v| *v = f32::NAN);
+        }
+    }
+    let plan = plan_for(&spec, &data).unwrap();
+    let (model, evaluation) = airq_predictive::cli::train_and_score(&data, &spec, plan, &Quiet).unwrap();
+    assert_eq!(evaluation.inputs_absent, ["temp", "pres", "dewp", "rain"]);
+    let weather: Vec<&String> = evaluation
+        .features
+        .iter()
+        .filter(|f| !f.starts_with("lag") && f.as_str() != "mean24" && !f.contains('.'))
+        .collect();
+    assert_eq!(weather, ["wspm", "windEast", "windNorth"]);
+    // Trained on what exists: its forecasts come from the model, not the climatology fallback.
+    assert!(evaluation.fallbacks * 2 < evaluation.forecasts, "{evaluation:?}");
+    // Stored and read back, the model still knows.
+    let back = Model::from_bytes(&model.to_bytes().unwrap()).unwrap();
+    assert_eq!(back.meta.featurizer.weather_absent, ["temp", "pres", "dewp", "rain"]);
+    let table = airq_predictive::cli::markdown(&[airq_predictive::cli::Row {
+        pollutant: "no2".to_owned(),
+        algorithm: "linear".to_owned(),
+        train_seconds: 1.0,
+        evaluation: evaluation.clone(),
+    }]);
+    assert!(
+        table.contains("Inputs absent") && table.contains("temp, pres, dewp, rain"),
+        "{table}"
+    );
+
+    // No weather at all: no weather feature, every input said absent.
+    for station in &mut data.stations {
+        for k in 0..6 {
+            station.weather[k].iter_mut().for_each(|v| *v = f32::NAN);
+        }
+    }
+    let (model, evaluation) = airq_predictive::cli::train_and_score(&data, &spec, plan, &Quiet).unwrap();
+    assert!(!model.meta.featurizer.weather);
+    assert_eq!(evaluation.inputs_absent.len(), 6);
+    assert!(!evaluation.features.iter().any(|f| f.contains("wind") || f == "temp"));
+}

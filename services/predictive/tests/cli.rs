@@ -1,0 +1,103 @@
+//! The command line: `evaluate` reads the long CSV layout as well as the Beijing one (`--format`) and scores the same
+//! data the same way; its stdout is the table alone (the logs go to stderr), so `evaluate … > table.md` holds the
+//! table.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+/// The NO2 values of a Beijing-layout file in the long layout (`station,parameter,time,value,unit`), with the files'
+/// local time written with its offset.
+fn to_long(beijing: &Path, long: &Path) {
+    let text = std::fs::read_to_string(beijing).unwrap();
+    let mut out = std::fs::File::create(long).unwrap();
+    writeln!(out, "station,parameter,time,value,unit").unwrap();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (year, month, day, hour) = (f[1], f[2], f[3], f[4]);
+        let (no2, station) = (f[8], f[17].trim_matches('"'));
+        if no2 == "NA" {
+            continue;
+        }
+        writeln!(
+            out,
+            "{station},no2,{year}-{month:0>2}-{day:0>2}T{hour:0>2}:00:00+08:00,{no2},ug/m3"
+        )
+        .unwrap();
+    }
+}
+
+/// `airq-predictive evaluate` of `spec` on `csv` in `format`: the scores (from `--json`), stdout and stderr.
+async fn evaluate(dir: &Path, spec: &Value, csv: &Path, format: &str) -> (Value, String, String) {
+    let scores = dir.join(format!("{format}.json"));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_airq-predictive"))
+        .arg("evaluate")
+        .args(["--spec", &spec.to_string(), "--format", format, "--csv"])
+        .arg(csv)
+        .args(["--fit-from", "2015-10-01", "--calibrate-from", "2016-01-01"])
+        .args(["--test-from", "2016-03-01", "--test-to", "2016-05-01", "--json"])
+        .arg(&scores)
+        .env("AIRQ_LOG_LEVEL", "info")
+        .env("AIRQ_LOG_FORMAT", "json")
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    assert!(output.status.success(), "{stderr}");
+    let scores: Value = serde_json::from_slice(&std::fs::read(&scores).unwrap()).unwrap();
+    (scores, stdout, stderr)
+}
+
+#[tokio::test]
+async fn evaluate_reads_both_layouts_alike_and_prints_the_table_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let beijing = common::slice_csv(dir.path());
+    let long = dir.path().join("long.csv");
+    to_long(&beijing, &long);
+    let mut spec = common::spec(json!({ "linear": { "l2": 1.0 } }));
+    spec["features"]["weather"] = json!(false);
+
+    let (from_beijing, table, logs) = evaluate(dir.path(), &spec, &beijing, "beijing").await;
+    let (from_long, long_table, _) = evaluate(dir.path(), &spec, &long, "long").await;
+    // The same values, read from either layout, give the same scores.
+    let mae = |scores: &Value| scores[0]["mae"].as_f64().unwrap();
+    assert!(mae(&from_beijing) > 0.0, "{from_beijing}");
+    assert!(
+        (mae(&from_beijing) - mae(&from_long)).abs() < 1e-9,
+        "{from_beijing}\n{from_long}"
+    );
+    assert_eq!(from_beijing[0]["forecasts"], from_long[0]["forecasts"]);
+    // stdout: the Markdown table and nothing else; the JSON log lines are on stderr.
+    for stdout in [&table, &long_table] {
+        assert!(stdout.lines().count() >= 3, "{stdout}");
+        assert!(
+            stdout.lines().all(|l| l.is_empty() || l.starts_with('|')),
+            "not the table alone:\n{stdout}"
+        );
+    }
+    assert!(
+        logs.lines().any(|l| l.starts_with('{')),
+        "no log line on stderr: {logs}"
+    );
+    // A layout that is not one is refused by name.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_airq-predictive"))
+        .args(["evaluate", "--spec", &spec.to_string(), "--format", "wide", "--csv"])
+        .arg(&long)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let refused = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        refused.contains("wide") && refused.contains("beijing") && refused.contains("long"),
+        "{refused}"
+    );
+}
