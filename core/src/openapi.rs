@@ -40,6 +40,16 @@ pub fn behind_gateway(mut doc: utoipa::openapi::OpenApi, prefix: &str, version: 
     doc
 }
 
+/// The answer of a service's `openapi.json` route: the document `build` gives, serialised once per process (it
+/// depends on the code alone) and served from `cell` afterwards.
+pub fn served(
+    cell: &'static std::sync::OnceLock<axum::body::Bytes>,
+    build: fn() -> utoipa::openapi::OpenApi,
+) -> impl axum::response::IntoResponse {
+    let body = cell.get_or_init(|| serde_json::to_vec(&build()).unwrap_or_default().into());
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body.clone())
+}
+
 /// Implements utoipa's `ToSchema` for a type deriving schemars' `JsonSchema`, through [`from_schemars`].
 #[macro_export]
 macro_rules! schema_from_schemars {

@@ -227,8 +227,9 @@ async fn get_rejected(
     Ok(Json(rows))
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi_document())
+async fn openapi() -> impl axum::response::IntoResponse {
+    static DOCUMENT: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    airq_core::openapi::served(&DOCUMENT, openapi_document)
 }
 
 airq_core::schema_from_schemars!(StartLoad);

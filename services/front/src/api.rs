@@ -19,11 +19,11 @@ use std::collections::BTreeMap;
 use airq_core::http::ApiError;
 use airq_core::parameter::{Kind, Parameter};
 use airq_core::store::Station;
+use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -659,8 +659,9 @@ async fn ops(State(state): State<AppState>, headers: HeaderMap) -> Result<Respon
     Ok(caching::json(&headers, &view, Freshness::Revalidate))
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi_document())
+async fn openapi() -> impl axum::response::IntoResponse {
+    static DOCUMENT: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    airq_core::openapi::served(&DOCUMENT, openapi_document)
 }
 
 /// The dashboard's API, generated from its handlers and their types.

@@ -939,8 +939,9 @@ async fn answer(
     Ok(Json(answer))
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi_document())
+async fn openapi() -> impl axum::response::IntoResponse {
+    static DOCUMENT: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    airq_core::openapi::served(&DOCUMENT, openapi_document)
 }
 
 airq_core::schema_from_schemars!(ModelSpec, EvaluateRequest);
