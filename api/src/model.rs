@@ -92,7 +92,7 @@ pub struct Target {
 /// The algorithm and its parameters: exactly one field is set.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.knn), has(self.linear), has(self.neuralNetwork), has(self.persistence), has(self.seasonalNaive), has(self.climatology)].filter(x, x).size() == 1").message("set exactly one algorithm: knn, linear, neuralNetwork, persistence, seasonalNaive or climatology"))]
+#[x_kube(validation = Rule::new("[has(self.knn), has(self.linear), has(self.neuralNetwork), has(self.gbm), has(self.ensemble), has(self.persistence), has(self.seasonalNaive), has(self.climatology)].filter(x, x).size() == 1").message("set exactly one algorithm: knn, linear, neuralNetwork, gbm, ensemble, persistence, seasonalNaive or climatology"))]
 pub struct Algorithm {
     /// k-nearest neighbours over the feature vectors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +103,12 @@ pub struct Algorithm {
     /// A small feed-forward neural network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neural_network: Option<NeuralNetwork>,
+    /// Gradient-boosted regression trees, one booster per hour ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gbm: Option<Gbm>,
+    /// A weighted combination of other algorithms, the weights learned on the calibration period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<Ensemble>,
     /// Baseline: the last observed value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence: Option<Baseline>,
@@ -121,6 +127,8 @@ impl Algorithm {
             (self.knn.is_some(), "knn"),
             (self.linear.is_some(), "linear"),
             (self.neural_network.is_some(), "neuralNetwork"),
+            (self.gbm.is_some(), "gbm"),
+            (self.ensemble.is_some(), "ensemble"),
             (self.persistence.is_some(), "persistence"),
             (self.seasonal_naive.is_some(), "seasonalNaive"),
             (self.climatology.is_some(), "climatology"),
@@ -128,6 +136,139 @@ impl Algorithm {
         match set.iter().filter(|(on, _)| *on).collect::<Vec<_>>().as_slice() {
             [(_, name)] => name,
             _ => "invalid",
+        }
+    }
+}
+
+/// Gradient-boosted regression trees (squared loss on the model's scale), one booster per hour ahead, each
+/// stopped early on the newest tenth of the fitting period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Gbm {
+    /// Boosting rounds (trees) per booster at most.
+    #[serde(default = "default_trees")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub trees: u32,
+    /// Depth of a tree at most.
+    #[serde(default = "default_max_depth")]
+    #[schemars(range(min = 1, max = 32))]
+    pub max_depth: u32,
+    /// Leaves of a tree at most.
+    #[serde(default = "default_max_leaves")]
+    #[schemars(range(min = 2, max = 65536))]
+    pub max_leaves: u32,
+    /// Shrinkage of each tree's contribution.
+    #[serde(default = "default_gbm_learning_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub learning_rate: f64,
+    /// Fewest training origins in a leaf.
+    #[serde(default = "default_min_leaf")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub min_leaf_samples: u32,
+    /// L2 penalty on the leaf values.
+    #[serde(default = "default_l2")]
+    #[schemars(range(min = 0.0))]
+    pub l2: f64,
+    /// Stop a booster after this many rounds without improvement on the newest tenth of the fitting period.
+    #[serde(default = "default_gbm_patience")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub early_stopping_rounds: u32,
+}
+
+impl Default for Gbm {
+    fn default() -> Self {
+        Self {
+            trees: default_trees(),
+            max_depth: default_max_depth(),
+            max_leaves: default_max_leaves(),
+            learning_rate: default_gbm_learning_rate(),
+            min_leaf_samples: default_min_leaf(),
+            l2: default_l2(),
+            early_stopping_rounds: default_gbm_patience(),
+        }
+    }
+}
+
+fn default_trees() -> u32 {
+    500
+}
+
+fn default_max_depth() -> u32 {
+    8
+}
+
+fn default_max_leaves() -> u32 {
+    31
+}
+
+fn default_gbm_learning_rate() -> f64 {
+    0.05
+}
+
+fn default_min_leaf() -> u32 {
+    50
+}
+
+fn default_gbm_patience() -> u32 {
+    20
+}
+
+/// A combination of algorithms: every member is trained on the same data; on the calibration period each hour
+/// ahead gets weights, non-negative and summing to 1, that minimise the squared error of the weighted mean; the
+/// intervals are conformal on the combined forecast.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ensemble {
+    /// The members, two to eight, each one algorithm (an ensemble cannot be a member).
+    #[schemars(length(min = 2, max = 8))]
+    pub members: Vec<Member>,
+}
+
+/// One member of an ensemble: exactly one algorithm, with its parameters. The fields repeat [`Algorithm`]'s but
+/// `ensemble`: a structural CRD schema cannot refer to itself, so an ensemble of ensembles cannot be written.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.knn), has(self.linear), has(self.neuralNetwork), has(self.gbm), has(self.persistence), has(self.seasonalNaive), has(self.climatology)].filter(x, x).size() == 1").message("set exactly one algorithm per member: knn, linear, neuralNetwork, gbm, persistence, seasonalNaive or climatology"))]
+pub struct Member {
+    /// k-nearest neighbours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn: Option<Knn>,
+    /// A ridge-regularised linear model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear: Option<Linear>,
+    /// A small feed-forward neural network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neural_network: Option<NeuralNetwork>,
+    /// Gradient-boosted regression trees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gbm: Option<Gbm>,
+    /// Baseline: the last observed value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Baseline>,
+    /// Baseline: the value one season earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seasonal_naive: Option<SeasonalNaive>,
+    /// Baseline: the mean for the station, month and hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub climatology: Option<Baseline>,
+    /// Whether this member models the logarithm of the concentration; the model's `features.logTransform` when
+    /// absent. Members on both scales let the calibration period choose between them for each pollutant and city.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_transform: Option<bool>,
+}
+
+impl Member {
+    /// The member as an algorithm of its own.
+    pub fn algorithm(&self) -> Algorithm {
+        Algorithm {
+            knn: self.knn.clone(),
+            linear: self.linear.clone(),
+            neural_network: self.neural_network.clone(),
+            gbm: self.gbm.clone(),
+            ensemble: None,
+            persistence: self.persistence.clone(),
+            seasonal_naive: self.seasonal_naive.clone(),
+            climatology: self.climatology.clone(),
         }
     }
 }

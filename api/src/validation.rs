@@ -130,8 +130,21 @@ pub fn predictive_model(spec: &PredictiveModelSpec) -> Result<(), Problems> {
     if spec.algorithm.name() == "invalid" {
         problems.add(
             "spec.algorithm",
-            "set exactly one algorithm: knn, linear, neuralNetwork, persistence, seasonalNaive or climatology",
+            "set exactly one algorithm: knn, linear, neuralNetwork, gbm, ensemble, persistence, seasonalNaive or climatology",
         );
+    }
+    if let Some(ensemble) = &spec.algorithm.ensemble {
+        if !(2..=8).contains(&ensemble.members.len()) {
+            problems.add("spec.algorithm.ensemble.members", "give two to eight members");
+        }
+        for (i, member) in ensemble.members.iter().enumerate() {
+            if member.algorithm().name() == "invalid" {
+                problems.add(
+                    &format!("spec.algorithm.ensemble.members[{i}]"),
+                    "set exactly one algorithm: knn, linear, neuralNetwork, gbm, persistence, seasonalNaive or climatology",
+                );
+            }
+        }
     }
     if let Some(schedule) = &spec.training.schedule
         && let Err(message) = check_cron(schedule)

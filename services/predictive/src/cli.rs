@@ -385,7 +385,7 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         .await?;
         let dir = dir.clone();
         let meta =
-            tokio::task::spawn_blocking(move || crate::evaluate::export_knn(&data, &spec, &protocol, &dir)).await??;
+            tokio::task::spawn_blocking(move || crate::evaluate::export(&data, &spec, &protocol, &dir)).await??;
         println!("{}", serde_json::to_string_pretty(&meta)?);
         return Ok(());
     }

@@ -147,8 +147,8 @@ pub struct EvaluateArgs {
     /// Write the table as Markdown to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
-    /// Compare with scikit-learn: write a kNN spec's fitting and test features, truths and airq's forecasts to
-    /// this folder (see services/predictive/benches/sklearn_knn.py).
+    /// Compare with other libraries: write the spec's fitting and test features, truths and airq's forecasts to
+    /// this folder (see services/predictive/benches/sklearn_knn.py and lightgbm_compare.py).
     #[arg(long, requires = "spec_source")]
     pub export: Option<PathBuf>,
     /// Write every score as JSON to this file.

@@ -295,24 +295,24 @@ mod tests {
     }
 }
 
-/// Writes what the scikit-learn comparison needs for a kNN spec (see `services/predictive/benches/sklearn_knn.py`):
-/// the fitting origins (hour of day, features, trajectories in model space), the test origins with
-/// features, truths and airq's own forecasts (concentrations), and airq's fit and forecast times.
-pub fn export_knn(
+/// Writes what the comparisons with scikit-learn's kNN and with LightGBM need (see
+/// `services/predictive/benches/`): the fitting origins (hour of day, features, trajectories in model space) and
+/// their times (`fit-times.csv`, Unix seconds), the test origins with features, truths and airq's own forecasts of
+/// `spec` (concentrations), and airq's fit and forecast times. An ensemble exports the features of its scale.
+pub fn export(
     data: &Dataset,
     spec: &ModelSpec,
     protocol: &Protocol,
     dir: &std::path::Path,
 ) -> anyhow::Result<serde_json::Value> {
     use std::io::Write;
-    let knn = spec
-        .algorithm
-        .knn
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("--export compares kNN: give a knn spec"))?;
     let timer = PhaseTimer::default();
+    let started = std::time::Instant::now();
     let model = Model::train(data, spec, protocol.plan(), &timer)?;
-    let fit_seconds = timer.between("fit", "calibrate");
+    // The fit alone where the phases say it (an ensemble's are its members'): the whole training otherwise.
+    let fit_seconds = Some(timer.between("fit", "calibrate"))
+        .filter(|s| s.is_finite())
+        .unwrap_or_else(|| started.elapsed().as_secs_f64());
     let fz = &model.meta.featurizer;
     // Every hour's origins: airq scales the features over all of them, then searches those at the query's hour.
     let fit = crate::model::build_samples(data, fz, protocol.fit_from, protocol.calibrate_from, None);
@@ -332,6 +332,8 @@ pub fn export_knn(
         writeln!(out, "{}", row.join(","))?;
     }
     out.flush()?;
+    let times: Vec<String> = fit.times.iter().map(i64::to_string).collect();
+    std::fs::write(dir.join("fit-times.csv"), times.join("\n") + "\n")?;
     let keys: Vec<(usize, usize)> = origins(
         data,
         protocol.test_from,
@@ -372,12 +374,19 @@ pub fn export_knn(
         writeln!(out, "{}", row.join(","))?;
     }
     out.flush()?;
-    let meta = serde_json::json!({
-        "k": knn.k, "distance": knn.distance, "weights": knn.weights, "scaling": knn.scaling,
+    let mut meta = serde_json::json!({
+        "algorithm": spec.algorithm.name(),
         "logTransform": fz.log_transform, "dim": dim, "horizon": horizon,
         "originHourUtc": protocol.origin_hour_utc, "fitRows": fit.times.len(), "testRows": with_features.len(),
         "airqFitSeconds": fit_seconds, "airqForecastSeconds": predict_seconds,
+        "features": fz.names(),
     });
+    if let (Some(knn), Some(m)) = (&spec.algorithm.knn, meta.as_object_mut()) {
+        m.insert("k".into(), knn.k.into());
+        m.insert("distance".into(), serde_json::to_value(knn.distance)?);
+        m.insert("weights".into(), serde_json::to_value(knn.weights)?);
+        m.insert("scaling".into(), serde_json::to_value(knn.scaling)?);
+    }
     std::fs::write(dir.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
     Ok(meta)
 }

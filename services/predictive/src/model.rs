@@ -61,6 +61,24 @@ pub struct ModelMeta {
     /// Epochs run (neural network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs_run: Option<usize>,
+    /// Trees kept per hour ahead after early stopping (gradient boosting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trees: Option<Vec<usize>>,
+    /// The members and their weights (ensemble).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleMeta>,
+}
+
+/// An ensemble's members and the weights learned on the calibration period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnsembleMeta {
+    /// Each member's algorithm, in order.
+    pub members: Vec<String>,
+    /// Per hour ahead, each member's weight (non-negative, summing to 1): `weights[h][m]`.
+    pub weights: Vec<Vec<f32>>,
+    /// Each member's weight averaged over the hours ahead.
+    pub mean_weights: Vec<f32>,
 }
 
 /// A forecast from one origin: points in model space per horizon, and whether the fallback answered.
@@ -600,21 +618,11 @@ impl Mlp {
         nn: &airq_api::model::NeuralNetwork,
         progress: &dyn Fn(usize, usize, f32),
     ) -> Result<(Self, usize)> {
-        let n = x.len() / dim;
         let scaler = Scaler::fit(x, dim, Scaling::Standard);
         let target_stats = Scaler::fit(y, horizon, Scaling::Standard);
         let xs = scaler.apply(x);
         let ys = target_stats.apply(y);
-        // The newest tenth of the origins decides when to stop.
-        let mut sorted_times = times.to_vec();
-        sorted_times.sort_unstable();
-        let cut = sorted_times.get(n * 9 / 10).copied().unwrap_or(i64::MAX);
-        let (train, valid): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| times[*i] < cut);
-        if train.is_empty() || valid.is_empty() {
-            return Err(ModelError::EmptyWindow(format!(
-                "{n} training origins are too few to hold some out for early stopping"
-            )));
-        }
+        let (train, valid) = hold_out_newest(times)?;
         let device = Device::Cpu;
         let gather = |rows: &[usize], data: &[f32], width: usize| -> candle_core::Result<Tensor> {
             let v: Vec<f32> = rows
@@ -708,11 +716,16 @@ impl Mlp {
 #[derive(Debug, Clone)]
 enum Estimator {
     Persistence,
-    SeasonalNaive { season: usize },
+    SeasonalNaive {
+        season: usize,
+    },
     Climatology,
     Knn(KnnModel),
     Linear(LinearModel),
     Nn(Mlp),
+    Gbm(crate::gbm::GbmModel),
+    /// Members and their weights, horizon × members.
+    Ensemble(Vec<Model>, Vec<f32>),
 }
 
 /// A trained model.
@@ -753,6 +766,24 @@ pub struct Calibration {
     pub forecasts: Vec<RawForecast>,
     /// Model space, `keys.len() × horizon`.
     pub truths: Vec<f32>,
+}
+
+/// Passes a member's progress on with its name before each phase.
+struct Prefixed<'a> {
+    inner: &'a dyn Progress,
+    prefix: String,
+}
+
+impl Progress for Prefixed<'_> {
+    fn phase(&self, name: &str) {
+        self.inner.phase(&format!("{}: {name}", self.prefix));
+    }
+    fn count(&self, done: usize, of: usize) {
+        self.inner.count(done, of);
+    }
+    fn epoch(&self, epoch: usize, of: usize, validation_loss: f32) {
+        self.inner.epoch(epoch, of, validation_loss);
+    }
 }
 
 /// Reports nothing.
@@ -814,7 +845,10 @@ impl Model {
         }
         progress.phase("climatology");
         let climatology = Climatology::fit(data, plan.fit_from, plan.fit_to);
-        let needs_samples = matches!(spec.algorithm.name(), "knn" | "linear" | "neuralNetwork");
+        if let Some(ensemble) = &spec.algorithm.ensemble {
+            return Self::train_ensemble(data, spec, ensemble, featurizer, climatology, plan, progress);
+        }
+        let needs_samples = matches!(spec.algorithm.name(), "knn" | "linear" | "neuralNetwork" | "gbm");
         let samples = if needs_samples {
             progress.phase("features");
             let s = build_samples(data, &featurizer, plan.fit_from, plan.fit_to, None);
@@ -834,6 +868,7 @@ impl Model {
         let fit_samples = samples.as_ref().map_or(values_in_window, |s| s.times.len());
         progress.phase("fit");
         let mut epochs_run = None;
+        let mut trees = None;
         let a = &spec.algorithm;
         let estimator = match (a.name(), samples) {
             ("knn", Some(s)) => {
@@ -883,6 +918,14 @@ impl Model {
                 epochs_run = Some(epochs);
                 Estimator::Nn(mlp)
             }
+            ("gbm", Some(s)) => {
+                let g = a.gbm.clone().unwrap_or_default();
+                let model = crate::gbm::GbmModel::fit(&s.x, &s.y, &s.times, dim, horizon, &g, &|done, of| {
+                    progress.count(done, of)
+                })?;
+                trees = Some(model.trees());
+                Estimator::Gbm(model)
+            }
             ("persistence", _) => Estimator::Persistence,
             ("seasonalNaive", _) => Estimator::SeasonalNaive {
                 season: a.seasonal_naive.as_ref().map_or(24, |s| s.season_hours as usize),
@@ -902,6 +945,8 @@ impl Model {
                 fit_samples,
                 calibration_forecasts: 0,
                 epochs_run,
+                trees,
+                ensemble: None,
             },
             estimator,
             climatology,
@@ -925,6 +970,136 @@ impl Model {
         }
         Ok((
             model,
+            Calibration {
+                keys,
+                forecasts,
+                truths,
+            },
+        ))
+    }
+
+    /// Trains every member of `ensemble` on the same data and plan, learns the weights on the calibration period's
+    /// forecasts, and calibrates the intervals on the combined forecasts. The residuals that calibrate are
+    /// cross-fitted: the older half of the calibration origins is combined with the weights learned on the newer
+    /// half and the reverse, so no residual comes from weights fitted on its own truth; the stored weights are
+    /// learned on the whole period.
+    fn train_ensemble(
+        data: &Dataset,
+        spec: &ModelSpec,
+        ensemble: &airq_api::model::Ensemble,
+        featurizer: Featurizer,
+        climatology: Climatology,
+        plan: Plan,
+        progress: &dyn Progress,
+    ) -> Result<(Self, Calibration)> {
+        let horizon = featurizer.horizon;
+        let count = ensemble.members.len();
+        let mut members = Vec::with_capacity(count);
+        let mut calibrations = Vec::with_capacity(count);
+        for (i, member) in ensemble.members.iter().enumerate() {
+            let mut member_spec = spec.clone();
+            member_spec.algorithm = member.algorithm();
+            if let Some(log) = member.log_transform {
+                member_spec.features.log_transform = log;
+            }
+            let name = member_spec.algorithm.name();
+            let prefixed = Prefixed {
+                inner: progress,
+                prefix: format!("member {} of {count} ({name})", i + 1),
+            };
+            let (model, calibration) = Self::train_calibrated(data, &member_spec, plan, &prefixed)?;
+            members.push(model);
+            calibrations.push(calibration);
+        }
+        progress.phase("weigh the members");
+        let keys = calibrations.first().map(|c| c.keys.clone()).unwrap_or_default();
+        if calibrations.iter().any(|c| c.keys != keys) {
+            return Err(ModelError::InvalidParameter(
+                "the members were calibrated on different origins".to_owned(),
+            ));
+        }
+        let truths = truths(data, &featurizer, &keys);
+        // Each member's forecasts on the ensemble's scale.
+        let points: Vec<Vec<f32>> = calibrations
+            .iter()
+            .zip(&members)
+            .map(|(c, m)| {
+                c.forecasts
+                    .iter()
+                    .flat_map(|f| f.points.iter().map(|p| rescale(&m.meta.featurizer, &featurizer, *p)))
+                    .collect()
+            })
+            .collect();
+        let parts: Vec<&[f32]> = points.iter().map(Vec::as_slice).collect();
+        let weights = crate::ensemble::fit(&parts, &truths, horizon, |_| true);
+        let mut times: Vec<i64> = keys.iter().map(|(_, o)| data.time(*o)).collect();
+        let key_time = times.clone();
+        times.sort_unstable();
+        let middle = times.get(times.len() / 2).copied().unwrap_or(i64::MAX);
+        let older = |i: usize| key_time[i] < middle;
+        let from_newer = crate::ensemble::fit(&parts, &truths, horizon, |i| !older(i));
+        let from_older = crate::ensemble::fit(&parts, &truths, horizon, older);
+        let crossed_older = crate::ensemble::combine(&parts, &from_newer, horizon);
+        let crossed_newer = crate::ensemble::combine(&parts, &from_older, horizon);
+        let combined = crate::ensemble::combine(&parts, &weights, horizon);
+        let crossed: Vec<f32> = (0..combined.len())
+            .map(|i| {
+                if older(i / horizon) {
+                    crossed_older[i]
+                } else {
+                    crossed_newer[i]
+                }
+            })
+            .collect();
+        let fallback: Vec<bool> = (0..keys.len())
+            .map(|i| calibrations.iter().any(|c| c.forecasts[i].fallback))
+            .collect();
+        let conformal = Conformal::fit(&crossed, &truths, &fallback, horizon);
+        if conformal.size() < 20 {
+            return Err(ModelError::EmptyWindow(format!(
+                "the calibration period {} to {} gives {} forecasts with a known truth at some horizon; at least 20 are needed to calibrate intervals",
+                fmt_time(plan.calibrate_from),
+                fmt_time(plan.calibrate_to),
+                conformal.size()
+            )));
+        }
+        let forecasts: Vec<RawForecast> = combined
+            .chunks(horizon.max(1))
+            .zip(&fallback)
+            .map(|(p, f)| RawForecast {
+                points: p.to_vec(),
+                fallback: *f,
+            })
+            .collect();
+        let names: Vec<String> = members
+            .iter()
+            .map(|m| m.meta.spec.algorithm.name().to_owned())
+            .collect();
+        let meta = ModelMeta {
+            spec: spec.clone(),
+            features: featurizer.names(),
+            featurizer,
+            stations: data.stations.iter().map(|s| s.code.clone()).collect(),
+            plan,
+            fit_samples: members.iter().map(|m| m.meta.fit_samples).max().unwrap_or(0),
+            calibration_forecasts: keys.len(),
+            epochs_run: None,
+            trees: None,
+            ensemble: Some(EnsembleMeta {
+                members: names,
+                weights: weights.chunks(count).map(<[f32]>::to_vec).collect(),
+                mean_weights: (0..count)
+                    .map(|m| (0..horizon).map(|h| weights[h * count + m]).sum::<f32>() / horizon as f32)
+                    .collect(),
+            }),
+        };
+        Ok((
+            Self {
+                meta,
+                estimator: Estimator::Ensemble(members, weights),
+                climatology,
+                conformal,
+            },
             Calibration {
                 keys,
                 forecasts,
@@ -1009,7 +1184,23 @@ impl Model {
                     f.fallback = !all;
                 }
             }
-            Estimator::Knn(_) | Estimator::Linear(_) | Estimator::Nn(_) => {
+            Estimator::Ensemble(members, weights) => {
+                let mut forecasts = members
+                    .iter()
+                    .map(|m| m.forecast_many(data, keys))
+                    .collect::<Result<Vec<_>>>()?;
+                for (m, f) in members.iter().zip(&mut forecasts) {
+                    for p in f.iter_mut().flat_map(|f| f.points.iter_mut()) {
+                        *p = rescale(&m.meta.featurizer, fz, *p);
+                    }
+                }
+                for (i, f) in out.iter_mut().enumerate() {
+                    let parts: Vec<&[f32]> = forecasts.iter().map(|m| m[i].points.as_slice()).collect();
+                    f.points = crate::ensemble::combine(&parts, weights, horizon);
+                    f.fallback = forecasts.iter().any(|m| m[i].fallback);
+                }
+            }
+            Estimator::Knn(_) | Estimator::Linear(_) | Estimator::Nn(_) | Estimator::Gbm(_) => {
                 let mut x = Vec::with_capacity(keys.len() * dim);
                 let mut rows = Vec::new();
                 let mut hours = Vec::new();
@@ -1025,6 +1216,7 @@ impl Model {
                         Estimator::Knn(knn) => knn.predict(&x, &hours, dim, horizon)?,
                         Estimator::Linear(linear) => linear.predict(&x, dim)?,
                         Estimator::Nn(mlp) => mlp.predict(&x, dim, horizon)?,
+                        Estimator::Gbm(gbm) => gbm.predict(&x, dim),
                         _ => Vec::new(),
                     };
                     for (j, i) in rows.iter().enumerate() {
@@ -1091,6 +1283,13 @@ impl Model {
                     }
                 }
                 info.insert("airq.layers".to_owned(), mlp.layers.len().to_string());
+            }
+            Estimator::Gbm(gbm) => gbm.to_tensors(&mut tensors)?,
+            Estimator::Ensemble(members, weights) => {
+                for (i, m) in members.iter().enumerate() {
+                    tensors.insert(format!("ensemble.{i}"), Tensor::new(m.to_bytes()?, cpu)?);
+                }
+                tensors.insert("ensemble.weights".into(), Tensor::new(weights.clone(), cpu)?);
             }
             Estimator::Persistence | Estimator::SeasonalNaive { .. } | Estimator::Climatology => {}
         }
@@ -1191,6 +1390,22 @@ impl Model {
                     layers,
                 })
             }
+            "gbm" => Estimator::Gbm(crate::gbm::GbmModel::from_tensors(
+                &tensors,
+                dim,
+                &a.gbm.clone().unwrap_or_default(),
+            )?),
+            "ensemble" => {
+                let count = a.ensemble.as_ref().map_or(0, |e| e.members.len());
+                let members = (0..count)
+                    .map(|i| Self::from_bytes(&get(&format!("ensemble.{i}"))?.to_vec1::<u8>()?))
+                    .collect::<Result<Vec<_>>>()?;
+                let weights = f32s("ensemble.weights")?;
+                if weights.len() != count * horizon || members.iter().any(|m| m.horizon() != horizon) {
+                    return Err(artifact(&"the ensemble's weights or members do not match its horizon"));
+                }
+                Estimator::Ensemble(members, weights)
+            }
             "persistence" => Estimator::Persistence,
             "seasonalNaive" => Estimator::SeasonalNaive {
                 season: a.seasonal_naive.as_ref().map_or(24, |s| s.season_hours as usize),
@@ -1208,6 +1423,30 @@ impl Model {
                 residuals,
             },
         })
+    }
+}
+
+/// The origins (indexes of `times`) fitted on and the newest tenth held out to stop training early.
+pub(crate) fn hold_out_newest(times: &[i64]) -> Result<(Vec<usize>, Vec<usize>)> {
+    let n = times.len();
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let cut = sorted.get(n * 9 / 10).copied().unwrap_or(i64::MAX);
+    let (train, valid): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| times[*i] < cut);
+    if train.is_empty() || valid.is_empty() {
+        return Err(ModelError::EmptyWindow(format!(
+            "{n} training origins are too few to hold some out for early stopping"
+        )));
+    }
+    Ok((train, valid))
+}
+
+/// A value in `from`'s model space in `to`'s.
+fn rescale(from: &Featurizer, to: &Featurizer, value: f32) -> f32 {
+    if from.log_transform == to.log_transform {
+        value
+    } else {
+        to.forward(from.inverse(value))
     }
 }
 

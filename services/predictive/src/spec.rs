@@ -7,10 +7,12 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 /// The algorithms, as named in a spec.
-pub const ALGORITHMS: [&str; 6] = [
+pub const ALGORITHMS: [&str; 8] = [
     "knn",
     "linear",
     "neuralNetwork",
+    "gbm",
+    "ensemble",
     "persistence",
     "seasonalNaive",
     "climatology",
@@ -88,12 +90,9 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Parses and checks a spec, naming the field that is wrong.
     pub fn from_json(value: &serde_json::Value) -> Result<Self, SpecError> {
-        let algorithm = value.get("algorithm").ok_or_else(|| {
-            spec_error(
-                "algorithm",
-                "missing; set one of knn, linear, neuralNetwork, persistence, seasonalNaive or climatology",
-            )
-        })?;
+        let algorithm = value
+            .get("algorithm")
+            .ok_or_else(|| spec_error("algorithm", format!("missing; set one of {}", ALGORITHMS.join(", "))))?;
         let keys: Vec<&String> = algorithm
             .as_object()
             .ok_or_else(|| {
@@ -159,39 +158,7 @@ impl ModelSpec {
         {
             return Err(spec_error("training", "training.from must be before training.to"));
         }
-        let a = &self.algorithm;
-        if let Some(knn) = &a.knn
-            && knn.k == 0
-        {
-            return Err(spec_error("algorithm.knn.k", "must be at least 1"));
-        }
-        if let Some(linear) = &a.linear
-            && !(linear.l2 >= 0.0 && linear.l2.is_finite())
-        {
-            return Err(spec_error("algorithm.linear.l2", "must be a finite number ≥ 0"));
-        }
-        if let Some(nn) = &a.neural_network {
-            if nn.hidden_sizes.is_empty() || nn.hidden_sizes.iter().any(|h| *h == 0 || *h > 4096) {
-                return Err(spec_error(
-                    "algorithm.neuralNetwork.hiddenSizes",
-                    "give 1 to 8 layer sizes, each 1 to 4096",
-                ));
-            }
-            if nn.epochs == 0 {
-                return Err(spec_error("algorithm.neuralNetwork.epochs", "must be at least 1"));
-            }
-            if !(nn.learning_rate > 0.0 && nn.learning_rate <= 1.0) {
-                return Err(spec_error("algorithm.neuralNetwork.learningRate", "must be in (0, 1]"));
-            }
-        }
-        if let Some(s) = &a.seasonal_naive
-            && s.season_hours == 0
-        {
-            return Err(spec_error("algorithm.seasonalNaive.seasonHours", "must be at least 1"));
-        }
-        if a.name() == "invalid" {
-            return Err(spec_error("algorithm", "set exactly one algorithm"));
-        }
+        validate_algorithm(&self.algorithm, "algorithm")?;
         Ok(())
     }
 
@@ -231,6 +198,73 @@ impl ModelSpec {
             day("training.to", &self.training.to)?,
         ))
     }
+}
+
+/// Checks one algorithm's parameters; `at` names it in errors (`algorithm`, `algorithm.ensemble.members[1]`).
+fn validate_algorithm(a: &Algorithm, at: &str) -> Result<(), SpecError> {
+    let field = |name: &str| format!("{at}.{name}");
+    let fail = |name: &str, message: &str| Err(spec_error(&field(name), message));
+    if a.name() == "invalid" {
+        return Err(spec_error(at, "set exactly one algorithm"));
+    }
+    if let Some(knn) = &a.knn
+        && knn.k == 0
+    {
+        return fail("knn.k", "must be at least 1");
+    }
+    if let Some(linear) = &a.linear
+        && !(linear.l2 >= 0.0 && linear.l2.is_finite())
+    {
+        return fail("linear.l2", "must be a finite number ≥ 0");
+    }
+    if let Some(nn) = &a.neural_network {
+        if nn.hidden_sizes.is_empty() || nn.hidden_sizes.iter().any(|h| *h == 0 || *h > 4096) {
+            return fail("neuralNetwork.hiddenSizes", "give 1 to 8 layer sizes, each 1 to 4096");
+        }
+        if nn.epochs == 0 {
+            return fail("neuralNetwork.epochs", "must be at least 1");
+        }
+        if !(nn.learning_rate > 0.0 && nn.learning_rate <= 1.0) {
+            return fail("neuralNetwork.learningRate", "must be in (0, 1]");
+        }
+    }
+    if let Some(g) = &a.gbm {
+        if !(1..=10_000).contains(&g.trees) {
+            return fail("gbm.trees", "must be 1 to 10000");
+        }
+        if !(1..=32).contains(&g.max_depth) {
+            return fail("gbm.maxDepth", "must be 1 to 32");
+        }
+        if !(2..=65_536).contains(&g.max_leaves) {
+            return fail("gbm.maxLeaves", "must be 2 to 65536");
+        }
+        if !(g.learning_rate > 0.0 && g.learning_rate <= 1.0) {
+            return fail("gbm.learningRate", "must be in (0, 1]");
+        }
+        if g.min_leaf_samples == 0 {
+            return fail("gbm.minLeafSamples", "must be at least 1");
+        }
+        if !(g.l2 >= 0.0 && g.l2.is_finite()) {
+            return fail("gbm.l2", "must be a finite number ≥ 0");
+        }
+        if g.early_stopping_rounds == 0 {
+            return fail("gbm.earlyStoppingRounds", "must be at least 1");
+        }
+    }
+    if let Some(s) = &a.seasonal_naive
+        && s.season_hours == 0
+    {
+        return fail("seasonalNaive.seasonHours", "must be at least 1");
+    }
+    if let Some(e) = &a.ensemble {
+        if !(2..=8).contains(&e.members.len()) {
+            return fail("ensemble.members", "give two to eight members");
+        }
+        for (i, m) in e.members.iter().enumerate() {
+            validate_algorithm(&m.algorithm(), &field(&format!("ensemble.members[{i}]")))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -278,5 +312,19 @@ mod tests {
         assert_eq!(e.field, "training.to");
         let e = with("algorithm", json!({"knn": {"k": 0}}));
         assert_eq!(e.field, "algorithm.knn.k");
+        let e = with("algorithm", json!({"gbm": {"learningRate": 0.0}}));
+        assert_eq!(e.field, "algorithm.gbm.learningRate");
+        let e = with("algorithm", json!({"ensemble": {"members": [{"linear": {}}]}}));
+        assert_eq!(e.field, "algorithm.ensemble.members");
+        let e = with(
+            "algorithm",
+            json!({"ensemble": {"members": [{"linear": {}}, {"gbm": {"trees": 0}}]}}),
+        );
+        assert_eq!(e.field, "algorithm.ensemble.members[1].gbm.trees");
+        let e = with(
+            "algorithm",
+            json!({"ensemble": {"members": [{"linear": {}}, {"linear": {}, "knn": {}}]}}),
+        );
+        assert_eq!(e.field, "algorithm.ensemble.members[1]");
     }
 }

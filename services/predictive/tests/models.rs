@@ -53,6 +53,12 @@ fn algorithms() -> Vec<serde_json::Value> {
         json!({ "persistence": {} }),
         json!({ "seasonalNaive": { "seasonHours": 24 } }),
         json!({ "climatology": {} }),
+        json!({ "gbm": { "trees": 40, "maxDepth": 4, "maxLeaves": 12, "learningRate": 0.1, "minLeafSamples": 20 } }),
+        json!({ "ensemble": { "members": [
+            { "gbm": { "trees": 20 }, "logTransform": false },
+            { "linear": {} },
+            { "persistence": {} },
+        ] } }),
     ]
 }
 
@@ -95,6 +101,82 @@ async fn every_algorithm_saved_and_loaded_forecasts_identically() {
 }
 
 #[tokio::test]
+async fn an_ensemble_weighs_its_members_per_hour_ahead() {
+    let (_dir, data) = slice().await;
+    let model = train(
+        &data,
+        json!({ "ensemble": { "members": [
+            { "linear": {} }, { "persistence": {} }, { "climatology": {} },
+            { "gbm": { "trees": 25 }, "logTransform": false },
+        ] } }),
+    )
+    .unwrap();
+    let meta = model.meta.ensemble.as_ref().unwrap();
+    assert_eq!(meta.members, ["linear", "persistence", "climatology", "gbm"]);
+    // As documented: per hour ahead, one weight per member, none negative, summing to 1.
+    assert_eq!(meta.weights.len(), 24);
+    for (h, w) in meta.weights.iter().enumerate() {
+        assert_eq!(w.len(), 4);
+        assert!(w.iter().all(|x| *x >= 0.0), "{h}: {w:?}");
+        assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-4, "{h}: {w:?}");
+    }
+    assert!((meta.mean_weights.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    // Persistence matters most one hour ahead, less a day ahead.
+    assert!(meta.weights[0][1] > meta.weights[23][1], "{:?}", meta.weights);
+    // The combination is each member's forecast weighted.
+    let three = [
+        json!({ "linear": {} }),
+        json!({ "persistence": {} }),
+        json!({ "climatology": {} }),
+    ];
+    let ensemble = train(&data, json!({ "ensemble": { "members": three } })).unwrap();
+    let weights = &ensemble.meta.ensemble.as_ref().unwrap().weights;
+    let combined = points(&ensemble, &data);
+    let members: Vec<Vec<f32>> = three
+        .into_iter()
+        .map(|a| points(&train(&data, a).unwrap(), &data))
+        .collect();
+    for (i, c) in combined.iter().enumerate() {
+        let expected: f32 = (0..3).map(|m| weights[i % 24][m] * members[m][i]).sum();
+        assert!((c - expected).abs() < 1e-4, "{i}: {c} against {expected}");
+    }
+}
+
+/// The example ensemble is the report's, and trains and forecasts.
+#[tokio::test]
+async fn the_example_ensemble_trains() {
+    let (_dir, data) = slice().await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/model-pm25-ensemble.yaml");
+    let manifest: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let example = ModelSpec::from_json(&manifest["spec"]).unwrap();
+    let (_, reported) = airq_predictive::suite::suite("pm25")
+        .into_iter()
+        .find(|(name, _)| name.starts_with("ensemble"))
+        .unwrap();
+    assert_eq!(example.algorithm, reported.algorithm);
+    assert_eq!(example.features, reported.features);
+    let mut spec = common::spec(serde_json::to_value(&example.algorithm).unwrap());
+    spec["features"] = serde_json::to_value(&example.features).unwrap();
+    let spec = ModelSpec::from_json(&spec).unwrap();
+    let model = Model::train(&data, &spec, plan_for(&spec, &data).unwrap(), &Quiet).unwrap();
+    let meta = model.meta.ensemble.as_ref().unwrap();
+    assert_eq!(meta.members.len(), 8);
+    let forecasts = model.forecast_many(&data, &may(&data)).unwrap();
+    assert!(
+        forecasts
+            .iter()
+            .flat_map(|f| &f.points)
+            .all(|p| p.is_finite() && *p >= 0.0)
+    );
+    let loaded = Model::from_bytes(&model.to_bytes().unwrap()).unwrap();
+    assert_eq!(
+        loaded.forecast_many(&data, &may(&data)).unwrap(),
+        forecasts,
+        "through bytes"
+    );
+}
+
+#[tokio::test]
 async fn a_parameter_change_changes_the_model() {
     let (_dir, data) = slice().await;
     let pairs = [
@@ -114,6 +196,14 @@ async fn a_parameter_change_changes_the_model() {
         (
             json!({ "seasonalNaive": { "seasonHours": 24 } }),
             json!({ "seasonalNaive": { "seasonHours": 168 } }),
+        ),
+        (
+            json!({ "gbm": { "trees": 30, "maxDepth": 2 } }),
+            json!({ "gbm": { "trees": 30, "maxDepth": 6 } }),
+        ),
+        (
+            json!({ "ensemble": { "members": [{ "linear": {} }, { "climatology": {} }] } }),
+            json!({ "ensemble": { "members": [{ "linear": {} }, { "persistence": {} }] } }),
         ),
     ];
     for (a, b) in pairs {
