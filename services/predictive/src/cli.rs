@@ -311,16 +311,21 @@ pub struct Row {
 /// The Markdown table of an evaluation.
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| Pollutant | Algorithm | MAE | RMSE | Daily-mean MAE | CRPS | Cover 80 % | Winkler 80 % | Cover 90 % | Winkler 90 % | Fallbacks | Inputs absent | Train s |\n\
-         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
+        "| Pollutant | Algorithm | MAE | RMSE | Daily-mean MAE | CRPS | Cover 80 % | Winkler 80 % | Cover 90 % | Winkler 90 % | Adaptive cover 90 % | Adaptive Winkler 90 % | Fallbacks | Inputs absent | Train s |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
     );
     for r in rows {
         let e = &r.evaluation;
         let level = |l: f64| e.intervals.iter().find(|i| (i.level - l).abs() < 1e-9);
         let (c80, w80) = level(0.8).map_or((f64::NAN, f64::NAN), |i| (i.coverage, i.winkler));
         let (c90, w90) = level(0.9).map_or((f64::NAN, f64::NAN), |i| (i.coverage, i.winkler));
+        let (a90, aw90) = e
+            .adaptive
+            .iter()
+            .find(|i| (i.level - 0.9).abs() < 1e-9)
+            .map_or((f64::NAN, f64::NAN), |i| (i.coverage, i.winkler));
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.3} | {:.0} | {} of {} | {} | {:.1} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.3} | {:.0} | {:.3} | {:.0} | {} of {} | {} | {:.1} |\n",
             r.pollutant,
             r.algorithm,
             e.mae,
@@ -331,6 +336,8 @@ pub fn markdown(rows: &[Row]) -> String {
             w80,
             c90,
             w90,
+            a90,
+            aw90,
             e.fallbacks,
             e.forecasts,
             if e.inputs_absent.is_empty() {

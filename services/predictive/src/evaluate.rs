@@ -116,6 +116,10 @@ pub struct Evaluation {
     /// Weather inputs its spec asked for that the data did not have (their features left out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs_absent: Vec<String>,
+    /// Coverage and Winkler score of the adaptive intervals, replayed over the period in time order
+    /// ([`crate::adaptive`]): each origin's intervals at the levels adapted on the truths known by then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adaptive: Vec<IntervalMetric>,
 }
 
 impl Evaluation {
@@ -131,7 +135,70 @@ impl Evaluation {
 /// Scores `model`'s forecasts from `keys` against the truth in `data`.
 pub fn score(model: &Model, data: &Dataset, keys: &[(usize, usize)], levels: &[f64]) -> Result<Evaluation, ModelError> {
     let forecasts = model.forecast_many(data, keys)?;
-    score_with(model, data, keys, &forecasts, &[&model.conformal], &|_| 0, levels)
+    let mut evaluation = score_with(model, data, keys, &forecasts, &[&model.conformal], &|_| 0, levels)?;
+    evaluation.adaptive = adaptive_replay(model, data, keys, &forecasts, levels)?;
+    Ok(evaluation)
+}
+
+/// Replays `forecasts` in the order of their origins with adaptive levels: the forecasts of one origin hour get the
+/// intervals of the levels as adapted so far, and each truth updates the levels once its hour has passed (before
+/// the next origin that could know it).
+fn adaptive_replay(
+    model: &Model,
+    data: &Dataset,
+    keys: &[(usize, usize)],
+    forecasts: &[RawForecast],
+    levels: &[f64],
+) -> Result<Vec<IntervalMetric>, ModelError> {
+    let fz = &model.meta.featurizer;
+    let horizon = model.horizon();
+    let mut adaptive: Vec<crate::adaptive::Adaptive> =
+        levels.iter().map(|l| crate::adaptive::Adaptive::new(*l)).collect();
+    let mut scores = Scores::new(levels);
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by_key(|k| (data.time(keys[*k].1), keys[*k].0));
+    // Truths seen but not yet known to the server, per hour and level: (misses, truths).
+    let mut pending: std::collections::BTreeMap<(i64, usize), (usize, usize)> = Default::default();
+    let mut intervals = Vec::with_capacity(levels.len());
+    for k in order {
+        let (s, o) = keys[k];
+        let now = data.time(o);
+        while let Some(entry) = pending.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, level), (misses, of)) = entry.remove_entry();
+            adaptive[level].observe_hour(misses, of);
+        }
+        let f = &forecasts[k];
+        let series = &data.stations[s].target;
+        for h in 0..horizon {
+            let Some(truth) = series.get(o + h + 1).copied().filter(|v| !v.is_nan()) else {
+                continue;
+            };
+            let p = f.points[h];
+            intervals.clear();
+            for (i, a) in adaptive.iter().enumerate() {
+                let (lo, hi) = model.conformal.offsets_bounded(h, p, a.level(), f.fallback)?;
+                let (lo, hi) = (f64::from(fz.inverse(p + lo)), f64::from(fz.inverse(p + hi)));
+                intervals.push((lo, hi));
+                let inside = lo <= f64::from(truth) && f64::from(truth) <= hi;
+                let hour = pending.entry((now + (h as i64 + 1) * HOUR, i)).or_default();
+                hour.0 += usize::from(!inside);
+                hour.1 += 1;
+            }
+            scores.add(f64::from(fz.inverse(p)), &intervals, &[], f64::from(truth));
+        }
+    }
+    Ok(scores
+        .intervals()
+        .iter()
+        .map(|i| IntervalMetric {
+            level: i.level,
+            coverage: i.coverage(),
+            winkler: i.winkler(),
+        })
+        .collect())
 }
 
 /// Scores `model` on its own calibration period with two folds: intervals calibrated on the origins of even days
@@ -236,6 +303,7 @@ fn score_with(
             .collect(),
         features: model.meta.features.clone(),
         inputs_absent: model.meta.featurizer.weather_absent.clone(),
+        adaptive: Vec::new(),
     })
 }
 

@@ -1,5 +1,6 @@
 //! Training, testing and forecasting of contamination with calibrated intervals.
 
+pub mod adaptive;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -341,6 +341,14 @@ impl Conformal {
         Ok((r[lo - 1], r[hi - 1]))
     }
 
+    /// [`Conformal::offsets`] at `level`, or at the highest level the residuals can bound when `level` asks for more
+    /// (their widest interval): what an adaptive level ([`crate::adaptive`]) asks.
+    pub fn offsets_bounded(&self, h: usize, point: f32, level: f64, fallback: bool) -> Result<(f32, f32)> {
+        let n = self.set(h, point, fallback, level).map_or(0, Vec::len);
+        let highest = 1.0 - 2.0 / (n + 1) as f64;
+        self.offsets(h, point, level.min(highest), fallback)
+    }
+
     /// Evenly spaced quantiles of the residuals that calibrate a forecast of `point` at horizon index `h`.
     pub fn quantiles(&self, h: usize, point: f32, fallback: bool) -> Vec<f32> {
         let Some(r) = self.set(h, point, fallback, 0.5).filter(|r| !r.is_empty()) else {
