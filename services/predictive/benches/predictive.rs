@@ -5,7 +5,8 @@
 //! whole four years, the newest 20 % calibrating), into a SQLite database, timed from the command's start to its
 //! exit (reading the files included).
 //!
-//! Latency: three stations loaded into SQLite, a kNN model trained and served by `airq-predictive serve`; then, one
+//! Latency: three stations loaded into SQLite, the kNN model and the default ensemble trained and served by
+//! `airq-predictive serve`; then, one
 //! request at a time over HTTP/1.1 keep-alive, (a) the 24-hour forecast from the newest data of a station (the
 //! dashboard's request; the station's recent data is re-read from the database every 30 s) and (b) a single hour
 //! from a random past origin (a database read each time).
@@ -103,31 +104,40 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.code)
         .collect();
     db.close().await;
-    let knn = airq_predictive::suite::suite("pm25")
+    println!("\n## Forecast latency through the HTTP API (one request at a time)");
+    println!("| Model | Request | Requests | p50 ms | p99 ms | max ms |\n| --- | --- | ---: | ---: | ---: | ---: |");
+    for algorithm in ["knn", "ensemble"] {
+        serve_and_time(binary, &url, &stations, work.path(), algorithm).await?;
+    }
+    Ok(())
+}
+
+/// Trains the suite's `algorithm` on the stations in the database, serves it, and times requests.
+async fn serve_and_time(
+    binary: &Path,
+    url: &str,
+    stations: &[String],
+    work: &Path,
+    algorithm: &str,
+) -> anyhow::Result<()> {
+    let spec = airq_predictive::suite::suite("pm25")
         .into_iter()
-        .find(|(_, s)| s.algorithm.name() == "knn")
-        .ok_or_else(|| anyhow::anyhow!("no knn in the suite"))?
+        .find(|(_, s)| s.algorithm.name() == algorithm)
+        .ok_or_else(|| anyhow::anyhow!("no {algorithm} in the suite"))?
         .1;
+    let name = format!("serve/{algorithm}");
     let output = Command::new(binary)
-        .args([
-            "train",
-            "--name",
-            "serve/pm25",
-            "--database-url",
-            &url,
-            "--log-level",
-            "warn",
-        ])
+        .args(["train", "--name", &name, "--database-url", url, "--log-level", "warn"])
         .arg("--spec")
-        .arg(serde_json::to_string(&knn)?)
-        .env("AIRQ_REPORT_FILE", work.path().join("report.json"))
+        .arg(serde_json::to_string(&spec)?)
+        .env("AIRQ_REPORT_FILE", work.join("report.json"))
         .output()?;
     anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     let service = airq_testenv::service::RunningService::start(
         binary,
         &["serve"],
-        &[("AIRQ_DATABASE_URL", url.as_str()), ("AIRQ_MODEL", "serve/pm25")],
+        &[("AIRQ_DATABASE_URL", url), ("AIRQ_MODEL", name.as_str())],
     )
     .await?;
     let base = service.base_url.clone();
@@ -153,15 +163,13 @@ async fn main() -> anyhow::Result<()> {
     latency(&http, &newest[..200]).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (p50, p99, max) = latency(&http, &newest).await?;
-    println!("\n## Forecast latency through the HTTP API (kNN, one request at a time)");
-    println!("| Request | Requests | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |");
     println!(
-        "| 24 hours from the newest data | {} | {p50:.2} | {p99:.2} | {max:.2} |",
+        "| {algorithm} | 24 hours from the newest data | {} | {p50:.2} | {p99:.2} | {max:.2} |",
         newest.len()
     );
     let (p50, p99, max) = latency(&http, &past).await?;
     println!(
-        "| one hour from a random past origin (database read) | {} | {p50:.2} | {p99:.2} | {max:.2} |",
+        "| {algorithm} | one hour from a random past origin (database read) | {} | {p50:.2} | {p99:.2} | {max:.2} |",
         past.len()
     );
     service.terminate().await?;

@@ -71,7 +71,7 @@ rows = {log: json.load(open(f"{work}/lgb-{pollutant}-{log}.json")) for log in ("
 best = min(r["lightgbmMae"] for r in rows.values())
 for log, r in rows.items():
     scale = "logarithm" if log == "true" else "concentration"
-    margin = f"{(ensemble / best - 1) * 100:+.1f} %" if log == "true" else ""
+    margin = f"{(ensemble / best - 1) * 100:+.1f} %" if r["lightgbmMae"] == best else ""
     print(f"| {pollutant} | {scale} | {r['lightgbmMae']:.2f} | {r['lightgbmSeconds']:.0f} | {r['airqMae']:.2f} | "
           f"{r['airqSeconds']:.0f} | {ensemble:.2f} | {margin} |")
 EOF

@@ -307,3 +307,37 @@ async fn weather_the_data_lacks_is_left_out_and_said() {
     assert_eq!(evaluation.inputs_absent.len(), 6);
     assert!(!evaluation.features.iter().any(|f| f.contains("wind") || f == "temp"));
 }
+
+/// A model 168 hours ahead: every origin gets 168 points, and the intervals widen with the hours ahead.
+#[tokio::test]
+async fn a_seven_day_forecast_has_168_points_with_widening_intervals() {
+    let (_dir, data) = slice().await;
+    for algorithm in [json!({ "linear": {} }), json!({ "gbm": { "trees": 20 } })] {
+        let mut spec = common::spec(algorithm.clone());
+        spec["horizonHours"] = json!(168);
+        let spec = ModelSpec::from_json(&spec).unwrap();
+        let model = Model::train(&data, &spec, plan_for(&spec, &data).unwrap(), &Quiet).unwrap();
+        assert_eq!(model.horizon(), 168);
+        let keys = origins(&data, 1_462_060_800, 1_464_739_200, 168, Some(15));
+        assert!(!keys.is_empty());
+        let forecasts = model.forecast_many(&data, &keys).unwrap();
+        let mut width = vec![0f64; 168];
+        for f in &forecasts {
+            assert_eq!(f.points.len(), 168, "{algorithm}");
+            for (h, p) in f.points.iter().enumerate() {
+                let (lo, hi) = model.conformal.offsets(h, *p, 0.9, f.fallback).unwrap();
+                let fz = &model.meta.featurizer;
+                width[h] += f64::from(fz.inverse(p + hi) - fz.inverse(p + lo)) / forecasts.len() as f64;
+            }
+        }
+        let day = |d: usize| width[d * 24..(d + 1) * 24].iter().sum::<f64>() / 24.0;
+        // Wider every later day than on the first (the errors grow over the first day or two, then level off near
+        // the climatology's spread).
+        assert!(
+            (1..7).all(|d| day(d) > day(0)),
+            "{algorithm}: mean 90 % widths per day {:?}",
+            (0..7).map(day).collect::<Vec<_>>()
+        );
+        assert!(width[0] < width[167], "{algorithm}: {} then {}", width[0], width[167]);
+    }
+}
