@@ -194,6 +194,25 @@ pub fn train_and_score(
     Ok((model, evaluation))
 }
 
+/// What a stored version says about itself (`metrics` of `/models/{name}/versions`): its held-out scores, and what
+/// the training chose — an ensemble's members and weights, the trees a gbm kept, the epochs a network ran.
+pub fn version_metrics(model: &crate::model::Model, evaluation: &Evaluation) -> anyhow::Result<serde_json::Value> {
+    let mut metrics = serde_json::to_value(evaluation)?;
+    if let Some(m) = metrics.as_object_mut() {
+        let meta = &model.meta;
+        if let Some(ensemble) = &meta.ensemble {
+            m.insert("ensemble".into(), serde_json::to_value(ensemble)?);
+        }
+        if let Some(trees) = &meta.trees {
+            m.insert("trees".into(), serde_json::to_value(trees)?);
+        }
+        if let Some(epochs) = meta.epochs_run {
+            m.insert("epochsRun".into(), epochs.into());
+        }
+    }
+    Ok(metrics)
+}
+
 /// Trains a version of `name` with `spec` on the store's data (or the CSV files at `csv`, in their layout), scores it
 /// on held-out data and stores it with `revision`; what `train` and the one-machine platform (`airq up`) do.
 /// `progress` is told each phase, from reading the data to the forecasts of the calibration period.
@@ -229,7 +248,7 @@ pub async fn train_version<P: Progress + Send + 'static>(
         .record(seconds);
     progress.phase("store the version");
     let stored = registry
-        .save(name, &model, revision, &serde_json::to_value(&evaluation)?, seconds)
+        .save(name, &model, revision, &version_metrics(&model, &evaluation)?, seconds)
         .await?;
     progress.finish(&format!("{} trained in {seconds:.1} s", stored.version));
     Ok((stored, evaluation, seconds))

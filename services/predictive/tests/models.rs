@@ -123,6 +123,12 @@ async fn an_ensemble_weighs_its_members_per_hour_ahead() {
     assert!((meta.mean_weights.iter().sum::<f32>() - 1.0).abs() < 1e-4);
     // Persistence matters most one hour ahead, less a day ahead.
     assert!(meta.weights[0][1] > meta.weights[23][1], "{:?}", meta.weights);
+    // A stored version says them (`metrics` of the versions' listing).
+    let evaluation = airq_predictive::evaluate::test_model(&model, &data, 1_462_060_800, 1_464_739_200, 15).unwrap();
+    let metrics = airq_predictive::cli::version_metrics(&model, &evaluation).unwrap();
+    assert_eq!(metrics["ensemble"]["members"][3], "gbm", "{metrics}");
+    assert_eq!(metrics["ensemble"]["weights"].as_array().unwrap().len(), 24);
+    assert!(metrics["mae"].as_f64().unwrap() > 0.0);
     // The combination is each member's forecast weighted.
     let three = [
         json!({ "linear": {} }),
