@@ -12,7 +12,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{EvaluateArgs, ForecastArgs, SpecArgs, TrainArgs};
-use crate::data::Dataset;
+use crate::data::{Dataset, HOUR};
 use crate::evaluate::{Evaluation, Protocol};
 use crate::forecast::{self, Request};
 use crate::model::{Model, Plan, Progress};
@@ -367,6 +367,32 @@ pub fn markdown(rows: &[Row]) -> String {
             r.train_seconds
         ));
     }
+    if rows.iter().any(|r| !r.evaluation.by_lead.is_empty()) {
+        out.push_str(
+            "\n| Pollutant | Algorithm | Hours ahead | MAE | CRPS | Cover 90 % | Adaptive cover 90 % |\n\
+             | --- | --- | --- | ---: | ---: | ---: | ---: |\n",
+        );
+        for r in rows {
+            for l in &r.evaluation.by_lead {
+                let at = |set: &[crate::evaluate::IntervalMetric]| {
+                    set.iter()
+                        .find(|i| (i.level - 0.9).abs() < 1e-9)
+                        .map_or(f64::NAN, |i| i.coverage)
+                };
+                out.push_str(&format!(
+                    "| {} | {} | {}–{} | {:.1} | {:.1} | {:.3} | {:.3} |\n",
+                    r.pollutant,
+                    r.algorithm,
+                    l.from_hour,
+                    l.to_hour,
+                    l.mae,
+                    l.crps,
+                    at(&l.intervals),
+                    at(&l.adaptive)
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -392,12 +418,23 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         None => None,
     };
     let store = db.clone().map(Store::new);
-    let specs: Vec<(String, ModelSpec)> = if args.all {
+    let mut specs: Vec<(String, ModelSpec)> = if args.all {
         args.pollutants.iter().flat_map(|p| crate::suite::suite(p)).collect()
     } else {
         let spec = read_spec(&args.spec)?;
         vec![(spec.algorithm.name().to_owned(), spec)]
     };
+    if let Some(hours) = args.horizon {
+        specs.iter_mut().for_each(|(_, s)| s.horizon_hours = hours);
+    }
+    // The data reaches past the test period by the longest horizon, so its last days' forecasts are scored too.
+    let reach = specs
+        .iter()
+        .map(|(_, s)| i64::from(s.horizon_hours))
+        .max()
+        .unwrap_or(24)
+        * HOUR
+        + 86_400;
     anyhow::ensure!(!specs.is_empty(), "no algorithm to evaluate (check --pollutants)");
     if let Some(dir) = &args.export {
         let (_, spec) = specs.first().cloned().ok_or_else(|| anyhow::anyhow!("no spec"))?;
@@ -406,7 +443,7 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             store.as_ref(),
             &spec,
             protocol.fit_from,
-            protocol.test_to + 2 * 86_400,
+            protocol.test_to + reach,
         )
         .await?;
         let dir = dir.clone();
@@ -426,7 +463,7 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
                     store.as_ref(),
                     &spec,
                     protocol.fit_from,
-                    protocol.test_to + 2 * 86_400,
+                    protocol.test_to + reach,
                 )
                 .await?,
             );

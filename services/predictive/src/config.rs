@@ -119,6 +119,10 @@ pub struct EvaluateArgs {
     /// Pollutants evaluated with `--all`.
     #[arg(long, value_delimiter = ',', default_value = "pm25,no2,o3")]
     pub pollutants: Vec<String>,
+    /// Hours ahead for every spec evaluated (instead of each spec's `horizonHours`), 1 to 168; beyond 24 the table
+    /// adds the scores by day ahead (hours 1–24, 25–48, 49–72 and 145–168).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=168))]
+    pub horizon: Option<u32>,
     /// Read the data from CSV files (a file or a folder) instead of the database.
     #[arg(long)]
     pub csv: Option<String>,

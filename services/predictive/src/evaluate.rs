@@ -120,6 +120,48 @@ pub struct Evaluation {
     /// ([`crate::adaptive`]): each origin's intervals at the levels adapted on the truths known by then.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adaptive: Vec<IntervalMetric>,
+    /// For a horizon beyond a day, the scores by day ahead ([`lead_bands`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_lead: Vec<LeadMetric>,
+}
+
+/// The scores of the hours `fromHour` to `toHour` ahead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeadMetric {
+    pub from_hour: usize,
+    pub to_hour: usize,
+    pub values: u64,
+    pub mae: f64,
+    pub crps: f64,
+    pub intervals: Vec<IntervalMetric>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adaptive: Vec<IntervalMetric>,
+}
+
+/// The days ahead reported for a horizon beyond a day: hours 1–24, 25–48, 49–72 and 145–168, as far as the horizon
+/// reaches; none for a day or less (the whole is the first day).
+pub fn lead_bands(horizon: usize) -> Vec<(usize, usize)> {
+    if horizon <= 24 {
+        return Vec::new();
+    }
+    [(1, 24), (25, 48), (49, 72), (145, 168)]
+        .into_iter()
+        .filter(|(from, _)| *from <= horizon)
+        .map(|(from, to)| (from, to.min(horizon)))
+        .collect()
+}
+
+fn interval_metrics(scores: &Scores) -> Vec<IntervalMetric> {
+    scores
+        .intervals()
+        .iter()
+        .map(|i| IntervalMetric {
+            level: i.level,
+            coverage: i.coverage(),
+            winkler: i.winkler(),
+        })
+        .collect()
 }
 
 impl Evaluation {
@@ -136,7 +178,11 @@ impl Evaluation {
 pub fn score(model: &Model, data: &Dataset, keys: &[(usize, usize)], levels: &[f64]) -> Result<Evaluation, ModelError> {
     let forecasts = model.forecast_many(data, keys)?;
     let mut evaluation = score_with(model, data, keys, &forecasts, &[&model.conformal], &|_| 0, levels)?;
-    evaluation.adaptive = adaptive_replay(model, data, keys, &forecasts, levels)?;
+    let (adaptive, by_lead) = adaptive_replay(model, data, keys, &forecasts, levels)?;
+    evaluation.adaptive = adaptive;
+    for (lead, adaptive) in evaluation.by_lead.iter_mut().zip(by_lead) {
+        lead.adaptive = adaptive;
+    }
     Ok(evaluation)
 }
 
@@ -149,9 +195,11 @@ fn adaptive_replay(
     keys: &[(usize, usize)],
     forecasts: &[RawForecast],
     levels: &[f64],
-) -> Result<Vec<IntervalMetric>, ModelError> {
+) -> Result<(Vec<IntervalMetric>, Vec<Vec<IntervalMetric>>), ModelError> {
     let fz = &model.meta.featurizer;
     let horizon = model.horizon();
+    let bands = lead_bands(horizon);
+    let mut band_scores: Vec<Scores> = bands.iter().map(|_| Scores::new(levels)).collect();
     let mut adaptive: Vec<crate::adaptive::Adaptive> =
         levels.iter().map(|l| crate::adaptive::Adaptive::new(*l)).collect();
     let mut scores = Scores::new(levels);
@@ -188,17 +236,17 @@ fn adaptive_replay(
                 hour.1 += 1;
             }
             scores.add(f64::from(fz.inverse(p)), &intervals, &[], f64::from(truth));
+            for (b, (from, to)) in bands.iter().enumerate() {
+                if (*from..=*to).contains(&(h + 1)) {
+                    band_scores[b].add(f64::from(fz.inverse(p)), &intervals, &[], f64::from(truth));
+                }
+            }
         }
     }
-    Ok(scores
-        .intervals()
-        .iter()
-        .map(|i| IntervalMetric {
-            level: i.level,
-            coverage: i.coverage(),
-            winkler: i.winkler(),
-        })
-        .collect())
+    Ok((
+        interval_metrics(&scores),
+        band_scores.iter().map(interval_metrics).collect(),
+    ))
 }
 
 /// Scores `model` on its own calibration period with two folds: intervals calibrated on the origins of even days
@@ -248,6 +296,8 @@ fn score_with(
     let fz = &model.meta.featurizer;
     let horizon = model.horizon();
     let mut scores = Scores::new(levels);
+    let bands = lead_bands(horizon);
+    let mut band_scores: Vec<Scores> = bands.iter().map(|_| Scores::new(levels)).collect();
     let mut daily_error = 0f64;
     let mut days = 0u64;
     let mut intervals = Vec::with_capacity(levels.len());
@@ -275,6 +325,11 @@ fn score_with(
                     .map(|q| f64::from(fz.inverse(p + q))),
             );
             scores.add(f64::from(point), &intervals, &samples, f64::from(truth));
+            for (b, (from, to)) in bands.iter().enumerate() {
+                if (*from..=*to).contains(&(h + 1)) {
+                    band_scores[b].add(f64::from(point), &intervals, &samples, f64::from(truth));
+                }
+            }
             sum_point += f64::from(point);
             sum_truth += f64::from(truth);
             known += 1;
@@ -292,18 +347,23 @@ fn score_with(
         rmse: scores.rmse(),
         daily_mean_mae: if days > 0 { daily_error / days as f64 } else { f64::NAN },
         crps: scores.crps(),
-        intervals: scores
-            .intervals()
-            .iter()
-            .map(|i| IntervalMetric {
-                level: i.level,
-                coverage: i.coverage(),
-                winkler: i.winkler(),
-            })
-            .collect(),
+        intervals: interval_metrics(&scores),
         features: model.meta.features.clone(),
         inputs_absent: model.meta.featurizer.weather_absent.clone(),
         adaptive: Vec::new(),
+        by_lead: bands
+            .iter()
+            .zip(&band_scores)
+            .map(|((from, to), s)| LeadMetric {
+                from_hour: *from,
+                to_hour: *to,
+                values: s.count(),
+                mae: s.mae(),
+                crps: s.crps(),
+                intervals: interval_metrics(s),
+                adaptive: Vec::new(),
+            })
+            .collect(),
     })
 }
 

@@ -345,5 +345,20 @@ async fn a_seven_day_forecast_has_168_points_with_widening_intervals() {
             (0..7).map(day).collect::<Vec<_>>()
         );
         assert!(width[0] < width[167], "{algorithm}: {} then {}", width[0], width[167]);
+        // The evaluation says each day ahead apart.
+        let e = airq_predictive::evaluate::test_model(&model, &data, 1_462_060_800, 1_464_739_200, 15).unwrap();
+        let bands: Vec<(usize, usize)> = e.by_lead.iter().map(|l| (l.from_hour, l.to_hour)).collect();
+        assert_eq!(bands, [(1, 24), (25, 48), (49, 72), (145, 168)], "{algorithm}");
+        assert!(
+            e.by_lead
+                .iter()
+                .all(|l| l.values > 0 && l.mae.is_finite() && l.adaptive.len() == 2)
+        );
+        // Each day's values are that day's hours: a day's worth of origins, less those whose truth is past the data.
+        assert!(
+            e.by_lead[3].values <= e.by_lead[0].values,
+            "{algorithm}: {:?}",
+            e.by_lead
+        );
     }
 }
