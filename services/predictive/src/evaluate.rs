@@ -152,6 +152,11 @@ pub fn lead_bands(horizon: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// The band of [`lead_bands`] that horizon index `h` (hour `h + 1` ahead) falls in.
+fn band_of(bands: &[(usize, usize)], h: usize) -> Option<usize> {
+    bands.iter().position(|(from, to)| (*from..=*to).contains(&(h + 1)))
+}
+
 fn interval_metrics(scores: &Scores) -> Vec<IntervalMetric> {
     scores
         .intervals()
@@ -236,10 +241,8 @@ fn adaptive_replay(
                 hour.1 += 1;
             }
             scores.add(f64::from(fz.inverse(p)), &intervals, &[], f64::from(truth));
-            for (b, (from, to)) in bands.iter().enumerate() {
-                if (*from..=*to).contains(&(h + 1)) {
-                    band_scores[b].add(f64::from(fz.inverse(p)), &intervals, &[], f64::from(truth));
-                }
+            if let Some(b) = band_of(&bands, h) {
+                band_scores[b].add(f64::from(fz.inverse(p)), &intervals, &[], f64::from(truth));
             }
         }
     }
@@ -325,10 +328,8 @@ fn score_with(
                     .map(|q| f64::from(fz.inverse(p + q))),
             );
             scores.add(f64::from(point), &intervals, &samples, f64::from(truth));
-            for (b, (from, to)) in bands.iter().enumerate() {
-                if (*from..=*to).contains(&(h + 1)) {
-                    band_scores[b].add(f64::from(point), &intervals, &samples, f64::from(truth));
-                }
+            if let Some(b) = band_of(&bands, h) {
+                band_scores[b].add(f64::from(point), &intervals, &samples, f64::from(truth));
             }
             sum_point += f64::from(point);
             sum_truth += f64::from(truth);

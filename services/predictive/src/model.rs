@@ -968,14 +968,7 @@ impl Model {
         let fallback: Vec<bool> = forecasts.iter().map(|f| f.fallback).collect();
         model.conformal = Conformal::fit(&points, &truths, &fallback, horizon);
         model.meta.calibration_forecasts = keys.len();
-        if model.conformal.size() < 20 {
-            return Err(ModelError::EmptyWindow(format!(
-                "the calibration period {} to {} gives {} forecasts with a known truth at some horizon; at least 20 are needed to calibrate intervals",
-                fmt_time(plan.calibrate_from),
-                fmt_time(plan.calibrate_to),
-                model.conformal.size()
-            )));
-        }
+        enough_to_calibrate(&model.conformal, plan)?;
         Ok((
             model,
             Calibration {
@@ -1063,14 +1056,7 @@ impl Model {
             .map(|i| calibrations.iter().any(|c| c.forecasts[i].fallback))
             .collect();
         let conformal = Conformal::fit(&crossed, &truths, &fallback, horizon);
-        if conformal.size() < 20 {
-            return Err(ModelError::EmptyWindow(format!(
-                "the calibration period {} to {} gives {} forecasts with a known truth at some horizon; at least 20 are needed to calibrate intervals",
-                fmt_time(plan.calibrate_from),
-                fmt_time(plan.calibrate_to),
-                conformal.size()
-            )));
-        }
+        enough_to_calibrate(&conformal, plan)?;
         let forecasts: Vec<RawForecast> = combined
             .chunks(horizon.max(1))
             .zip(&fallback)
@@ -1432,6 +1418,19 @@ impl Model {
             },
         })
     }
+}
+
+/// Refuses intervals calibrated on fewer than 20 forecasts with a known truth at some horizon.
+fn enough_to_calibrate(conformal: &Conformal, plan: Plan) -> Result<()> {
+    if conformal.size() < 20 {
+        return Err(ModelError::EmptyWindow(format!(
+            "the calibration period {} to {} gives {} forecasts with a known truth at some horizon; at least 20 are needed to calibrate intervals",
+            fmt_time(plan.calibrate_from),
+            fmt_time(plan.calibrate_to),
+            conformal.size()
+        )));
+    }
+    Ok(())
 }
 
 /// The origins (indexes of `times`) fitted on and the newest tenth held out to stop training early.
