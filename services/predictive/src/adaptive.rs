@@ -54,6 +54,41 @@ impl Adaptive {
     }
 }
 
+/// The adapted levels of a served model version, one per target confidence level it follows (its spec's levels and
+/// the monitor's 90 %). The serving process's monitor moves them as the truths arrive ([`crate::monitor`]); a
+/// forecast asks the calibration residuals for the adapted level of the confidence it was asked.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Levels {
+    pub levels: Vec<Adaptive>,
+}
+
+impl Levels {
+    /// One adaptive level per distinct target, in increasing order.
+    pub fn new(targets: &[f64]) -> Self {
+        let mut targets: Vec<f64> = targets.iter().copied().filter(|t| *t > 0.0 && *t < 1.0).collect();
+        targets.sort_by(f64::total_cmp);
+        targets.dedup_by(|a, b| same(*a, *b));
+        Self {
+            levels: targets.into_iter().map(Adaptive::new).collect(),
+        }
+    }
+
+    /// The adaptive level followed for `target`, if it is one.
+    pub fn get(&self, target: f64) -> Option<&Adaptive> {
+        self.levels.iter().find(|a| same(a.target, target))
+    }
+
+    /// The levels asked now, in the order of [`Levels::levels`].
+    pub fn now(&self) -> Vec<f64> {
+        self.levels.iter().map(Adaptive::level).collect()
+    }
+}
+
+/// Confidence levels given as decimals (`0.9`) compare equal despite their binary rounding.
+fn same(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +157,15 @@ mod tests {
             b.observe(false);
         }
         assert!(b.alpha >= -0.5 && b.level() < 1.0);
+    }
+
+    #[test]
+    fn levels_follow_each_distinct_target_once() {
+        let levels = Levels::new(&[0.9, 0.8, 0.9, 0.1 + 0.8, 1.0, 0.0]);
+        assert_eq!(levels.levels.len(), 2, "{levels:?}");
+        assert_eq!(levels.get(0.8).map(|a| a.target), Some(0.8));
+        assert!(levels.get(0.9).is_some() && levels.get(0.95).is_none());
+        assert_eq!(levels.now().len(), 2);
+        assert!((levels.now()[1] - 0.9).abs() < 1e-12);
     }
 }

@@ -32,6 +32,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::adaptive::Levels;
 use crate::data::{Dataset, HOUR};
 use crate::evaluate::Protocol;
 use crate::forecast::{self, Forecast, ForecastError, Request};
@@ -207,6 +208,8 @@ pub struct ApiState {
     contexts: Arc<RwLock<HashMap<ContextKey, CachedContext>>>,
     trainings: Arc<Mutex<HashMap<u64, Training>>>,
     next_training: Arc<AtomicU64>,
+    /// Per model, the version whose intervals the monitor adapts and their levels now.
+    adapted: Arc<RwLock<HashMap<String, (String, Levels)>>>,
 }
 
 impl ApiState {
@@ -220,7 +223,26 @@ impl ApiState {
             contexts: Arc::default(),
             trainings: Arc::default(),
             next_training: Arc::new(AtomicU64::new(1)),
+            adapted: Arc::default(),
         }
+    }
+
+    /// Records the adapted interval levels of `name`'s `version` (the monitor, after each round).
+    pub fn adapt(&self, name: &str, version: &str, levels: Levels) {
+        self.adapted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (version.to_owned(), levels));
+    }
+
+    /// The adapted interval levels of `name`'s `version`, once the monitor has followed its truths.
+    pub fn adapted(&self, name: &str, version: &str) -> Option<Levels> {
+        self.adapted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .filter(|(v, _)| v == version)
+            .map(|(_, levels)| levels.clone())
     }
 
     /// Announces a training of `name` that starts once `waiting_for` (said to callers: "it waits for …") is done;
@@ -934,7 +956,9 @@ async fn answer(
             (data, origin)
         }
     };
-    let answer = forecast::forecast(name, &stored.version, model, &data, origin, &request).map_err(forecast_error)?;
+    let adapted = state.adapted(name, &stored.version);
+    let answer = forecast::forecast(name, &stored.version, model, &data, origin, &request, adapted.as_ref())
+        .map_err(forecast_error)?;
     metrics::histogram!("airq_predictive_forecast_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(Json(answer))
 }

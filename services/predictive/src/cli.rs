@@ -548,7 +548,7 @@ pub async fn forecast(args: ForecastArgs) -> anyhow::Result<()> {
     };
     let store = Store::new(db.clone());
     let (data, origin) = forecast::context(&store, &model, &request).await?;
-    let answer = forecast::forecast(&stored.name, &stored.version, &model, &data, origin, &request)?;
+    let answer = forecast::forecast(&stored.name, &stored.version, &model, &data, origin, &request, None)?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     db.close().await;
     Ok(())

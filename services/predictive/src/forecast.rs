@@ -6,6 +6,7 @@ use airq_core::store::Store;
 use chrono::DateTime;
 use serde::Serialize;
 
+use crate::adaptive::Levels;
 use crate::data::{DataError, Dataset, HOUR};
 use crate::model::{Model, ModelError, fmt_time};
 
@@ -55,6 +56,11 @@ pub struct Interval {
     pub confidence: f64,
     pub lower: f64,
     pub upper: f64,
+    /// The level asked of the calibration residuals for this interval when the serving process adapts it to the
+    /// coverage measured on the truths that arrived since training (above `confidence` when the intervals have
+    /// been missing more than they should; at most the widest the residuals bound); absent for fixed intervals.
+    #[serde(rename = "adaptedLevel", skip_serializing_if = "Option::is_none")]
+    pub adapted_level: Option<f64>,
 }
 
 /// The forecast for one hour.
@@ -155,7 +161,8 @@ pub async fn context(store: &Store, model: &Model, request: &Request) -> Result<
     Ok((data, origin))
 }
 
-/// Forecasts from `origin` (Unix seconds, an hour of `data`) for `request`.
+/// Forecasts from `origin` (Unix seconds, an hour of `data`) for `request`; the intervals at a confidence level
+/// that `adapted` follows get its adapted level, the others the fixed split-conformal one.
 pub fn forecast(
     name: &str,
     version: &str,
@@ -163,6 +170,7 @@ pub fn forecast(
     data: &Dataset,
     origin: i64,
     request: &Request,
+    adapted: Option<&Levels>,
 ) -> Result<Forecast, ForecastError> {
     let horizon = model.horizon();
     let station = data
@@ -209,11 +217,17 @@ pub fn forecast(
         let intervals = levels
             .iter()
             .map(|level| {
-                let (lo, hi) = model.conformal.offsets(h - 1, p, *level, raw.fallback)?;
+                let adapted_level = adapted
+                    .and_then(|a| a.get(*level))
+                    .map(|a| model.conformal.bounded_level(h - 1, p, a.level(), raw.fallback));
+                let (lo, hi) = model
+                    .conformal
+                    .offsets(h - 1, p, adapted_level.unwrap_or(*level), raw.fallback)?;
                 Ok(Interval {
                     confidence: *level,
                     lower: rounded(fz.inverse(p + lo)),
                     upper: rounded(fz.inverse(p + hi)),
+                    adapted_level: adapted_level.map(|l| (l * 10_000.0).round() / 10_000.0),
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;

@@ -344,9 +344,14 @@ impl Conformal {
     /// [`Conformal::offsets`] at `level`, or at the highest level the residuals can bound when `level` asks for more
     /// (their widest interval): what an adaptive level ([`crate::adaptive`]) asks.
     pub fn offsets_bounded(&self, h: usize, point: f32, level: f64, fallback: bool) -> Result<(f32, f32)> {
+        self.offsets(h, point, self.bounded_level(h, point, level, fallback), fallback)
+    }
+
+    /// `level`, or the highest level the residuals that calibrate a forecast of `point` at horizon index `h` can
+    /// bound if it is higher: the level [`Conformal::offsets_bounded`] gives.
+    pub fn bounded_level(&self, h: usize, point: f32, level: f64, fallback: bool) -> f64 {
         let n = self.set(h, point, fallback, level).map_or(0, Vec::len);
-        let highest = 1.0 - 2.0 / (n + 1) as f64;
-        self.offsets(h, point, level.min(highest), fallback)
+        level.min(1.0 - 2.0 / (n + 1) as f64)
     }
 
     /// Evenly spaced quantiles of the residuals that calibrate a forecast of `point` at horizon index `h`.

@@ -3,11 +3,16 @@
 //! or the model's horizon if shorter) with only the data up to that origin: the forecast a user asking then would
 //! have got. The absolute error follows a seasonal detector per station (a day of hours per season, a week back), so
 //! a model that stops working — a sensor that moved, inputs that went missing, a retraining gone wrong — opens an
-//! anomaly in the shared table while the usual error of a smoggy evening does not. Exported as metrics too:
-//! `airq_predictive_forecast_abs_error`, `…_forecasts_scored_total` and `…_forecast_interval_total` (inside or
-//! outside the interval, whose ratio is the interval's live coverage).
+//! anomaly in the shared table while the usual error of a smoggy evening does not.
+//!
+//! The same truths adapt the served intervals ([`crate::adaptive`]): each is checked against every forecast of it
+//! within the horizon, at the interval served at that origin, and each hour of truths moves the levels once; the
+//! forecasts answer with the levels now ([`ApiState::adapted`]). Exported as metrics too:
+//! `airq_predictive_forecast_abs_error`, `…_forecasts_scored_total`, `…_forecast_interval_total` (inside or outside
+//! the served interval: its live coverage), `…_forecast_fixed_interval_total` (the fixed one) and
+//! `…_interval_adapted_level`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use airq_anomaly::watch::{Anomaly, Method, Settings, Watcher};
@@ -15,6 +20,7 @@ use airq_core::store::Store;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::adaptive::Levels;
 use crate::api::ApiState;
 use crate::data::{Dataset, HOUR};
 use crate::forecast::{history_hours, rfc3339};
@@ -37,7 +43,30 @@ pub struct Scored {
     pub time: i64,
     pub forecast: f64,
     pub truth: f64,
+    /// Inside the 90 % interval served then (adapted to the truths known at its origin).
     pub inside: bool,
+    /// Inside the fixed split-conformal 90 % interval of the version.
+    pub inside_fixed: bool,
+}
+
+/// One stored truth and a forecast of it: from `lead` hours before, in model space.
+#[derive(Debug, Clone, Copy)]
+struct Truth {
+    time: i64,
+    lead: usize,
+    point: f32,
+    fallback: bool,
+    value: f32,
+}
+
+/// One station's truths of a round, and the hours of its day-ahead errors.
+struct StationRound {
+    code: String,
+    /// The first hour new to this round (older truths only adapt the levels of a version seen for the first time).
+    new_from: i64,
+    truths: Vec<Truth>,
+    /// The hours from `new_from` with no day-ahead forecast to score (no truth or no origin).
+    missing: Vec<i64>,
 }
 
 /// What follows one model's errors between rounds.
@@ -48,6 +77,10 @@ pub struct ModelMonitor {
     scored_until: HashMap<String, i64>,
     /// The newest hour scored per subject, for the anomaly's description.
     last: HashMap<String, Scored>,
+    /// The version whose intervals adapt, and their levels.
+    adaptation: Option<(String, Levels)>,
+    /// The levels asked after each hour's truths, for the forecasts issued then (their origins).
+    history: BTreeMap<i64, Vec<f64>>,
 }
 
 fn settings() -> Settings {
@@ -65,6 +98,8 @@ impl ModelMonitor {
             watcher: Watcher::new(settings()),
             scored_until: HashMap::new(),
             last: HashMap::new(),
+            adaptation: None,
+            history: BTreeMap::new(),
         }
     }
 
@@ -72,19 +107,34 @@ impl ModelMonitor {
         format!("{}/{station}", self.name)
     }
 
-    /// Scores the hours stored since the last round; returns them in time order per station. A model without a
-    /// trained version has nothing to score yet.
+    /// The adapted levels of the version followed, once a round has seen it.
+    pub fn levels(&self) -> Option<&Levels> {
+        self.adaptation.as_ref().map(|(_, levels)| levels)
+    }
+
+    /// Scores the hours stored since the last round and adapts the served intervals' levels to them; returns the
+    /// day-ahead forecasts scored, in time order. A model without a trained version has nothing to score yet. A
+    /// version seen for the first time (after a start or a retraining) gets its levels adapted on the last two weeks
+    /// and a bit of stored truths, so a restarted server serves what the one before it did.
     pub async fn round(&mut self, state: &ApiState) -> Result<Vec<Scored>, String> {
         let loaded = match state.model(&self.name, None).await {
             Ok(loaded) => loaded,
             Err(e) if e.code == "not_trained" || e.code == "not_found" => return Ok(Vec::new()),
             Err(e) => return Err(e.message),
         };
-        let model = &loaded.1;
+        let (stored, model) = (&loaded.0, &loaded.1);
+        let fresh = self.adaptation.as_ref().is_none_or(|(v, _)| *v != stored.version);
+        if fresh {
+            let mut targets = model.meta.spec.confidence_levels.clone();
+            targets.push(LEVEL);
+            self.adaptation = Some((stored.version.clone(), Levels::new(&targets)));
+            self.history.clear();
+        }
         let pollutant = model.meta.spec.pollutant().map_err(|e| e.to_string())?;
-        let lead = model.horizon().clamp(1, 24) as i64;
+        let horizon = model.horizon() as i64;
+        let lead = horizon.clamp(1, 24);
         let stations = state.store.stations().await.map_err(|e| e.to_string())?;
-        let mut scored = Vec::new();
+        let mut rounds = Vec::new();
         for station in stations.iter().filter(|s| model.meta.stations.contains(&s.code)) {
             let Some(latest) = state
                 .store
@@ -94,15 +144,17 @@ impl ModelMonitor {
             else {
                 continue;
             };
+            let floor = latest - MAX_HOURS_PER_ROUND * HOUR;
             let from = self
                 .scored_until
                 .get(&station.code)
-                .map_or(latest - MAX_HOURS_PER_ROUND * HOUR, |t| t + HOUR)
-                .max(latest - MAX_HOURS_PER_ROUND * HOUR);
+                .map_or(floor, |t| t + HOUR)
+                .max(floor);
             if from > latest {
                 continue;
             }
-            let read_from = from - (lead + history_hours(model)) * HOUR;
+            let adapt_from = if fresh { floor } else { from };
+            let read_from = adapt_from - (horizon + history_hours(model)) * HOUR;
             let data = match Dataset::from_stored_stations(
                 &state.store,
                 pollutant,
@@ -116,38 +168,140 @@ impl ModelMonitor {
                 Err(crate::data::DataError::Empty(_)) => continue,
                 Err(e) => return Err(e.to_string()),
             };
-            let model = loaded.clone();
+            let loaded = loaded.clone();
             let code = station.code.clone();
-            let hours = tokio::task::spawn_blocking(move || score_hours(&model.1, &data, &code, from, latest, lead))
+            let window = (adapt_from, from, latest);
+            let round = tokio::task::spawn_blocking(move || truths(&loaded.1, &data, &code, window, lead as usize))
                 .await
                 .map_err(|e| e.to_string())??;
-            let now = Utc::now().timestamp();
-            let subject = self.subject(&station.code);
-            for hour in hours {
-                match hour {
-                    (_, None) => self.watcher.skip(SIGNAL, &subject, now),
-                    (_, Some(s)) => {
-                        let error = (s.forecast - s.truth).abs();
-                        self.watcher.observe(SIGNAL, &subject, error, now);
-                        let labels = [("model", self.name.clone()), ("station", s.station.clone())];
-                        metrics::gauge!("airq_predictive_forecast_abs_error", &labels).set(error);
-                        metrics::counter!("airq_predictive_forecasts_scored_total", "model" => self.name.clone())
-                            .increment(1);
-                        let outcome = if s.inside { "inside" } else { "outside" };
-                        metrics::counter!("airq_predictive_forecast_interval_total", "model" => self.name.clone(),
-                            "confidence" => LEVEL.to_string(), "outcome" => outcome)
-                        .increment(1);
-                        self.last.insert(subject.clone(), s.clone());
-                        scored.push(s);
-                    }
-                }
-            }
+            rounds.extend(round);
             self.scored_until.insert(station.code.clone(), latest);
+        }
+        let scored = self.adapt(model, &rounds, lead as usize)?;
+        if let Some((version, levels)) = &self.adaptation {
+            state.adapt(&self.name, version, levels.clone());
+            for a in &levels.levels {
+                metrics::gauge!("airq_predictive_interval_adapted_level", "model" => self.name.clone(),
+                    "confidence" => a.target.to_string())
+                .set(a.level());
+            }
+        }
+        let now = Utc::now().timestamp();
+        // The detector follows each station's day-ahead error hour by hour, gaps included.
+        let mut events: Vec<(i64, String, Option<&Scored>)> = rounds
+            .iter()
+            .flat_map(|r| r.missing.iter().map(|t| (*t, r.code.clone(), None)))
+            .chain(scored.iter().map(|s| (s.time, s.station.clone(), Some(s))))
+            .collect();
+        events.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (_, station, s) in events {
+            let subject = self.subject(&station);
+            let Some(s) = s else {
+                self.watcher.skip(SIGNAL, &subject, now);
+                continue;
+            };
+            let error = (s.forecast - s.truth).abs();
+            self.watcher.observe(SIGNAL, &subject, error, now);
+            let labels = [("model", self.name.clone()), ("station", s.station.clone())];
+            metrics::gauge!("airq_predictive_forecast_abs_error", &labels).set(error);
+            metrics::counter!("airq_predictive_forecasts_scored_total", "model" => self.name.clone()).increment(1);
+            self.last.insert(subject, s.clone());
         }
         for (signal, subject, score, open) in self.watcher.scores() {
             let labels = [("signal", signal.to_owned()), ("subject", subject.to_owned())];
             metrics::gauge!("airq_predictive_anomaly_score", &labels).set(score);
             metrics::gauge!("airq_predictive_anomalous", &labels).set(if open { 1.0 } else { 0.0 });
+        }
+        Ok(scored)
+    }
+
+    /// Goes through the round's truths hour by hour: each is checked against the intervals served at its origin
+    /// (the levels after the truths known then) and the fixed ones, and each hour's truths move the levels once
+    /// (as the evaluation's replay does). Counts the new truths in the interval metrics; returns the day-ahead
+    /// forecasts of the new hours.
+    fn adapt(&mut self, model: &Model, rounds: &[StationRound], lead: usize) -> Result<Vec<Scored>, String> {
+        let Some((_, levels)) = self.adaptation.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let fz = &model.meta.featurizer;
+        let initial: Vec<f64> = levels.levels.iter().map(|a| a.target).collect();
+        let mut truths: Vec<(&StationRound, &Truth)> = rounds
+            .iter()
+            .flat_map(|r| r.truths.iter().map(move |t| (r, t)))
+            .collect();
+        truths.sort_by(|a, b| (a.1.time, &a.0.code, a.1.lead).cmp(&(b.1.time, &b.0.code, b.1.lead)));
+        let mut scored = Vec::new();
+        let mut inside_counts: HashMap<(usize, bool, bool), u64> = HashMap::new();
+        let mut misses = vec![0usize; initial.len()];
+        let newest = self.history.last_key_value().map_or(i64::MIN, |(t, _)| *t);
+        let mut i = 0;
+        while i < truths.len() {
+            let hour = truths[i].1.time;
+            misses.iter_mut().for_each(|m| *m = 0);
+            let mut of = 0usize;
+            while i < truths.len() && truths[i].1.time == hour {
+                let (r, t) = truths[i];
+                i += 1;
+                let origin = t.time - t.lead as i64 * HOUR;
+                let asked = self
+                    .history
+                    .range(..=origin)
+                    .next_back()
+                    .map_or(&initial, |(_, levels)| levels);
+                let truth = f64::from(t.value);
+                let within = |(lo, hi): (f32, f32)| {
+                    (f64::from(fz.inverse(t.point + lo))..=f64::from(fz.inverse(t.point + hi))).contains(&truth)
+                };
+                let h = t.lead - 1;
+                let new = t.time >= r.new_from;
+                of += 1;
+                for (l, a) in levels.levels.iter().enumerate() {
+                    let served = model
+                        .conformal
+                        .offsets_bounded(h, t.point, asked[l], t.fallback)
+                        .map_err(|e| e.to_string())?;
+                    let inside = within(served);
+                    misses[l] += usize::from(!inside);
+                    if !new {
+                        continue;
+                    }
+                    let fixed = model
+                        .conformal
+                        .offsets(h, t.point, a.target, t.fallback)
+                        .map_err(|e| e.to_string())?;
+                    let inside_fixed = within(fixed);
+                    *inside_counts.entry((l, inside, inside_fixed)).or_default() += 1;
+                    if t.lead == lead && same_level(a.target, LEVEL) {
+                        scored.push(Scored {
+                            station: r.code.clone(),
+                            time: t.time,
+                            forecast: f64::from(fz.inverse(t.point)),
+                            truth,
+                            inside,
+                            inside_fixed,
+                        });
+                    }
+                }
+            }
+            for (a, m) in levels.levels.iter_mut().zip(&misses) {
+                a.observe_hour(*m, of);
+            }
+            // A station's late truths move the levels now, not in the past the forecasts already left.
+            self.history.insert(hour.max(newest), levels.now());
+        }
+        if let Some(&last) = self.history.keys().next_back() {
+            let keep = last - (MAX_HOURS_PER_ROUND + 24 * 7) * HOUR;
+            self.history = self.history.split_off(&keep);
+        }
+        for ((l, inside, inside_fixed), n) in inside_counts {
+            let confidence = levels.levels[l].target.to_string();
+            let outcome = |inside: bool| if inside { "inside" } else { "outside" };
+            metrics::counter!("airq_predictive_forecast_interval_total", "model" => self.name.clone(),
+                "confidence" => confidence.clone(), "outcome" => outcome(inside))
+            .increment(n);
+            metrics::counter!("airq_predictive_forecast_fixed_interval_total", "model" => self.name.clone(),
+                "confidence" => confidence, "outcome" => outcome(inside_fixed))
+            .increment(n);
         }
         Ok(scored)
     }
@@ -188,56 +342,68 @@ impl ModelMonitor {
     }
 }
 
-/// Each hour from `from` to `latest` with the forecast made `lead` hours before it (`None` where the truth or the
-/// origin is missing from `data`).
-fn score_hours(
+fn same_level(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// A station's truths from `adapt_from` to `latest` (`window`), each with every forecast of it the model's horizon
+/// gives (one per origin before it), and the hours from `new_from` with no forecast `lead` hours ahead.
+fn truths(
     model: &Model,
     data: &Dataset,
     station: &str,
-    from: i64,
-    latest: i64,
-    lead: i64,
-) -> Result<Vec<(i64, Option<Scored>)>, String> {
+    (adapt_from, new_from, latest): (i64, i64, i64),
+    lead: usize,
+) -> Result<Option<StationRound>, String> {
     let Some(s) = data.station(station) else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
-    let hours: Vec<i64> = (0..=(latest - from) / HOUR).map(|i| from + i * HOUR).collect();
-    // Each hour's truth and the origin of its forecast; only hours with both are forecast.
-    let inputs: Vec<Option<(f32, usize)>> = hours
-        .iter()
-        .map(|&t| {
-            let truth = data.stations[s].target[data.index(t)?];
-            let origin = data.index(t - lead * HOUR)?;
-            (!truth.is_nan()).then_some((truth, origin))
-        })
+    let horizon = model.horizon();
+    let series = &data.stations[s].target;
+    let truth = |t: i64| {
+        data.index(t)
+            .and_then(|i| series.get(i).copied())
+            .filter(|v| !v.is_nan())
+    };
+    // Every origin that forecasts an hour of the window.
+    let first = adapt_from - horizon as i64 * HOUR;
+    let origins: Vec<usize> = (0..(latest - first) / HOUR)
+        .filter_map(|i| data.index(first + i * HOUR))
         .collect();
-    let keys: Vec<(usize, usize)> = inputs.iter().flatten().map(|&(_, origin)| (s, origin)).collect();
-    let mut forecasts = model.forecast_many(data, &keys).map_err(|e| e.to_string())?.into_iter();
-    let fz = &model.meta.featurizer;
-    let h = (lead as usize).saturating_sub(1);
-    let mut scored = Vec::with_capacity(hours.len());
-    for (&t, input) in hours.iter().zip(&inputs) {
-        let hour = match input.and_then(|(truth, _)| Some((truth, forecasts.next()?))) {
-            Some((truth, f)) => {
-                let p = f.points[h];
-                let (lo, hi) = model
-                    .conformal
-                    .offsets(h, p, LEVEL, f.fallback)
-                    .map_err(|e| e.to_string())?;
-                let truth = f64::from(truth);
-                Some(Scored {
-                    station: station.to_owned(),
-                    time: t,
-                    forecast: f64::from(fz.inverse(p)),
-                    truth,
-                    inside: (f64::from(fz.inverse(p + lo))..=f64::from(fz.inverse(p + hi))).contains(&truth),
-                })
+    let keys: Vec<(usize, usize)> = origins.iter().map(|&o| (s, o)).collect();
+    let forecasts = model.forecast_many(data, &keys).map_err(|e| e.to_string())?;
+    let mut truths = Vec::new();
+    let mut scored = std::collections::HashSet::new();
+    for (&o, f) in origins.iter().zip(&forecasts) {
+        let origin = data.time(o);
+        for h in 1..=horizon {
+            let time = origin + h as i64 * HOUR;
+            if time < adapt_from || time > latest {
+                continue;
             }
-            None => None,
-        };
-        scored.push((t, hour));
+            let Some(value) = truth(time) else { continue };
+            if h == lead {
+                scored.insert(time);
+            }
+            truths.push(Truth {
+                time,
+                lead: h,
+                point: f.points[h - 1],
+                fallback: f.fallback,
+                value,
+            });
+        }
     }
-    Ok(scored)
+    let missing = (0..=(latest - new_from) / HOUR)
+        .map(|i| new_from + i * HOUR)
+        .filter(|t| !scored.contains(t))
+        .collect();
+    Ok(Some(StationRound {
+        code: station.to_owned(),
+        new_from,
+        truths,
+        missing,
+    }))
 }
 
 /// Follows, every `interval` until `stop`, the model `state` serves (a PredictiveModel's server) or, serving every
