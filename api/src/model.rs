@@ -87,6 +87,12 @@ pub struct Target {
     /// Stations the model is trained on and serves; every station when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stations: Vec<String>,
+    /// The unit the model trains, scores and answers in: `ug/m3` (stored values; the default) or `mg/m3`, and for
+    /// a gas (`no2`, `o3`, `so2`, `co`) the mixing ratios `ppb` or `ppm` (25 °C, 1 atm), e.g. to keep data loaded
+    /// in ppb in ppb.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(ug/m3|mg/m3|ppb|ppm)$"))]
+    pub unit: Option<String>,
 }
 
 /// The algorithm and its parameters: exactly one field is set.

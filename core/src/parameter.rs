@@ -161,6 +161,19 @@ impl Parameter {
         Ok(value)
     }
 
+    /// The factor that converts a stored value of this pollutant into `unit` (`ppb` for a gas: 24.45 / its molar
+    /// mass); conversions of weather covariates are not proportional and are refused.
+    pub fn factor_from_stored(self, unit: &str) -> Result<f64, UnknownUnit> {
+        let unknown = || UnknownUnit {
+            parameter: self,
+            unit: unit.to_owned(),
+        };
+        if self.kind() != Kind::Pollutant {
+            return Err(unknown());
+        }
+        self.normalise(1.0, unit).map(|per| 1.0 / per)
+    }
+
     /// Converts `value` given in `unit` into the stored unit. Mixing ratios of gases use 25 °C and 1 atm (a molar
     /// volume of 24.45 l), the convention of air-quality agencies.
     pub fn normalise(self, value: f64, unit: &str) -> Result<f64, UnknownUnit> {
@@ -285,6 +298,12 @@ mod tests {
         let co = Parameter::Co.normalise(1.0, "ppm").unwrap();
         assert!((co - 1145.6).abs() < 0.5, "{co}");
         assert!(Parameter::Pm25.normalise(1.0, "ppm").is_err());
+        // Back from the stored unit: 18.8 µg/m³ of NO2 is 10 ppb again; no ppb for particles or the weather.
+        let to_ppb = Parameter::No2.factor_from_stored("ppb").unwrap();
+        assert!((no2 * to_ppb - 10.0).abs() < 1e-9, "{to_ppb}");
+        assert_eq!(Parameter::Pm25.factor_from_stored("ug/m3"), Ok(1.0));
+        assert!(Parameter::Pm25.factor_from_stored("ppb").is_err());
+        assert!(Parameter::Temp.factor_from_stored("degF").is_err());
         assert_eq!(Parameter::Wspm.normalise(36.0, "km/h"), Ok(10.0));
     }
 

@@ -485,7 +485,10 @@ impl<R: Read> FileReader<'_, R> {
                 },
             };
             let time = match beijing_time(field(year), field(month), field(day), field(hour)) {
-                Ok(time) => time,
+                Ok(time) => {
+                    self.builder.stated_offset(BEIJING_OFFSET_SECONDS as i32);
+                    time
+                }
                 Err(why) => {
                     self.refuse_row(Some(&station.0), why, line)?;
                     continue;
@@ -621,7 +624,12 @@ impl<R: Read> FileReader<'_, R> {
                     self.flush(false)?;
                     continue;
                 }
-                Some(time) => time,
+                Some(time) => {
+                    if let Some(offset) = stated_offset(time_text) {
+                        self.builder.stated_offset(offset);
+                    }
+                    time
+                }
                 None => {
                     reject(
                         &mut self.builder,
@@ -733,19 +741,37 @@ fn beijing_time(year: &str, month: &str, day: &str, hour: &str) -> Result<i64, S
     Ok(local.and_utc().timestamp() - BEIJING_OFFSET_SECONDS)
 }
 
+/// The date-and-time shapes besides RFC 3339, with an offset and without one (UTC).
+const TIME_SHAPES: [(&str, &str); 4] = [
+    ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"),
+    ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S"),
+    ("%Y-%m-%dT%H:%M%z", "%Y-%m-%dT%H:%M"),
+    ("%Y-%m-%d %H:%M%z", "%Y-%m-%d %H:%M"),
+];
+
+/// The offset from UTC (seconds east) a time states as a number (`+08:00`, `+0800`, `-05:00`, even `+00:00`): the
+/// local time of the place measured. `Z` and times without an offset are UTC by the long layout's definition and
+/// say nothing about the place.
+pub fn stated_offset(text: &str) -> Option<i32> {
+    if text.ends_with(['Z', 'z']) {
+        return None;
+    }
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .or_else(|| {
+            TIME_SHAPES
+                .iter()
+                .find_map(|(with_offset, _)| DateTime::parse_from_str(text, with_offset).ok())
+        })
+        .map(|t| t.offset().local_minus_utc())
+}
+
 /// RFC 3339 with an offset (`Z`, `+08:00`, or ISO 8601's `+0800`), or a date and time without one (taken as UTC).
 pub fn parse_time(text: &str) -> Option<i64> {
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Some(time.timestamp());
     }
-    // The same date-and-time shapes, with an offset and without one (UTC).
-    const SHAPES: [(&str, &str); 4] = [
-        ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"),
-        ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S"),
-        ("%Y-%m-%dT%H:%M%z", "%Y-%m-%dT%H:%M"),
-        ("%Y-%m-%d %H:%M%z", "%Y-%m-%d %H:%M"),
-    ];
-    SHAPES.iter().find_map(|(with_offset, utc)| {
+    TIME_SHAPES.iter().find_map(|(with_offset, utc)| {
         DateTime::parse_from_str(text, with_offset)
             .map(|t| t.timestamp())
             .or_else(|_| NaiveDateTime::parse_from_str(text, utc).map(|t| t.and_utc().timestamp()))
@@ -914,6 +940,9 @@ s1,pm10,2016-03-01T14:00:00Z,NA,ug/m3
             all.observations.extend(chunk.observations);
             all.rejected.extend(chunk.rejected);
             all.values_read += chunk.values_read;
+            for (offset, rows) in chunk.stated_offsets {
+                *all.stated_offsets.entry(offset).or_default() += rows;
+            }
         }
         result.map(|()| all)
     }
@@ -1071,6 +1100,25 @@ s1,no2,2016-03-01T21:00:00+0800,10,ug/m3
         assert_eq!(chunk.observations.len(), 2);
         assert_eq!(refusals(&chunk)[0].0, "line 3");
         assert!(refusals(&chunk)[0].2.contains("not UTF-8"));
+    }
+
+    #[test]
+    fn the_offsets_a_file_states_are_counted() {
+        let text = "station,parameter,time,value,unit
+s1,no2,2016-03-01T01:00:00Z,10,ug/m3
+s1,no2,2016-03-01T02:00:00+01:00,10,ug/m3
+s1,no2,2016-03-01T03:00:00+0100,10,ug/m3
+s1,no2,2016-07-01 04:00+0200,10,ug/m3
+s1,no2,2016-07-01 04:00,10,ug/m3
+s1,no2,2016-07-01T05:00:00-00:00,10,ug/m3
+";
+        let chunk = read_one("test.csv", text.as_bytes(), CsvFormat::Long).unwrap();
+        let stated: Vec<(i32, u64)> = chunk.stated_offsets.into_iter().collect();
+        assert_eq!(stated, [(0, 1), (3600, 2), (7200, 1)]);
+        let chunk = read_one("test.csv", dongsi_lines().concat().as_bytes(), CsvFormat::Beijing).unwrap();
+        assert_eq!(chunk.stated_offsets.keys().copied().collect::<Vec<_>>(), [8 * 3600]);
+        assert_eq!(stated_offset("2016-03-01T01:00:00z"), None);
+        assert_eq!(stated_offset("not a time"), None);
     }
 
     #[test]

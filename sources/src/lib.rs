@@ -11,7 +11,7 @@ pub mod lines;
 pub mod open_meteo;
 pub mod openaq;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use airq_core::parameter::Parameter;
@@ -49,6 +49,9 @@ pub struct Chunk {
     pub values_read: i64,
     /// Progress units done since the previous chunk (bytes of input for files, requests for APIs).
     pub progress: u64,
+    /// The offsets from UTC (seconds east) that the source stated for its rows' local times, with how many rows
+    /// stated each: the data's time zone where it is known (the Beijing files' +8 h; a long file's `+01:00`).
+    pub stated_offsets: BTreeMap<i32, u64>,
 }
 
 /// The hours a load covers: `from` inclusive, `to` exclusive, Unix seconds.
@@ -101,6 +104,11 @@ impl ChunkBuilder {
 
     pub fn progress(&mut self, units: u64) {
         self.chunk.progress += units;
+    }
+
+    /// A row whose local time is `seconds` east of UTC, as the source stated.
+    pub fn stated_offset(&mut self, seconds: i32) {
+        *self.chunk.stated_offsets.entry(seconds).or_default() += 1;
     }
 
     /// A value already converted to the stored unit: kept if plausible (returns true), refused with the reason

@@ -591,6 +591,7 @@ async fn train(
             other => ApiError::invalid(format!("cannot train {name:?}: {other}")),
         })?
     };
+    let data = spec.in_unit(data).map_err(|e| ApiError::invalid(e.to_string()))?;
     let plan = crate::cli::plan_for(&spec, &data).map_err(|e| ApiError::invalid(e.to_string()))?;
     let source = if upload { "upload" } else { "database" };
     let id = state.announce_training(&name, source, String::new());
@@ -744,6 +745,7 @@ async fn evaluate(
     )
     .await
     .map_err(|e| ApiError::invalid(format!("cannot evaluate {name:?}: {e}")))?;
+    let data = spec.in_unit(data).map_err(|e| ApiError::invalid(e.to_string()))?;
     let task_protocol = protocol.clone();
     let (_, evaluation) =
         tokio::task::spawn_blocking(move || crate::evaluate::run(&data, &spec, &task_protocol, &Quiet))
@@ -799,6 +801,7 @@ async fn test_version(state: &ApiState, name: &str, version: &str, body: &Evalua
         crate::data::DataError::Store(e) => ApiError::internal(&e),
         other => ApiError::invalid(format!("cannot test {name:?} {version}: {other}")),
     })?;
+    let data = model.meta.spec.in_unit(data).map_err(|e| ApiError::internal(&e))?;
     let task = loaded.clone();
     let evaluation = tokio::task::spawn_blocking(move || crate::evaluate::test_model(&task.1, &data, from, to, hour))
         .await

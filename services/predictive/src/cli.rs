@@ -154,7 +154,7 @@ async fn dataset(
         }
         data.stations.retain(|s| spec.target.stations.contains(&s.code));
     }
-    Ok(data)
+    Ok(spec.in_unit(data)?)
 }
 
 /// The plan of a training from a spec: the window from the spec (or the data), its newest share calibrating.
@@ -396,19 +396,42 @@ pub fn markdown(rows: &[Row]) -> String {
     out
 }
 
+/// The offset of local time from UTC, in hours, that places the protocol's local days and origin hour: the one asked
+/// (`--utc-offset`), else the one the files state (the Beijing files' +8; a long file's `+01:00`, its standard
+/// offset where daylight saving time moves it), else UTC.
+pub fn local_offset(asked: Option<i32>, data: Option<&Dataset>) -> i32 {
+    if let Some(hours) = asked {
+        return hours;
+    }
+    match data.and_then(|d| d.stated_utc_offset) {
+        Some(seconds) => {
+            let hours = (f64::from(seconds) / 3600.0).round() as i32;
+            if seconds % 3600 != 0 {
+                tracing::warn!(
+                    stated_seconds = seconds,
+                    utc_offset_hours = hours,
+                    "the files' local time is not a whole number of hours from UTC; the protocol's days and origin \
+                     hour use the nearest whole hour (give --utc-offset to choose)"
+                );
+            } else {
+                tracing::info!(utc_offset_hours = hours, "local time: the offset the files state");
+            }
+            hours
+        }
+        None => {
+            tracing::warn!(
+                "the data states no time zone (UTC times or the database) and --utc-offset was not given: the \
+                 protocol's local days and origin hour are taken in UTC"
+            );
+            0
+        }
+    }
+}
+
 /// `evaluate`: the protocol for one spec or for every algorithm.
 pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     // Its stdout is the table: logs go to stderr.
     let _telemetry = airq_core::telemetry::init("predictive", &args.log.on_stderr())?;
-    let protocol = Protocol::from_days(
-        &args.fit_from,
-        &args.calibrate_from,
-        &args.test_from,
-        &args.test_to,
-        args.origin_hour,
-        args.utc_offset,
-    )
-    .map_err(anyhow::Error::msg)?;
     let db = match &args.database_url {
         Some(url) => {
             let db = Database::connect_url(url, 4).await?;
@@ -427,6 +450,12 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(hours) = args.horizon {
         specs.iter_mut().for_each(|(_, s)| s.horizon_hours = hours);
     }
+    if let Some(unit) = &args.unit {
+        for (_, spec) in &mut specs {
+            spec.target.unit = Some(unit.clone());
+            spec.unit()?;
+        }
+    }
     // The data reaches past the test period by the longest horizon, so its last days' forecasts are scored too.
     let reach = specs
         .iter()
@@ -436,16 +465,28 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         * HOUR
         + 86_400;
     anyhow::ensure!(!specs.is_empty(), "no algorithm to evaluate (check --pollutants)");
+    let csv = args.csv.as_deref().map(|csv| (csv, args.csv_format));
+    // CSV files are read whole, whatever the period: the first pollutant's data is read now, and the time zone its
+    // files state places the protocol's local days.
+    let mut cache: Option<Dataset> = match (csv, specs.first()) {
+        (Some(_), Some((_, spec))) => Some(dataset(csv, None, spec, 0, 0).await?),
+        _ => None,
+    };
+    let protocol = Protocol::from_days(
+        &args.fit_from,
+        &args.calibrate_from,
+        &args.test_from,
+        &args.test_to,
+        args.origin_hour,
+        local_offset(args.utc_offset, cache.as_ref()),
+    )
+    .map_err(anyhow::Error::msg)?;
     if let Some(dir) = &args.export {
         let (_, spec) = specs.first().cloned().ok_or_else(|| anyhow::anyhow!("no spec"))?;
-        let data = dataset(
-            args.csv.as_deref().map(|csv| (csv, args.csv_format)),
-            store.as_ref(),
-            &spec,
-            protocol.fit_from,
-            protocol.test_to + reach,
-        )
-        .await?;
+        let data = match cache.take() {
+            Some(data) => data,
+            None => dataset(csv, store.as_ref(), &spec, protocol.fit_from, protocol.test_to + reach).await?,
+        };
         let dir = dir.clone();
         let meta =
             tokio::task::spawn_blocking(move || crate::evaluate::export(&data, &spec, &protocol, &dir)).await??;
@@ -453,20 +494,13 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut rows = Vec::new();
-    let mut cache: Option<Dataset> = None;
     for (name, spec) in specs {
         let pollutant = spec.pollutant()?;
-        if cache.as_ref().is_none_or(|d| d.pollutant != pollutant) {
-            cache = Some(
-                dataset(
-                    args.csv.as_deref().map(|csv| (csv, args.csv_format)),
-                    store.as_ref(),
-                    &spec,
-                    protocol.fit_from,
-                    protocol.test_to + reach,
-                )
-                .await?,
-            );
+        if cache
+            .as_ref()
+            .is_none_or(|d| d.pollutant != pollutant || Ok(&d.unit) != spec.unit().map(|u| u.0).as_ref())
+        {
+            cache = Some(dataset(csv, store.as_ref(), &spec, protocol.fit_from, protocol.test_to + reach).await?);
         }
         let Some(data) = cache.clone() else { continue };
         let progress = TerminalProgress::new(format!("{pollutant} {name}"));
@@ -494,8 +528,14 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
                 )
                 .await?;
         }
+        let (unit, _) = spec.unit()?;
         rows.push(Row {
-            pollutant: pollutant.code().to_owned(),
+            // The table names the unit where it is not the stored one.
+            pollutant: if unit == pollutant.unit() {
+                pollutant.code().to_owned()
+            } else {
+                format!("{} ({unit})", pollutant.code())
+            },
             algorithm: name,
             train_seconds: seconds,
             evaluation,

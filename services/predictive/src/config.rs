@@ -123,6 +123,10 @@ pub struct EvaluateArgs {
     /// adds the scores by day ahead (hours 1–24, 25–48, 49–72 and 145–168).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=168))]
     pub horizon: Option<u32>,
+    /// The unit every spec evaluated trains and is scored in (instead of each spec's `target.unit`): `ug/m3`,
+    /// `mg/m3`, or for the gases `ppb` or `ppm` — e.g. to score NO2 and O3 loaded in ppb in ppb.
+    #[arg(long, value_parser = ["ug/m3", "mg/m3", "ppb", "ppm"])]
+    pub unit: Option<String>,
     /// Read the data from CSV files (a file or a folder) instead of the database.
     #[arg(long)]
     pub csv: Option<String>,
@@ -145,9 +149,11 @@ pub struct EvaluateArgs {
     /// Local hour at which the daily forecasts are issued.
     #[arg(long, default_value_t = 23)]
     pub origin_hour: u32,
-    /// Offset of local time from UTC, in hours (Beijing: 8).
-    #[arg(long, default_value_t = 8, allow_hyphen_values = true)]
-    pub utc_offset: i32,
+    /// Offset of local time from UTC, in hours, for the days and the origin hour. By default the one the files
+    /// state: 8 for the Beijing files (Beijing time), a long file's own (`2016-03-01T23:00:00+01:00`: 1; its
+    /// standard offset where daylight saving time moves it); 0 (UTC) for UTC times and the database.
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-12..=14))]
+    pub utc_offset: Option<i32>,
     /// Write the table as Markdown to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,

@@ -62,12 +62,29 @@ pub struct Dataset {
     pub start: i64,
     pub hours: usize,
     pub stations: Vec<StationSeries>,
+    /// The offset of the stations' local time from UTC (seconds east) that the files stated, where they did: the
+    /// one most of their rows stated (`+08:00` for the Beijing files; a long file's own). `None` for UTC-only files
+    /// and the database.
+    pub stated_utc_offset: Option<i32>,
+    /// The unit of the target series: the stored one, or the model's ([`Dataset::in_unit`]).
+    pub unit: String,
 }
 
 /// Values by station code, then parameter, then hour.
 type Collected = BTreeMap<String, BTreeMap<Parameter, Vec<(i64, f32)>>>;
 
 impl Dataset {
+    /// The target series multiplied by `factor`, now in `unit` (the weather is untouched).
+    pub fn in_unit(mut self, unit: &str, factor: f32) -> Self {
+        if unit != self.unit {
+            for station in &mut self.stations {
+                station.target.iter_mut().for_each(|v| *v *= factor);
+            }
+            unit.clone_into(&mut self.unit);
+        }
+        self
+    }
+
     /// Unix seconds of grid index `index`.
     pub fn time(&self, index: usize) -> i64 {
         self.start + index as i64 * HOUR
@@ -162,6 +179,8 @@ impl Dataset {
             start,
             hours,
             stations,
+            stated_utc_offset: None,
+            unit: pollutant.unit().to_owned(),
         })
     }
 
@@ -238,9 +257,11 @@ impl Dataset {
             }
             Ok::<(), airq_sources::SourceError>(())
         });
-        let collected = collect(rx).await;
+        let (collected, offset) = collect(rx).await;
         reader.await.map_err(|e| DataError::Empty(e.to_string()))??;
-        Self::from_collected(pollutant, collected, location)
+        let mut data = Self::from_collected(pollutant, collected, location)?;
+        data.stated_utc_offset = offset;
+        Ok(data)
     }
 
     /// Reads `pollutant` and the weather from the bytes of one CSV file (plain or gzip), e.g. an upload.
@@ -255,15 +276,22 @@ impl Dataset {
         let reader = tokio::task::spawn_blocking(move || {
             csv::read(&input, std::io::Cursor::new(bytes), format, TimeRange::default(), &tx)
         });
-        let collected = collect(rx).await;
+        let (collected, offset) = collect(rx).await;
         reader.await.map_err(|e| DataError::Empty(e.to_string()))??;
-        Self::from_collected(pollutant, collected, name)
+        let mut data = Self::from_collected(pollutant, collected, name)?;
+        data.stated_utc_offset = offset;
+        Ok(data)
     }
 }
 
-async fn collect(mut rx: mpsc::Receiver<Chunk>) -> Collected {
+/// The values the chunks carry, and the UTC offset most of their rows stated.
+async fn collect(mut rx: mpsc::Receiver<Chunk>) -> (Collected, Option<i32>) {
     let mut collected = Collected::new();
+    let mut offsets: BTreeMap<i32, u64> = BTreeMap::new();
     while let Some(chunk) = rx.recv().await {
+        for (offset, rows) in chunk.stated_offsets {
+            *offsets.entry(offset).or_default() += rows;
+        }
         for o in chunk.observations {
             collected
                 .entry(o.station.to_string())
@@ -273,7 +301,15 @@ async fn collect(mut rx: mpsc::Receiver<Chunk>) -> Collected {
                 .push((o.time, o.value as f32));
         }
     }
-    collected
+    // The standard offset where daylight saving time moves it: the smaller one of the two most stated.
+    let mut stated: Vec<(i32, u64)> = offsets.into_iter().collect();
+    stated.sort_by_key(|(offset, rows)| (std::cmp::Reverse(*rows), *offset));
+    let offset = match stated.as_slice() {
+        [] => None,
+        [(one, _)] => Some(*one),
+        [(a, _), (b, _), ..] => Some(if (a - b).abs() == 3600 { *a.min(b) } else { *a }),
+    };
+    (collected, offset)
 }
 
 #[cfg(test)]

@@ -158,6 +158,11 @@ pub async fn context(store: &Store, model: &Model, request: &Request) -> Result<
         })?;
     // The origin itself may have no value (its inputs are then filled from the hours before, or the fallback answers).
     data.extend_to(origin);
+    let data = model
+        .meta
+        .spec
+        .in_unit(data)
+        .map_err(|e| ForecastError::Model(ModelError::InvalidParameter(e.to_string())))?;
     Ok((data, origin))
 }
 
@@ -243,7 +248,7 @@ pub fn forecast(
         version: version.to_owned(),
         algorithm: model.meta.spec.algorithm.name().to_owned(),
         pollutant: data.pollutant.code().to_owned(),
-        unit: data.pollutant.unit().to_owned(),
+        unit: data.unit.clone(),
         station: request.station.clone(),
         origin: rfc3339(origin),
         fallback: raw.fallback,

@@ -168,6 +168,7 @@ impl ModelMonitor {
                 Err(crate::data::DataError::Empty(_)) => continue,
                 Err(e) => return Err(e.to_string()),
             };
+            let data = model.meta.spec.in_unit(data).map_err(|e| e.to_string())?;
             let loaded = loaded.clone();
             let code = station.code.clone();
             let window = (adapt_from, from, latest);

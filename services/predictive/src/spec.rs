@@ -1,6 +1,7 @@
 //! What to train: the training-relevant part of a PredictiveModel's spec, exactly as the operator passes it in
 //! `AIRQ_MODEL_SPEC`, and as the API accepts it.
 
+use crate::data::Dataset;
 use airq_api::model::{Algorithm, Features, Target};
 use airq_core::parameter::{Kind, Parameter};
 use chrono::NaiveDate;
@@ -126,6 +127,7 @@ impl ModelSpec {
     /// Checks what the CRD's schema checks in a cluster, for specs that come from elsewhere (CLI, API).
     pub fn validate(&self) -> Result<(), SpecError> {
         self.pollutant()?;
+        self.unit()?;
         if !(1..=168).contains(&self.horizon_hours) {
             return Err(spec_error("horizonHours", "must be between 1 and 168"));
         }
@@ -176,6 +178,32 @@ impl ModelSpec {
             ));
         }
         Ok(p)
+    }
+
+    /// The unit the model works in (`target.unit`, the stored unit when absent) and the factor from the stored one.
+    pub fn unit(&self) -> Result<(String, f64), SpecError> {
+        let pollutant = self.pollutant()?;
+        match self.target.unit.as_deref() {
+            None => Ok((pollutant.unit().to_owned(), 1.0)),
+            Some(unit) => pollutant
+                .factor_from_stored(unit)
+                .map(|factor| (unit.to_owned(), factor))
+                .map_err(|_| {
+                    spec_error(
+                        "target.unit",
+                        format!(
+                            "{pollutant} cannot be given in {unit:?}: ug/m3 or mg/m3 for every pollutant, ppb or ppm \
+                             (mixing ratios) for the gases no2, o3, so2 and co"
+                        ),
+                    )
+                }),
+        }
+    }
+
+    /// `data` (read in the stored unit) in the unit the model works in.
+    pub fn in_unit(&self, data: Dataset) -> Result<Dataset, SpecError> {
+        let (unit, factor) = self.unit()?;
+        Ok(data.in_unit(&unit, factor as f32))
     }
 
     /// The training window in Unix seconds.

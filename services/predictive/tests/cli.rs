@@ -32,9 +32,34 @@ fn to_long(beijing: &Path, long: &Path) {
     }
 }
 
-/// `airq-predictive evaluate` of `spec` on `csv` in `format`: the scores (from `--json`), stdout and stderr.
-async fn evaluate(dir: &Path, spec: &Value, csv: &Path, format: &str) -> (Value, String, String) {
-    let scores = dir.join(format!("{format}.json"));
+/// The same file with every time in UTC (`Z`): the local time no longer stated.
+fn to_utc(long: &Path, utc: &Path) {
+    let text = std::fs::read_to_string(long).unwrap();
+    let mut out = std::fs::File::create(utc).unwrap();
+    for (i, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        if i == 0 {
+            writeln!(out, "{line}").unwrap();
+            continue;
+        }
+        let time = chrono::DateTime::parse_from_rfc3339(f[2]).unwrap().to_utc();
+        writeln!(
+            out,
+            "{},{},{},{},{}",
+            f[0],
+            f[1],
+            time.format("%Y-%m-%dT%H:%M:%SZ"),
+            f[3],
+            f[4]
+        )
+        .unwrap();
+    }
+}
+
+/// `airq-predictive evaluate` of `spec` on `csv` in `format` (and `extra` arguments): the scores (from `--json`),
+/// stdout and stderr.
+async fn evaluate(dir: &Path, spec: &Value, csv: &Path, format: &str, extra: &[&str]) -> (Value, String, String) {
+    let scores = dir.join(format!("{format}{}.json", extra.len()));
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_airq-predictive"))
         .arg("evaluate")
         .args(["--spec", &spec.to_string(), "--format", format, "--csv"])
@@ -42,6 +67,7 @@ async fn evaluate(dir: &Path, spec: &Value, csv: &Path, format: &str) -> (Value,
         .args(["--fit-from", "2015-10-01", "--calibrate-from", "2016-01-01"])
         .args(["--test-from", "2016-03-01", "--test-to", "2016-05-01", "--json"])
         .arg(&scores)
+        .args(extra)
         .env("AIRQ_LOG_LEVEL", "info")
         .env("AIRQ_LOG_FORMAT", "json")
         .output()
@@ -65,8 +91,8 @@ async fn evaluate_reads_both_layouts_alike_and_prints_the_table_alone() {
     let mut spec = common::spec(json!({ "linear": { "l2": 1.0 } }));
     spec["features"]["weather"] = json!(false);
 
-    let (from_beijing, table, logs) = evaluate(dir.path(), &spec, &beijing, "beijing").await;
-    let (from_long, long_table, _) = evaluate(dir.path(), &spec, &long, "long").await;
+    let (from_beijing, table, logs) = evaluate(dir.path(), &spec, &beijing, "beijing", &[]).await;
+    let (from_long, long_table, long_logs) = evaluate(dir.path(), &spec, &long, "long", &[]).await;
     // The same values, read from either layout, give the same scores.
     let mae = |scores: &Value| scores[0]["mae"].as_f64().unwrap();
     assert!(mae(&from_beijing) > 0.0, "{from_beijing}");
@@ -87,6 +113,46 @@ async fn evaluate_reads_both_layouts_alike_and_prints_the_table_alone() {
         logs.lines().any(|l| l.starts_with('{')),
         "no log line on stderr: {logs}"
     );
+    // Local time is the one the files state: Beijing time for the Beijing files, the long file's `+08:00`.
+    for logs in [&logs, &long_logs] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("the offset the files state") && l.contains(r#""utc_offset_hours":8"#)),
+            "{logs}"
+        );
+    }
+    // The same file in UTC states no local time: the protocol's days and 23:00 origins are UTC's (other scores),
+    // unless --utc-offset says where the stations are.
+    let utc = dir.path().join("utc.csv");
+    to_utc(&long, &utc);
+    let (in_utc, _, utc_logs) = evaluate(dir.path(), &spec, &utc, "long", &[]).await;
+    assert!(utc_logs.contains("states no time zone"), "{utc_logs}");
+    assert!((mae(&in_utc) - mae(&from_beijing)).abs() > 1e-6, "{in_utc}");
+    let (told, _, _) = evaluate(dir.path(), &spec, &utc, "long", &["--utc-offset", "8"]).await;
+    assert_eq!(told[0]["forecasts"], from_beijing[0]["forecasts"]);
+    assert!((mae(&told) - mae(&from_beijing)).abs() < 1e-9);
+    // Kept in ppb where asked: the same data scored in mixing ratios (NO2: 24.45 / 46.0055 of µg/m³), the table
+    // naming the unit; a particle's ppb is refused with the field.
+    // On the concentration scale a ridge regression scales with its target exactly.
+    let mut linear = spec.clone();
+    linear["features"]["logTransform"] = json!(false);
+    let (in_ug, _, _) = evaluate(dir.path(), &linear, &long, "long", &["--utc-offset", "8"]).await;
+    let (in_ppb, ppb_table, _) = evaluate(dir.path(), &linear, &long, "long", &["--unit", "ppb"]).await;
+    let ratio = mae(&in_ppb) / mae(&in_ug);
+    assert!((ratio - 24.45 / 46.0055).abs() < 1e-4, "{ratio}");
+    assert_eq!(in_ppb[0]["pollutant"], "no2 (ppb)");
+    assert!(ppb_table.contains("| no2 (ppb) |"), "{ppb_table}");
+    let mut pm25 = spec.clone();
+    pm25["target"]["pollutant"] = json!("pm25");
+    pm25["target"]["unit"] = json!("ppb");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_airq-predictive"))
+        .args(["evaluate", "--spec", &pm25.to_string(), "--csv"])
+        .arg(&beijing)
+        .output()
+        .await
+        .unwrap();
+    let refused = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && refused.contains("target.unit"), "{refused}");
     // A layout that is not one is refused by name.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_airq-predictive"))
         .args(["evaluate", "--spec", &spec.to_string(), "--format", "wide", "--csv"])
