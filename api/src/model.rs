@@ -576,6 +576,10 @@ pub struct ModelMetrics {
     /// Share of test values inside the 90 % interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage90: Option<f64>,
+    /// Weather inputs the spec asked for that the data did not have (`temp`, `pres`, `dewp`, `rain`, `wspm`,
+    /// `wd`): the version was trained without the features that need them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs_absent: Vec<String>,
 }
 
 impl ConditionedStatus for PredictiveModelStatus {

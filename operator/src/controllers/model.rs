@@ -392,6 +392,7 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
                     mae: report.mae,
                     rmse: report.rmse,
                     coverage90: report.coverage90,
+                    inputs_absent: report.inputs_absent.clone(),
                 });
                 status.url = Some(format!("http://{}.{}.svc", serving_name(&owner.name), owner.namespace));
                 trained_now = Some((job_name.clone(), report));
@@ -430,13 +431,21 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
             false,
             "Trained",
             "Train",
-            match report.mae {
-                Some(mae) => format!("Job {job} trained version {} (MAE {mae:.3})", report.model_version),
-                None => format!(
-                    "Job {job} trained version {} (no MAE: no test data)",
-                    report.model_version
-                ),
-            },
+            format!(
+                "Job {job} trained version {} ({}){}",
+                report.model_version,
+                report
+                    .mae
+                    .map_or_else(|| "no MAE: no test data".to_owned(), |mae| format!("MAE {mae:.3}")),
+                if report.inputs_absent.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " without {}: the data has none",
+                        report.inputs_absent.join(", ")
+                    )
+                }
+            ),
         );
     }
 
