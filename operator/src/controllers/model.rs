@@ -440,10 +440,7 @@ pub async fn reconcile(model: Arc<PredictiveModel>, ctx: Arc<Context>) -> Result
                 if report.inputs_absent.is_empty() {
                     String::new()
                 } else {
-                    format!(
-                        " without {}: the data has none",
-                        report.inputs_absent.join(", ")
-                    )
+                    format!(" without {}: the data has none", report.inputs_absent.join(", "))
                 }
             ),
         );

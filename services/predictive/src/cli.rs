@@ -396,6 +396,139 @@ pub fn markdown(rows: &[Row]) -> String {
     out
 }
 
+/// `--tune` arguments: each `path=value,value,…`, the values JSON (numbers, `true`, `false`) or else text.
+pub fn parse_grid(args: &[String]) -> anyhow::Result<Vec<(String, Vec<serde_json::Value>)>> {
+    args.iter()
+        .map(|arg| {
+            let (path, values) = arg.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--tune {arg:?}: give path=value,value,… (e.g. algorithm.knn.k=20,50)")
+            })?;
+            let values: Vec<serde_json::Value> = values
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned())))
+                .collect();
+            anyhow::ensure!(!values.is_empty(), "--tune {arg:?}: no value to try");
+            Ok((path.trim().to_owned(), values))
+        })
+        .collect()
+}
+
+/// Every combination of the grid's values set in `base`, with its label (`learningRate=0.05, maxLeaves=31`); a
+/// combination that is not a valid spec is refused with its field.
+pub fn candidates(
+    base: &ModelSpec,
+    grid: &[(String, Vec<serde_json::Value>)],
+) -> anyhow::Result<Vec<(String, ModelSpec)>> {
+    let mut combinations: Vec<Vec<(&str, &serde_json::Value)>> = vec![Vec::new()];
+    for (path, values) in grid {
+        combinations = combinations
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push((path.as_str(), v));
+                    c
+                })
+            })
+            .collect();
+    }
+    let base = serde_json::to_value(base)?;
+    combinations
+        .into_iter()
+        .map(|settings| {
+            let mut spec = base.clone();
+            for (path, value) in &settings {
+                let mut at = &mut spec;
+                let keys: Vec<&str> = path.split('.').collect();
+                for (i, key) in keys.iter().enumerate() {
+                    let object = at
+                        .as_object_mut()
+                        .ok_or_else(|| anyhow::anyhow!("--tune {path}: {} is not an object", keys[..i].join(".")))?;
+                    at = object
+                        .entry((*key).to_owned())
+                        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+                }
+                *at = (*value).clone();
+            }
+            let label = settings
+                .iter()
+                .map(|(path, value)| format!("{}={value}", path.rsplit('.').next().unwrap_or(path)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let spec = ModelSpec::from_json(&spec).with_context(|| format!("--tune {label}"))?;
+            Ok((label, spec))
+        })
+        .collect()
+}
+
+/// Scores each candidate on the rolling-origin `folds` (MAE of the daily forecasts of each validation window) and
+/// returns the table and the one with the lowest mean.
+async fn tune(
+    data: &Dataset,
+    candidates: Vec<(String, ModelSpec)>,
+    folds: &[Protocol],
+) -> anyhow::Result<(String, (String, ModelSpec))> {
+    let mut scored: Vec<(String, ModelSpec, Vec<f64>)> = Vec::new();
+    for (label, spec) in candidates {
+        let mut maes = Vec::new();
+        for (i, fold) in folds.iter().enumerate() {
+            let progress = TerminalProgress::new(format!("tune {label} fold {}", i + 1));
+            let (data, spec, fold) = (data.clone(), spec.clone(), fold.clone());
+            let (evaluation, progress) = tokio::task::spawn_blocking(move || {
+                crate::evaluate::run(&data, &spec, &fold, &progress).map(|(_, e)| (e, progress))
+            })
+            .await??;
+            progress.finish(&format!("MAE {:.2}", evaluation.mae));
+            maes.push(evaluation.mae);
+        }
+        scored.push((label, spec, maes));
+    }
+    let mean = |maes: &[f64]| maes.iter().sum::<f64>() / maes.len().max(1) as f64;
+    let best = scored
+        .iter()
+        .enumerate()
+        .min_by(|a, b| mean(&a.1.2).total_cmp(&mean(&b.1.2)))
+        .map(|(i, _)| i)
+        .ok_or_else(|| anyhow::anyhow!("no candidate to tune"))?;
+    let mut table = String::from("| Candidate |");
+    for i in 1..=folds.len() {
+        table.push_str(&format!(" Fold {i} MAE |"));
+    }
+    table.push_str(" Mean MAE |\n| --- |");
+    table.push_str(&" ---: |".repeat(folds.len() + 1));
+    table.push('\n');
+    for (i, (label, _, maes)) in scored.iter().enumerate() {
+        let mark = if i == best { "**" } else { "" };
+        table.push_str(&format!("| {mark}{label}{mark} |"));
+        for mae in maes {
+            table.push_str(&format!(" {mae:.2} |"));
+        }
+        table.push_str(&format!(" {mark}{:.2}{mark} |\n", mean(maes)));
+    }
+    let windows: Vec<String> = folds
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            format!(
+                "fold {} fits {} to {}, calibrates to {} and validates to {}",
+                i + 1,
+                crate::model::fmt_time(f.fit_from),
+                crate::model::fmt_time(f.calibrate_from),
+                crate::model::fmt_time(f.test_from),
+                crate::model::fmt_time(f.test_to)
+            )
+        })
+        .collect();
+    table.push_str(&format!(
+        "\nRolling-origin cross-validation inside the fitting period: {}.\n\n",
+        windows.join("; ")
+    ));
+    let (label, spec, _) = scored.swap_remove(best);
+    Ok((table, (label, spec)))
+}
+
 /// The offset of local time from UTC, in hours, that places the protocol's local days and origin hour: the one asked
 /// (`--utc-offset`), else the one the files state (the Beijing files' +8; a long file's `+01:00`, its standard
 /// offset where daylight saving time moves it), else UTC.
@@ -481,6 +614,23 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         local_offset(args.utc_offset, cache.as_ref()),
     )
     .map_err(anyhow::Error::msg)?;
+    let mut tuning = String::new();
+    if !args.tune.is_empty() {
+        let (name, base) = specs.first().cloned().ok_or_else(|| anyhow::anyhow!("no spec"))?;
+        let candidates = candidates(&base, &parse_grid(&args.tune)?)?;
+        let folds = protocol
+            .folds(args.folds, args.fold_days, args.fold_calibration_days)
+            .map_err(anyhow::Error::msg)?;
+        let data = match cache.take() {
+            Some(data) => data,
+            None => dataset(csv, store.as_ref(), &base, protocol.fit_from, protocol.test_to + reach).await?,
+        };
+        let (table, (label, best)) = tune(&data, candidates, &folds).await?;
+        tracing::info!(chosen = %label, "parameters chosen by rolling-origin cross-validation in the fitting period");
+        cache = Some(data);
+        tuning = table;
+        specs = vec![(format!("{name} (tuned: {label})"), best)];
+    }
     if let Some(dir) = &args.export {
         let (_, spec) = specs.first().cloned().ok_or_else(|| anyhow::anyhow!("no spec"))?;
         let data = match cache.take() {
@@ -541,7 +691,7 @@ pub async fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             evaluation,
         });
     }
-    let table = markdown(&rows);
+    let table = format!("{tuning}{}", markdown(&rows));
     if let Some(path) = &args.markdown {
         std::fs::write(path, &table).with_context(|| format!("cannot write {}", path.display()))?;
     }

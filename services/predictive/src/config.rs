@@ -45,7 +45,7 @@ pub enum Command {
     /// Train a model version and store it: what a PredictiveModel's training Job runs.
     Train(TrainArgs),
     /// Run the evaluation protocol (fit, calibrate, test) for a spec or for every algorithm, and report the scores.
-    Evaluate(EvaluateArgs),
+    Evaluate(Box<EvaluateArgs>),
     /// Forecast from a stored model version.
     Forecast(ForecastArgs),
 }
@@ -161,6 +161,23 @@ pub struct EvaluateArgs {
     /// this folder (see services/predictive/benches/sklearn_knn.py and lightgbm_compare.py).
     #[arg(long, requires = "spec_source")]
     pub export: Option<PathBuf>,
+    /// Choose the spec's parameters first by rolling-origin cross-validation inside the fitting period (never the
+    /// calibration or test periods): `path=value,value,…` over the spec's fields, repeated for a grid, e.g.
+    /// `--tune algorithm.gbm.learningRate=0.03,0.05,0.1 --tune algorithm.gbm.maxLeaves=15,31,63`. The candidate
+    /// with the lowest mean MAE over the folds is then evaluated as usual; the folds' table comes first.
+    #[arg(long, requires = "spec_source", value_name = "PATH=VALUES")]
+    pub tune: Vec<String>,
+    /// Folds of the cross-validation: validation windows of `--fold-days` ending at the calibration period's start,
+    /// each fitted on everything before it (less a calibration slice of `--fold-calibration-days`).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=12))]
+    pub folds: u32,
+    /// Days of each fold's validation window.
+    #[arg(long, default_value_t = 91, value_parser = clap::value_parser!(u32).range(7..=366))]
+    pub fold_days: u32,
+    /// Days before each validation window that calibrate its intervals (not scored by the tuning, but training
+    /// needs them).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(7..=366))]
+    pub fold_calibration_days: u32,
     /// Write every score as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

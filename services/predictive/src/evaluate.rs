@@ -65,6 +65,36 @@ impl Protocol {
         Ok(p)
     }
 
+    /// Rolling-origin folds inside the fitting period: `folds` validation windows of `days` days, the newest ending
+    /// where calibration starts, each preceded by `calibration_days` that calibrate it and fitted on everything
+    /// from `fit_from` before those. Neither the calibration nor the test period is touched.
+    pub fn folds(&self, folds: u32, days: u32, calibration_days: u32) -> Result<Vec<Self>, String> {
+        const DAY: i64 = 86_400;
+        (0..i64::from(folds))
+            .rev()
+            .map(|k| {
+                let test_to = self.calibrate_from - k * i64::from(days) * DAY;
+                let test_from = test_to - i64::from(days) * DAY;
+                let calibrate_from = test_from - i64::from(calibration_days) * DAY;
+                if calibrate_from - self.fit_from < 60 * DAY {
+                    return Err(format!(
+                        "{folds} folds of {days} days (each after {calibration_days} days of calibration) leave the \
+                         oldest fold less than 60 days of the fitting period to fit on: use fewer or shorter folds, \
+                         or an earlier --fit-from"
+                    ));
+                }
+                Ok(Self {
+                    fit_from: self.fit_from,
+                    calibrate_from,
+                    test_from,
+                    test_to,
+                    origin_hour_utc: self.origin_hour_utc,
+                    levels: self.levels.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// The design brief's protocol on the Beijing data (local time UTC+8): fit to 2015-02-28, calibrate
     /// 2015-03-01…2016-02-29, test 2016-03-01…2017-02-28, forecasts at 23:00.
     pub fn beijing() -> Self {

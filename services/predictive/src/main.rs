@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     {
         Command::Serve(config) => airq_predictive::run(config).await,
         Command::Train(args) => airq_predictive::cli::train(args).await,
-        Command::Evaluate(args) => airq_predictive::cli::evaluate(args).await,
+        Command::Evaluate(args) => airq_predictive::cli::evaluate(*args).await,
         Command::Forecast(args) => airq_predictive::cli::forecast(args).await,
     }
 }

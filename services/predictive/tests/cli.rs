@@ -167,3 +167,67 @@ async fn evaluate_reads_both_layouts_alike_and_prints_the_table_alone() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn tuning_chooses_inside_the_fitting_period_and_then_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let beijing = common::slice_csv(dir.path());
+    let mut spec = common::spec(json!({ "linear": { "l2": 1.0 } }));
+    spec["features"]["weather"] = json!(false);
+    let run = |tune: Vec<&'static str>| {
+        let (spec, beijing) = (spec.to_string(), beijing.clone());
+        async move {
+            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_airq-predictive"));
+            command
+                .args(["evaluate", "--spec", &spec, "--csv"])
+                .arg(&beijing)
+                .args(["--fit-from", "2015-10-01", "--calibrate-from", "2016-03-01"])
+                .args(["--test-from", "2016-04-01", "--test-to", "2016-05-01"])
+                .args(["--folds", "2", "--fold-days", "21", "--fold-calibration-days", "21"]);
+            for t in tune {
+                command.args(["--tune", t]);
+            }
+            command.output().await.unwrap()
+        }
+    };
+    let output = run(vec![
+        "algorithm.linear.l2=0.01,100000",
+        "features.logTransform=true,false",
+    ])
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    // The folds' table: four candidates, two folds, the lowest mean in bold; the folds end where calibration
+    // starts (2016-03-01 local, 2016-02-29T16:00Z) and never reach the test period.
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("l2=")).collect();
+    assert_eq!(rows.len(), 4 + 1, "four candidates and the tuned evaluation:\n{stdout}");
+    assert!(stdout.contains("| Fold 1 MAE | Fold 2 MAE | Mean MAE |"), "{stdout}");
+    assert!(
+        stdout.contains("calibrates to 2016-02-08 16:00 UTC and validates to 2016-02-29 16:00 UTC"),
+        "{stdout}"
+    );
+    let mean = |row: &str| -> f64 {
+        row.trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .unwrap()
+            .trim()
+            .trim_matches('*')
+            .parse()
+            .unwrap()
+    };
+    let candidates = &rows[..4];
+    let best = candidates.iter().min_by(|a, b| mean(a).total_cmp(&mean(b))).unwrap();
+    assert_eq!(candidates.iter().filter(|r| r.contains("**")).count(), 1, "{stdout}");
+    assert!(best.contains("**"), "the lowest mean is the one chosen:\n{stdout}");
+    // Then the chosen spec is evaluated on the test period, as without --tune.
+    let label = best.split('|').nth(1).unwrap().trim().trim_matches('*');
+    assert!(rows[4].contains(&format!("(tuned: {label})")), "{stdout}");
+    // A value that makes no valid spec is refused with its field.
+    let output = run(vec!["algorithm.linear.l2=-1"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("l2"), "{stderr}");
+}
