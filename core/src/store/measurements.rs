@@ -32,6 +32,46 @@ impl Store {
             .collect())
     }
 
+    /// The series of several `parameters` of one station from `from` to `to`, in one read (a forecast's inputs):
+    /// one entry per parameter asked, empty where it has no value.
+    pub async fn series_of(
+        &self,
+        station_id: i64,
+        parameters: &[Parameter],
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(Parameter, Vec<Point>)>> {
+        // Placeholders only: the statement's text depends on how many parameters are asked, never on their values.
+        let placeholders: Vec<String> = (0..parameters.len()).map(|i| format!("${}", i + 4)).collect();
+        let select = format!(
+            "select parameter, time, value, flags from measurements
+            where station_id = $1 and time >= $2 and time < $3 and parameter in ({}) order by parameter, time",
+            placeholders.join(", ")
+        );
+        let mut found: Vec<(Parameter, Vec<Point>)> = parameters.iter().map(|p| (*p, Vec::new())).collect();
+        let rows: Vec<(String, DbTime, f64, i16)> = on_pool!(&self.db, pool => {
+            let mut query = sqlx::query_as(&select)
+                .bind(station_id)
+                .bind(DbTime::from_seconds(from))
+                .bind(DbTime::from_seconds(to));
+            for parameter in parameters {
+                query = query.bind(parameter.code());
+            }
+            query.fetch_all(pool).await
+        })
+        .map_err(sql("reading a station's series"))?;
+        for (code, time, value, flags) in rows {
+            if let Some((_, points)) = found.iter_mut().find(|(p, _)| p.code() == code) {
+                points.push(Point {
+                    time: time.seconds(),
+                    value,
+                    flags,
+                });
+            }
+        }
+        Ok(found)
+    }
+
     /// The newest hour (Unix seconds) with a value of `parameter` at station `station_id`.
     pub async fn latest(&self, station_id: i64, parameter: Parameter) -> Result<Option<i64>> {
         const SELECT: &str = "select max(time) from measurements where station_id = $1 and parameter = $2";

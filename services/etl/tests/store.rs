@@ -200,6 +200,22 @@ async fn suite(store: Store) {
             .is_empty()
     );
 
+    // Several parameters in one read: the same points as one read each, an entry per parameter asked.
+    let together = store
+        .series_of(station, &[Parameter::O3, Parameter::Pm25], 0, i64::from(i32::MAX))
+        .await
+        .unwrap();
+    assert_eq!(together.len(), 2);
+    assert_eq!((together[0].0, together[0].1.len()), (Parameter::O3, 0));
+    assert_eq!(together[1].0, Parameter::Pm25);
+    assert_eq!(
+        together[1].1,
+        store
+            .series(station, Parameter::Pm25, 0, i64::from(i32::MAX))
+            .await
+            .unwrap()
+    );
+
     let refused = store.rejected(run_id, 10).await.unwrap();
     assert_eq!(refused.len(), 1, "refreshed, not duplicated");
     assert_eq!(refused[0].reason, "a sentinel, again");

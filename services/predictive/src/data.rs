@@ -215,10 +215,10 @@ impl Dataset {
         to: i64,
     ) -> Result<Self, DataError> {
         let mut collected = Collected::new();
+        let parameters: Vec<Parameter> = std::iter::once(pollutant).chain(WEATHER).collect();
         for station in stations {
             let entry = collected.entry(station.code.clone()).or_default();
-            for parameter in std::iter::once(pollutant).chain(WEATHER) {
-                let points = store.series(station.id, parameter, from, to).await?;
+            for (parameter, points) in store.series_of(station.id, &parameters, from, to).await? {
                 if !points.is_empty() {
                     entry.insert(parameter, points.iter().map(|p| (p.time, p.value as f32)).collect());
                 }
