@@ -171,6 +171,7 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
     let (test_db, db) = common::loaded_database().await;
     let predictive = common::predictive(&db).await;
     common::train(&predictive.url, "no2-knn", "no2").await;
+    common::train_ahead(&predictive.url, "o3-week", "o3", 168).await;
     let front = common::front(&db, Some(&predictive.url)).await;
     let dir = tempfile::tempdir().unwrap();
     let routes = format!(
@@ -216,7 +217,8 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
     assert_eq!(heading, "Dongsi");
     // The measurements, the forecast line and both interval bands are drawn, the bands with an area.
     assert!(drawn_width(&client, "#chart path.series-mean").await > 300.0);
-    assert!(drawn_width(&client, "#chart path.forecast-line").await > 20.0);
+    let day_ahead = drawn_width(&client, "#chart path.forecast-line").await;
+    assert!(day_ahead > 20.0);
     let bands = js(
         &client,
         "return [...document.querySelectorAll('#chart path.band-forecast')].map(p => { const b = p.getBBox(); return b.width * b.height; });",
@@ -285,6 +287,46 @@ async fn a_person_reads_a_station_and_its_forecast_in_chromium() {
     // The front's 404 for the forecast is the notice above, not a fault of the page.
     console_clean(&driver, &client, "a pollutant without a model", &["404"]).await;
     screenshot(&client, &shots, "4-station-pm25-no-model").await;
+
+    // O3's model forecasts a week ahead: the line and both bands run over the whole week — seven times the day the
+    // NO2 forecast covered, in a chart six days longer (the week shown and the forecast: 7 × 8 / 14 = 4 times as
+    // wide) — and the table reaches the 168th hour.
+    let select = element(&client, "select#pollutant").await;
+    select.select_by_value("o3").await.unwrap();
+    element(&client, "#chart path.band-forecast").await;
+    let legend = element(&client, "#chart .legend").await.text().await.unwrap();
+    assert!(legend.contains("o3-week v1"), "{legend}");
+    let week = drawn_width(&client, "#chart path.forecast-line").await;
+    assert!(week > 3.6 * day_ahead, "a week {week} px, a day {day_ahead} px");
+    let band_widths = js(
+        &client,
+        "return [...document.querySelectorAll('#chart path.band-forecast')].map(p => p.getBoundingClientRect().width);",
+    )
+    .await;
+    let band_widths: Vec<f64> = band_widths
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert_eq!(band_widths.len(), 2);
+    assert!(
+        band_widths.iter().all(|w| (w - week).abs() < 3.0),
+        "{band_widths:?} against {week}"
+    );
+    visible_lines(&client, "#chart path.forecast-line", 3.6 * day_ahead).await;
+    filled_bands(&client, "#chart path.band-forecast").await;
+    // Its table: every third hour and the first, the last 167 hours after the first (the 168th hour ahead).
+    let table = js(
+        &client,
+        "const rows = [...document.querySelectorAll('details tbody tr')]; \
+         const t = (r) => Date.parse(r.cells[0].textContent.replace(' ', 'T') + ':00Z') / 3600000; \
+         return [rows.length, t(rows[rows.length - 1]) - t(rows[0])];",
+    )
+    .await;
+    assert_eq!(table, serde_json::json!([57, 167]), "{table}");
+    console_clean(&driver, &client, "a week-ahead forecast", &[]).await;
+    screenshot(&client, &shots, "5-station-o3-week").await;
 
     // An unknown station.
     client.goto(&format!("{gateway}/airq/#/station/Nowhere")).await.unwrap();

@@ -88,12 +88,18 @@ pub async fn predictive(db: &Database) -> Served {
     .await
 }
 
-/// Trains `name` for `pollutant` through the predictive API (kNN on the last nine months) and waits for it.
+/// Trains `name` for `pollutant` through the predictive API (kNN on the last nine months, a day ahead) and waits
+/// for it.
 pub async fn train(predictive: &str, name: &str, pollutant: &str) {
+    train_ahead(predictive, name, pollutant, 24).await;
+}
+
+/// [`train`] with `hours` ahead.
+pub async fn train_ahead(predictive: &str, name: &str, pollutant: &str, hours: u32) {
     let http = airq_testenv::http_client();
     let spec = json!({
         "target": { "pollutant": pollutant },
-        "horizonHours": 24,
+        "horizonHours": hours,
         "confidenceLevels": [0.8, 0.9],
         "algorithm": { "knn": { "k": 10 } },
         "features": { "lags": [1, 2, 3, 24], "calendar": true, "weather": true, "logTransform": true },
