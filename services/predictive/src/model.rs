@@ -229,9 +229,11 @@ impl Climatology {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conformal {
     horizon: usize,
-    /// Band limits per horizon: `BANDS - 1` forecast values (model space), ascending.
+    /// Bands of the forecast value per horizon ([`BANDS`] when fitted; a stored version keeps its own).
+    bands: usize,
+    /// Band limits per horizon: `bands - 1` forecast values (model space), ascending.
     cuts: Vec<f32>,
-    /// `horizon` sets across bands, then `horizon × BANDS` banded sets, then the fallback set.
+    /// `horizon` sets across bands, then `horizon × bands` banded sets, then the fallback set.
     residuals: Vec<Vec<f32>>,
 }
 
@@ -262,6 +264,7 @@ impl Conformal {
         }
         let mut c = Self {
             horizon,
+            bands: BANDS,
             cuts,
             residuals: vec![Vec::new(); horizon * (1 + BANDS) + 1],
         };
@@ -285,10 +288,28 @@ impl Conformal {
     }
 
     fn band(&self, h: usize, point: f32) -> usize {
-        self.cuts[h * (BANDS - 1)..(h + 1) * (BANDS - 1)]
+        self.cuts[h * (self.bands - 1)..(h + 1) * (self.bands - 1)]
             .iter()
             .filter(|cut| point >= **cut)
             .count()
+    }
+
+    /// A stored version's sets: its band count follows from its cuts (`bands - 1` per horizon).
+    fn stored(horizon: usize, cuts: Vec<f32>, residuals: Vec<Vec<f32>>) -> Result<Self> {
+        let bands = cuts.len() / horizon.max(1) + 1;
+        if horizon == 0 || cuts.len() != horizon * (bands - 1) || residuals.len() != horizon * (1 + bands) + 1 {
+            return Err(ModelError::Artifact(format!(
+                "the interval calibration does not fit the horizon of {horizon} hours: {} band limits, {} sets",
+                cuts.len(),
+                residuals.len()
+            )));
+        }
+        Ok(Self {
+            horizon,
+            bands,
+            cuts,
+            residuals,
+        })
     }
 
     /// The smallest number of residuals of the model's own forecasts at any horizon.
@@ -304,9 +325,9 @@ impl Conformal {
         }
         let enough = |r: &&Vec<f32>| bounds(r.len(), level).is_some();
         let specific = if fallback {
-            self.residuals.get(self.horizon * (1 + BANDS))
+            self.residuals.get(self.horizon * (1 + self.bands))
         } else {
-            self.residuals.get(self.horizon + h * BANDS + self.band(h, point))
+            self.residuals.get(self.horizon + h * self.bands + self.band(h, point))
         };
         specific.filter(enough).or_else(|| self.residuals.get(h))
     }
@@ -1416,11 +1437,7 @@ impl Model {
             meta,
             estimator,
             climatology,
-            conformal: Conformal {
-                horizon,
-                cuts: f32s("conformal.cuts")?,
-                residuals,
-            },
+            conformal: Conformal::stored(horizon, f32s("conformal.cuts")?, residuals)?,
         })
     }
 }
