@@ -11,7 +11,8 @@
 //! dashboard's request; the station's recent data is re-read from the database every 30 s) and (b) a single hour
 //! from a random past origin (a database read each time).
 //!
-//! `AIRQ_BENCH_LATENCY_ONLY=1` skips the training table (the latency part alone takes about a minute).
+//! `AIRQ_BENCH_LATENCY_ONLY=1` skips the training table (the latency part alone takes about a minute);
+//! `AIRQ_BENCH_POSTGRES=1` serves from a PostgreSQL server (as in a cluster) instead of SQLite.
 
 use std::path::Path;
 use std::process::Command;
@@ -49,7 +50,16 @@ async fn main() -> anyhow::Result<()> {
     let folder = airq_testenv::shared_data("beijing-multisite")?;
     let binary = Path::new(env!("CARGO_BIN_EXE_airq-predictive"));
     let work = tempfile::tempdir()?;
-    let url = format!("sqlite://{}/airq.db", work.path().display());
+    // SQLite (one machine) by default; `AIRQ_BENCH_POSTGRES=1`: a PostgreSQL server the test tooling starts.
+    let postgres = match std::env::var_os("AIRQ_BENCH_POSTGRES") {
+        Some(_) => Some(airq_testenv::database().await?),
+        None => None,
+    };
+    let url = match &postgres {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}/airq.db", work.path().display()),
+    };
+    println!("Database: {}", if postgres.is_some() { "PostgreSQL" } else { "SQLite" });
 
     let training = std::env::var_os("AIRQ_BENCH_LATENCY_ONLY").is_none();
     if training {
@@ -113,6 +123,9 @@ async fn main() -> anyhow::Result<()> {
     println!("| Model | Request | Requests | p50 ms | p99 ms | max ms |\n| --- | --- | ---: | ---: | ---: | ---: |");
     for algorithm in ["knn", "ensemble"] {
         serve_and_time(binary, &url, &stations, work.path(), algorithm).await?;
+    }
+    if let Some(db) = postgres {
+        db.remove().await?;
     }
     Ok(())
 }
