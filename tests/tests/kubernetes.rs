@@ -225,8 +225,16 @@ async fn cron_job_controller_creates_a_job_on_schedule() -> anyhow::Result<()> {
     })
     .await?;
     assert!(job.name_any().starts_with("tick-"), "{}", job.name_any());
-    let scheduled = cron_jobs.get("tick").await?;
-    assert!(scheduled.status.and_then(|s| s.last_schedule_time).is_some());
+    // The controller records the schedule in the CronJob's status right after it creates the Job (a separate
+    // write, which can land a moment after the Job is listed).
+    eventually("the CronJob's lastScheduleTime", Duration::from_secs(30), || async {
+        let scheduled = cron_jobs.get("tick").await.map_err(|e| e.to_string())?;
+        scheduled
+            .status
+            .and_then(|s| s.last_schedule_time)
+            .ok_or_else(|| "no lastScheduleTime yet".to_owned())
+    })
+    .await?;
 
     // And the job controller creates its Pod.
     let selector = format!("job-name={}", job.name_any());
