@@ -117,7 +117,13 @@ impl ModelMonitor {
     /// version seen for the first time (after a start or a retraining) gets its levels adapted on the last two weeks
     /// and a bit of stored truths, so a restarted server serves what the one before it did.
     pub async fn round(&mut self, state: &ApiState) -> Result<Vec<Scored>, String> {
-        let loaded = match state.model(&self.name, None).await {
+        // The version this server answers with: its pinned one (a PredictiveModel's Deployment), else the newest.
+        let pinned = state
+            .served
+            .as_ref()
+            .filter(|(name, _)| *name == self.name)
+            .and_then(|(_, version)| *version);
+        let loaded = match state.model(&self.name, pinned).await {
             Ok(loaded) => loaded,
             Err(e) if e.code == "not_trained" || e.code == "not_found" => return Ok(Vec::new()),
             Err(e) => return Err(e.message),
