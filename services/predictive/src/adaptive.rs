@@ -85,7 +85,7 @@ impl Levels {
 }
 
 /// Confidence levels given as decimals (`0.9`) compare equal despite their binary rounding.
-fn same(a: f64, b: f64) -> bool {
+pub fn same(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
 

@@ -232,6 +232,8 @@ impl ModelMonitor {
         };
         let fz = &model.meta.featurizer;
         let initial: Vec<f64> = levels.levels.iter().map(|a| a.target).collect();
+        // The level whose day-ahead forecasts are returned (the monitor's 90 %, always followed).
+        let scored_level = initial.iter().position(|t| crate::adaptive::same(*t, LEVEL));
         let mut truths: Vec<(&StationRound, &Truth)> = rounds
             .iter()
             .flat_map(|r| r.truths.iter().map(move |t| (r, t)))
@@ -278,7 +280,7 @@ impl ModelMonitor {
                         .map_err(|e| e.to_string())?;
                     let inside_fixed = within(fixed);
                     *inside_counts.entry((l, inside, inside_fixed)).or_default() += 1;
-                    if t.lead == lead && same_level(a.target, LEVEL) {
+                    if t.lead == lead && scored_level == Some(l) {
                         scored.push(Scored {
                             station: r.code.clone(),
                             time: t.time,
@@ -347,10 +349,6 @@ impl ModelMonitor {
     pub fn open(&self) -> Vec<Anomaly> {
         self.watcher.open()
     }
-}
-
-fn same_level(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-9
 }
 
 /// A station's truths from `adapt_from` to `latest` (`window`), each with every forecast of it the model's horizon
