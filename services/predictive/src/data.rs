@@ -227,6 +227,31 @@ impl Dataset {
         Self::from_collected(pollutant, collected, "the database")
     }
 
+    /// [`Dataset::from_stored_stations`] for forecasting from one origin: the target from `from`, the weather only
+    /// from `weather_from` (the features read the weather at the origin and a day before it, not over the longest
+    /// lag), which is a fraction of the rows a request reads.
+    pub async fn from_stored_recent(
+        store: &Store,
+        pollutant: Parameter,
+        station: &Station,
+        from: i64,
+        weather_from: i64,
+        to: i64,
+    ) -> Result<Self, DataError> {
+        let mut collected = Collected::new();
+        let entry = collected.entry(station.code.clone()).or_default();
+        let target = store.series_of(station.id, &[pollutant], from, to).await?;
+        let weather = store
+            .series_of(station.id, &WEATHER, weather_from.max(from), to)
+            .await?;
+        for (parameter, points) in target.into_iter().chain(weather) {
+            if !points.is_empty() {
+                entry.insert(parameter, points.iter().map(|p| (p.time, p.value as f32)).collect());
+            }
+        }
+        Self::from_collected(pollutant, collected, "the database")
+    }
+
     /// Reads `pollutant` and the weather from CSV files: a file, a folder of files or an http(s) URL.
     pub async fn from_csv(location: &str, format: CsvFormat, pollutant: Parameter) -> Result<Self, DataError> {
         let inputs = csv::inputs(location)?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::adaptive::Levels;
 use crate::data::{DataError, Dataset, HOUR};
-use crate::model::{Model, ModelError, fmt_time};
+use crate::model::{Hours, Model, ModelError, fmt_time};
 
 /// Why a forecast cannot be given. Each is the caller's mistake (4xx) except `Store` and `Model`.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,9 @@ pub fn history_hours(model: &Model) -> i64 {
     lags.max(25) + crate::features::FILL_HOURS as i64 + 1
 }
 
+/// Hours of weather a forecast reads before its origin: the pressure change over 24 hours, and the fill allowance.
+pub const WEATHER_HISTORY_HOURS: i64 = 24 + crate::features::FILL_HOURS as i64 + 1;
+
 /// Reads what `model` needs to forecast `request.station` from the database: the origin hour (asked, or the newest
 /// data) and the history before it.
 pub async fn context(store: &Store, model: &Model, request: &Request) -> Result<(Dataset, i64), ForecastError> {
@@ -146,7 +149,8 @@ pub async fn context(store: &Store, model: &Model, request: &Request) -> Result<
         None => latest,
     };
     let from = origin - history_hours(model) * HOUR;
-    let mut data = Dataset::from_stored_stations(store, pollutant, std::slice::from_ref(station), from, origin + HOUR)
+    let weather_from = origin - WEATHER_HISTORY_HOURS * HOUR;
+    let mut data = Dataset::from_stored_recent(store, pollutant, station, from, weather_from, origin + HOUR)
         .await
         .map_err(|e| match e {
             DataError::Empty(_) => ForecastError::NoData {
@@ -211,8 +215,13 @@ pub fn forecast(
     } else {
         request.confidence.clone()
     };
+    // The dashboard asks for every hour; an API caller often for one (`at`), which is all that is computed then.
+    let wanted = match request.at {
+        Some(_) => Hours::Only(hours.clone()),
+        None => Hours::All,
+    };
     let raw = model
-        .forecast_many(data, &[(station, index)])?
+        .forecast_hours(data, &[(station, index)], &wanted)?
         .pop()
         .ok_or_else(|| ForecastError::Model(ModelError::InvalidParameter("no forecast".to_owned())))?;
     let fz = &model.meta.featurizer;

@@ -128,16 +128,20 @@ impl GbmModel {
         self.boosters.iter().map(|b| b.trees.len()).collect()
     }
 
-    /// Forecasts (m × horizon) for `q` (m × dim).
-    pub(crate) fn predict(&self, q: &[f32], dim: usize) -> Vec<f32> {
+    /// Forecasts (m × horizon) for `q` (m × dim): every hour ahead, or only those `wanted` admits (the others NaN —
+    /// a request for one hour walks one booster's trees instead of every booster's).
+    pub(crate) fn predict(&self, q: &[f32], dim: usize, wanted: &crate::model::Hours) -> Vec<f32> {
         let m = q.len() / dim.max(1);
         let horizon = self.boosters.len();
         let data = columns(q, dim);
         let matrix = Matrix::new(&data, m, dim);
         // Threads pay off only for batches (the evaluation's); one request's forecast stays on its thread.
         let parallel = m >= 256;
-        let mut out = vec![0f32; m * horizon];
+        let mut out = vec![f32::NAN; m * horizon];
         for (h, b) in self.boosters.iter().enumerate() {
+            if !wanted.admits(h + 1) {
+                continue;
+            }
             for (i, v) in b.predict(&matrix, parallel).into_iter().enumerate() {
                 out[i * horizon + h] = v as f32;
             }

@@ -1150,8 +1150,15 @@ impl Model {
         self.meta.featurizer.horizon
     }
 
-    /// Forecasts (model space) from each `(station, origin)` of `data`.
+    /// Forecasts (model space) from each `(station, origin)` of `data`, every hour of the horizon.
     pub fn forecast_many(&self, data: &Dataset, keys: &[(usize, usize)]) -> Result<Vec<RawForecast>> {
+        self.forecast_hours(data, keys, &Hours::All)
+    }
+
+    /// [`Model::forecast_many`] where only the hours ahead `wanted` admits must be right: an algorithm whose cost
+    /// grows with the hours (gradient boosting: one booster per hour) skips the others, which are then NaN or
+    /// computed anyway (the others compute every hour at once).
+    pub fn forecast_hours(&self, data: &Dataset, keys: &[(usize, usize)], wanted: &Hours) -> Result<Vec<RawForecast>> {
         let fz = &self.meta.featurizer;
         let horizon = fz.horizon;
         let dim = fz.dim();
@@ -1207,7 +1214,7 @@ impl Model {
             Estimator::Ensemble(members, weights) => {
                 let mut forecasts = members
                     .iter()
-                    .map(|m| m.forecast_many(data, keys))
+                    .map(|m| m.forecast_hours(data, keys, wanted))
                     .collect::<Result<Vec<_>>>()?;
                 for (m, f) in members.iter().zip(&mut forecasts) {
                     for p in f.iter_mut().flat_map(|f| f.points.iter_mut()) {
@@ -1236,7 +1243,7 @@ impl Model {
                         Estimator::Knn(knn) => knn.predict(&x, &hours, dim, horizon)?,
                         Estimator::Linear(linear) => linear.predict(&x, dim)?,
                         Estimator::Nn(mlp) => mlp.predict(&x, dim, horizon)?,
-                        Estimator::Gbm(gbm) => gbm.predict(&x, dim),
+                        Estimator::Gbm(gbm) => gbm.predict(&x, dim, wanted),
                         _ => Vec::new(),
                     };
                     for (j, i) in rows.iter().enumerate() {
@@ -1468,6 +1475,22 @@ pub(crate) fn hold_out_newest(times: &[i64]) -> Result<(Vec<usize>, Vec<usize>)>
         )));
     }
     Ok((train, valid))
+}
+
+/// The hours ahead (1 = the hour after the origin) a forecast must give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hours {
+    All,
+    Only(Vec<usize>),
+}
+
+impl Hours {
+    pub fn admits(&self, hour: usize) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(hours) => hours.contains(&hour),
+        }
+    }
 }
 
 /// A value in `from`'s model space in `to`'s.

@@ -126,6 +126,35 @@ async fn train_version_and_forecast_over_http() {
     assert!(i80["lower"].as_f64().unwrap() <= value && value <= i80["upper"].as_f64().unwrap());
     assert!(i80["upper"].as_f64().unwrap() <= i90["upper"].as_f64().unwrap());
 
+    // The same forecast as the model gives on the whole file: the request reads only the history the features
+    // need (the target over the longest lag, the weather over a day) and nothing else changes.
+    let (stored, model) = Registry::new(db.clone()).load(name, None).await.unwrap().unwrap();
+    let whole_file = airq_predictive::data::Dataset::from_csv(
+        &csv.display().to_string(),
+        airq_api::etl::CsvFormat::Beijing,
+        airq_core::parameter::Parameter::No2,
+    )
+    .await
+    .unwrap();
+    let seconds = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp();
+    let request = airq_predictive::forecast::Request {
+        station: "Aotizhongxin".to_owned(),
+        at: Some(seconds(at)),
+        origin: Some(seconds(origin)),
+        confidence: vec![0.8, 0.9],
+    };
+    let expected = airq_predictive::forecast::forecast(
+        name,
+        &stored.version,
+        &model,
+        &whole_file,
+        seconds(origin),
+        &request,
+        None,
+    )
+    .unwrap();
+    assert_eq!(serde_json::to_value(&expected).unwrap(), api);
+
     // The CLI answers the same.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_airq-predictive"))
         .args([

@@ -10,7 +10,7 @@ use airq_core::db::Database;
 use airq_core::parameter::Parameter;
 use airq_predictive::cli::plan_for;
 use airq_predictive::data::Dataset;
-use airq_predictive::model::{Model, ModelError, Quiet, origins};
+use airq_predictive::model::{Hours, Model, ModelError, Quiet, origins};
 use airq_predictive::registry::Registry;
 use airq_predictive::spec::ModelSpec;
 use serde_json::json;
@@ -180,6 +180,16 @@ async fn the_example_ensemble_trains() {
         forecasts,
         "through bytes"
     );
+    // A forecast of some hours only (a request with `at`) gives those hours exactly as the whole one does.
+    let some = model
+        .forecast_hours(&data, &may(&data), &Hours::Only(vec![1, 7, 24]))
+        .unwrap();
+    for (part, whole) in some.iter().zip(&forecasts) {
+        assert_eq!(part.fallback, whole.fallback);
+        for h in [1, 7, 24] {
+            assert_eq!(part.points[h - 1], whole.points[h - 1], "{h} h ahead");
+        }
+    }
 }
 
 #[tokio::test]
