@@ -228,6 +228,22 @@ pub struct Ensemble {
     /// The members, two to eight, each one algorithm (an ensemble cannot be a member).
     #[schemars(length(min = 2, max = 8))]
     pub members: Vec<Member>,
+    /// The scale the members' forecasts are weighed and averaged on: `concentration` (an arithmetic mean) or
+    /// `logarithm` (a geometric one); the features' `logTransform` when absent. The intervals are calibrated on the
+    /// features' scale whichever is chosen: `logTransform: true` with `combineOn: concentration` averages
+    /// concentrations and gives intervals that scale with the forecast (narrow on clean days, wide on polluted ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combine_on: Option<Scale>,
+}
+
+// No doc comment: the schema of the field that uses it would take the type's description instead of the field's.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Scale {
+    /// The concentration as measured.
+    Concentration,
+    /// Its logarithm, `ln(1 + x)`.
+    Logarithm,
 }
 
 /// One member of an ensemble: exactly one algorithm, with its parameters. The fields repeat [`Algorithm`]'s but

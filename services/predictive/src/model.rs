@@ -1045,37 +1045,43 @@ impl Model {
                 "the members were calibrated on different origins".to_owned(),
             ));
         }
+        // Weighed and averaged on the combining scale; calibrated on the ensemble's own (its features').
+        let combining = combining_scale(&featurizer, ensemble);
+        let truths_combined = truths(data, &combining, &keys);
         let truths = truths(data, &featurizer, &keys);
-        // Each member's forecasts on the ensemble's scale.
         let points: Vec<Vec<f32>> = calibrations
             .iter()
             .zip(&members)
             .map(|(c, m)| {
                 c.forecasts
                     .iter()
-                    .flat_map(|f| f.points.iter().map(|p| rescale(&m.meta.featurizer, &featurizer, *p)))
+                    .flat_map(|f| f.points.iter().map(|p| rescale(&m.meta.featurizer, &combining, *p)))
                     .collect()
             })
             .collect();
         let parts: Vec<&[f32]> = points.iter().map(Vec::as_slice).collect();
-        let weights = crate::ensemble::fit(&parts, &truths, horizon, |_| true);
+        let weights = crate::ensemble::fit(&parts, &truths_combined, horizon, |_| true);
         let mut times: Vec<i64> = keys.iter().map(|(_, o)| data.time(*o)).collect();
         let key_time = times.clone();
         times.sort_unstable();
         let middle = times.get(times.len() / 2).copied().unwrap_or(i64::MAX);
         let older = |i: usize| key_time[i] < middle;
-        let from_newer = crate::ensemble::fit(&parts, &truths, horizon, |i| !older(i));
-        let from_older = crate::ensemble::fit(&parts, &truths, horizon, older);
+        let from_newer = crate::ensemble::fit(&parts, &truths_combined, horizon, |i| !older(i));
+        let from_older = crate::ensemble::fit(&parts, &truths_combined, horizon, older);
         let crossed_older = crate::ensemble::combine(&parts, &from_newer, horizon);
         let crossed_newer = crate::ensemble::combine(&parts, &from_older, horizon);
-        let combined = crate::ensemble::combine(&parts, &weights, horizon);
+        let combined: Vec<f32> = crate::ensemble::combine(&parts, &weights, horizon)
+            .into_iter()
+            .map(|p| rescale(&combining, &featurizer, p))
+            .collect();
         let crossed: Vec<f32> = (0..combined.len())
             .map(|i| {
-                if older(i / horizon) {
+                let p = if older(i / horizon) {
                     crossed_older[i]
                 } else {
                     crossed_newer[i]
-                }
+                };
+                rescale(&combining, &featurizer, p)
             })
             .collect();
         let fallback: Vec<bool> = (0..keys.len())
@@ -1212,18 +1218,25 @@ impl Model {
                 }
             }
             Estimator::Ensemble(members, weights) => {
+                let combining = match &self.meta.spec.algorithm.ensemble {
+                    Some(e) => combining_scale(fz, e),
+                    None => fz.clone(),
+                };
                 let mut forecasts = members
                     .iter()
                     .map(|m| m.forecast_hours(data, keys, wanted))
                     .collect::<Result<Vec<_>>>()?;
                 for (m, f) in members.iter().zip(&mut forecasts) {
                     for p in f.iter_mut().flat_map(|f| f.points.iter_mut()) {
-                        *p = rescale(&m.meta.featurizer, fz, *p);
+                        *p = rescale(&m.meta.featurizer, &combining, *p);
                     }
                 }
                 for (i, f) in out.iter_mut().enumerate() {
                     let parts: Vec<&[f32]> = forecasts.iter().map(|m| m[i].points.as_slice()).collect();
-                    f.points = crate::ensemble::combine(&parts, weights, horizon);
+                    f.points = crate::ensemble::combine(&parts, weights, horizon)
+                        .into_iter()
+                        .map(|p| rescale(&combining, fz, p))
+                        .collect();
                     f.fallback = forecasts.iter().any(|m| m[i].fallback);
                 }
             }
@@ -1491,6 +1504,15 @@ impl Hours {
             Self::Only(hours) => hours.contains(&hour),
         }
     }
+}
+
+/// The scale an ensemble weighs and averages its members on: its features' unless `combineOn` says otherwise.
+fn combining_scale(featurizer: &Featurizer, ensemble: &airq_api::model::Ensemble) -> Featurizer {
+    let mut combining = featurizer.clone();
+    if let Some(scale) = ensemble.combine_on {
+        combining.log_transform = scale == airq_api::model::Scale::Logarithm;
+    }
+    combining
 }
 
 /// A value in `from`'s model space in `to`'s.

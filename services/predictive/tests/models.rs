@@ -139,13 +139,40 @@ async fn an_ensemble_weighs_its_members_per_hour_ahead() {
     let weights = &ensemble.meta.ensemble.as_ref().unwrap().weights;
     let combined = points(&ensemble, &data);
     let members: Vec<Vec<f32>> = three
-        .into_iter()
-        .map(|a| points(&train(&data, a).unwrap(), &data))
+        .iter()
+        .map(|a| points(&train(&data, a.clone()).unwrap(), &data))
         .collect();
     for (i, c) in combined.iter().enumerate() {
         let expected: f32 = (0..3).map(|m| weights[i % 24][m] * members[m][i]).sum();
         assert!((c - expected).abs() < 1e-4, "{i}: {c} against {expected}");
     }
+    // `combineOn: concentration` with the features on the logarithm: the members' concentrations are averaged (the
+    // forecast is still stored on the logarithm, where the intervals are calibrated).
+    let on_concentration = train(
+        &data,
+        json!({ "ensemble": { "members": three, "combineOn": "concentration" } }),
+    )
+    .unwrap();
+    let weights_c = &on_concentration.meta.ensemble.as_ref().unwrap().weights;
+    assert_ne!(weights_c, weights, "weighed on another scale");
+    let combined_c = points(&on_concentration, &data);
+    for (i, c) in combined_c.iter().enumerate() {
+        let mean: f32 = (0..3)
+            .map(|m| weights_c[i % 24][m] * members[m][i].exp_m1().max(0.0))
+            .sum();
+        assert!(
+            (c.exp_m1() - mean).abs() < 1e-3 * mean.max(1.0),
+            "{i}: {} against {mean}",
+            c.exp_m1()
+        );
+    }
+    // Its intervals are calibrated on the logarithm: wider, in concentration, for a larger forecast.
+    let conformal = &on_concentration.conformal;
+    let width = |p: f32| {
+        let (lo, hi) = conformal.offsets(5, p, 0.9, false).unwrap();
+        (p + hi).exp_m1() - (p + lo).exp_m1()
+    };
+    assert!(width(5.0) > 5.0 * width(2.0), "{} against {}", width(5.0), width(2.0));
 }
 
 /// The example ensemble is the report's, and trains and forecasts.
