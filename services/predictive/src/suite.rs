@@ -28,17 +28,12 @@ pub fn suite(pollutant: &str) -> Vec<(String, ModelSpec)> {
     configs
         .into_iter()
         .filter_map(|(name, algorithm)| {
-            let mut features = features.clone();
-            // The ensemble combines on the concentration scale; its members say their own.
-            if algorithm.get("ensemble").is_some() {
-                features["logTransform"] = json!(false);
-            }
             let spec = json!({
                 "target": { "pollutant": pollutant },
                 "horizonHours": 24,
                 "confidenceLevels": [0.8, 0.9],
                 "algorithm": algorithm,
-                "features": features,
+                "features": features.clone(),
             });
             ModelSpec::from_json(&spec).ok().map(|s| (name.to_owned(), s))
         })
@@ -51,9 +46,10 @@ fn network() -> serde_json::Value {
 
 /// The default ensemble (`examples/model-pm25-ensemble.yaml`): gradient boosting and the network each on the
 /// logarithm and on the concentration, the ridge model and kNN on the logarithm, and two baselines; the calibration
-/// period weighs them.
+/// period weighs them, averaging concentrations; the intervals are calibrated on the features' scale (the
+/// logarithm), so they scale with the forecast.
 pub fn ensemble() -> serde_json::Value {
-    json!({ "members": [
+    json!({ "combineOn": "concentration", "members": [
         { "gbm": {}, "logTransform": true },
         { "gbm": {}, "logTransform": false },
         { "neuralNetwork": network(), "logTransform": true },
