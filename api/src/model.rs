@@ -220,7 +220,7 @@ fn default_gbm_patience() -> u32 {
 }
 
 /// A combination of algorithms: every member is trained on the same data; on the calibration period each hour
-/// ahead gets weights, non-negative and summing to 1, that minimise the squared error of the weighted mean; the
+/// ahead gets weights, non-negative and summing to 1, that minimise the absolute error of the weighted mean; the
 /// intervals are conformal on the combined forecast.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -234,6 +234,21 @@ pub struct Ensemble {
     /// concentrations and gives intervals that scale with the forecast (narrow on clean days, wide on polluted ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub combine_on: Option<Scale>,
+    /// What the weights minimise on the calibration period: `absoluteError` (the default; the weighted mean then
+    /// aims at the median, which the MAE rewards) or `squaredError` (the mean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<Objective>,
+}
+
+// No doc comment, as for `Scale`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Objective {
+    /// The mean absolute error.
+    #[default]
+    AbsoluteError,
+    /// The mean squared error.
+    SquaredError,
 }
 
 // No doc comment: the schema of the field that uses it would take the type's description instead of the field's.

@@ -1,40 +1,76 @@
-//! Ensemble weights: per hour ahead, the non-negative weights summing to 1 that minimise the squared error of the
-//! members' weighted mean on the calibration forecasts (model space), solved exactly on the members' Gram
-//! matrix; and the combination itself.
+//! Ensemble weights: per hour ahead, the non-negative weights summing to 1 that minimise the absolute (or squared)
+//! error of the members' weighted mean on the calibration forecasts (model space) — the squared error solved
+//! exactly on the members' Gram matrix, the absolute error by iteratively reweighted least squares on it; and the
+//! combination itself.
+
+use airq_api::model::Objective;
+
+/// Rounds of reweighting for the absolute error: each minimises a quadratic that lies above the (smoothed) absolute
+/// error and touches it at the previous weights, so none makes it worse; the weights settle within a few tens.
+const REWEIGHTING_ROUNDS: usize = 30;
 
 /// `members[m]` is member `m`'s forecasts (n × horizon, model space), `truths` the truths (n × horizon, NaN where
 /// unknown); only the forecasts `use_row(i)` admits count. Returns the weights, horizon × members (row `h` sums to
-/// 1). An hour with no usable forecast gets equal weights.
-pub fn fit(members: &[&[f32]], truths: &[f32], horizon: usize, use_row: impl Fn(usize) -> bool) -> Vec<f32> {
+/// 1) that minimise `objective`. An hour with no usable forecast gets equal weights.
+pub fn fit(
+    members: &[&[f32]],
+    truths: &[f32],
+    horizon: usize,
+    objective: Objective,
+    use_row: impl Fn(usize) -> bool,
+) -> Vec<f32> {
     let k = members.len();
+    let rounds = match objective {
+        Objective::AbsoluteError => REWEIGHTING_ROUNDS,
+        Objective::SquaredError => 1,
+    };
     let mut weights = Vec::with_capacity(horizon * k);
     for h in 0..horizon {
-        let mut gram = vec![0f64; k * k];
-        let mut cross = vec![0f64; k];
-        let mut count = 0usize;
-        for (i, t) in truths.iter().enumerate().skip(h).step_by(horizon.max(1)) {
-            if t.is_nan() || !use_row(i / horizon) {
-                continue;
-            }
-            let f: Vec<f64> = members.iter().map(|m| f64::from(m[i])).collect();
-            if f.iter().any(|v| !v.is_finite()) {
-                continue;
-            }
-            count += 1;
-            for a in 0..k {
-                cross[a] += f[a] * f64::from(*t);
-                for b in 0..k {
-                    gram[a * k + b] += f[a] * f[b];
-                }
-            }
-        }
-        if count == 0 {
+        let rows: Vec<(Vec<f64>, f64)> = truths
+            .iter()
+            .enumerate()
+            .skip(h)
+            .step_by(horizon.max(1))
+            .filter(|(i, t)| !t.is_nan() && use_row(i / horizon))
+            .map(|(i, t)| {
+                (
+                    members.iter().map(|m| f64::from(m[i])).collect::<Vec<f64>>(),
+                    f64::from(*t),
+                )
+            })
+            .filter(|(f, _)| f.iter().all(|v| v.is_finite()))
+            .collect();
+        if rows.is_empty() {
             weights.extend(std::iter::repeat_n(1.0 / k as f32, k));
             continue;
         }
-        gram.iter_mut().for_each(|g| *g /= count as f64);
-        cross.iter_mut().for_each(|c| *c /= count as f64);
-        weights.extend(simplex_least_squares(&gram, &cross, k).into_iter().map(|w| w as f32));
+        // Residuals below a thousandth of the typical truth count as that (the smoothing that keeps a row that
+        // fits exactly from taking every weight).
+        let scale = rows.iter().map(|(_, t)| t.abs()).sum::<f64>() / rows.len() as f64;
+        let floor = (scale * 1e-3).max(1e-9);
+        let mut row_weight = vec![1f64; rows.len()];
+        let mut w = Vec::new();
+        for _ in 0..rounds {
+            let mut gram = vec![0f64; k * k];
+            let mut cross = vec![0f64; k];
+            let total: f64 = row_weight.iter().sum();
+            for ((f, t), rw) in rows.iter().zip(&row_weight) {
+                for a in 0..k {
+                    cross[a] += rw * f[a] * t;
+                    for b in 0..k {
+                        gram[a * k + b] += rw * f[a] * f[b];
+                    }
+                }
+            }
+            gram.iter_mut().for_each(|g| *g /= total);
+            cross.iter_mut().for_each(|c| *c /= total);
+            w = simplex_least_squares(&gram, &cross, k);
+            for ((f, t), rw) in rows.iter().zip(row_weight.iter_mut()) {
+                let r: f64 = t - f.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>();
+                *rw = 1.0 / r.abs().max(floor);
+            }
+        }
+        weights.extend(w.into_iter().map(|w| w as f32));
     }
     weights
 }
@@ -96,6 +132,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_absolute_error_weighs_toward_the_median() {
+        // Truths with right-skewed noise (mostly small, sometimes large): member `median` forecasts the signal
+        // (the noise's median is 0), member `mean` the signal plus the noise's mean.
+        let n = 3000;
+        let signal: Vec<f32> = (0..n).map(|i| (i as f32 * 0.21).sin() * 5.0 + 30.0).collect();
+        let noise = |i: usize| {
+            let u = ((i as f32 * 12.9898).sin() * 43_758.547).fract().abs();
+            if u < 0.8 { u - 0.4 } else { 40.0 * u }
+        };
+        let truths: Vec<f32> = (0..n).map(|i| signal[i] + noise(i)).collect();
+        let shift = (0..n).map(noise).sum::<f32>() / n as f32;
+        let median = signal.clone();
+        let mean: Vec<f32> = signal.iter().map(|s| s + shift).collect();
+        let parts = [median.as_slice(), mean.as_slice()];
+        let squared = fit(&parts, &truths, 1, Objective::SquaredError, |_| true);
+        let absolute = fit(&parts, &truths, 1, Objective::AbsoluteError, |_| true);
+        assert!(squared[1] > 0.9, "{squared:?}");
+        assert!(absolute[0] > 0.9, "{absolute:?}");
+        assert!((absolute.iter().sum::<f32>() - 1.0).abs() < 1e-5 && absolute.iter().all(|w| *w >= 0.0));
+        let mae = |w: &[f32]| {
+            let c = combine(&parts, w, 1);
+            c.iter().zip(&truths).map(|(c, t)| (c - t).abs()).sum::<f32>() / n as f32
+        };
+        let mse = |w: &[f32]| {
+            let c = combine(&parts, w, 1);
+            c.iter().zip(&truths).map(|(c, t)| (c - t).powi(2)).sum::<f32>() / n as f32
+        };
+        // Each objective's weights are the better ones by that objective.
+        assert!(
+            mae(&absolute) < mae(&squared),
+            "{} against {}",
+            mae(&absolute),
+            mae(&squared)
+        );
+        assert!(
+            mse(&squared) < mse(&absolute),
+            "{} against {}",
+            mse(&squared),
+            mse(&absolute)
+        );
+    }
+
+    #[test]
     fn weights_are_on_the_simplex_and_find_the_better_member() {
         // Truth t; member a is t plus small noise, b is t plus large noise, c is a constant far off.
         let n = 2000;
@@ -104,7 +183,7 @@ mod tests {
         let a: Vec<f32> = truths.iter().enumerate().map(|(i, t)| t + noise(i, 1.0)).collect();
         let b: Vec<f32> = truths.iter().enumerate().map(|(i, t)| t + noise(i + 7, 6.0)).collect();
         let c = vec![-50f32; n];
-        let w = fit(&[&a, &b, &c], &truths, 1, |_| true);
+        let w = fit(&[&a, &b, &c], &truths, 1, Objective::SquaredError, |_| true);
         assert_eq!(w.len(), 3);
         assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{w:?}");
         assert!(w.iter().all(|x| *x >= 0.0), "{w:?}");
@@ -126,7 +205,7 @@ mod tests {
             a2.extend([a[i], 0.0]);
             b2.extend([b[i], 0.0]);
         }
-        let w = fit(&[&a2, &b2], &t2, 2, |_| true);
+        let w = fit(&[&a2, &b2], &t2, 2, Objective::SquaredError, |_| true);
         assert!(w[0] > 0.8, "{w:?}");
         assert_eq!(&w[2..], &[0.5, 0.5]);
         let combined = combine(&[&a2, &b2], &w, 2);

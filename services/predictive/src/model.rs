@@ -1060,14 +1060,15 @@ impl Model {
             })
             .collect();
         let parts: Vec<&[f32]> = points.iter().map(Vec::as_slice).collect();
-        let weights = crate::ensemble::fit(&parts, &truths_combined, horizon, |_| true);
+        let objective = ensemble.objective.unwrap_or_default();
+        let weights = crate::ensemble::fit(&parts, &truths_combined, horizon, objective, |_| true);
         let mut times: Vec<i64> = keys.iter().map(|(_, o)| data.time(*o)).collect();
         let key_time = times.clone();
         times.sort_unstable();
         let middle = times.get(times.len() / 2).copied().unwrap_or(i64::MAX);
         let older = |i: usize| key_time[i] < middle;
-        let from_newer = crate::ensemble::fit(&parts, &truths_combined, horizon, |i| !older(i));
-        let from_older = crate::ensemble::fit(&parts, &truths_combined, horizon, older);
+        let from_newer = crate::ensemble::fit(&parts, &truths_combined, horizon, objective, |i| !older(i));
+        let from_older = crate::ensemble::fit(&parts, &truths_combined, horizon, objective, older);
         let crossed_older = crate::ensemble::combine(&parts, &from_newer, horizon);
         let crossed_newer = crate::ensemble::combine(&parts, &from_older, horizon);
         let combined: Vec<f32> = crate::ensemble::combine(&parts, &weights, horizon)
