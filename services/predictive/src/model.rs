@@ -1163,8 +1163,8 @@ impl Model {
     }
 
     /// [`Model::forecast_many`] where only the hours ahead `wanted` admits must be right: an algorithm whose cost
-    /// grows with the hours (gradient boosting: one booster per hour) skips the others, which are then NaN or
-    /// computed anyway (the others compute every hour at once).
+    /// grows with the hours (gradient boosting: one booster per hour) skips the others, whose values are then
+    /// meaningless (NaN, or an ensemble's mix of NaN and its other members); the others compute every hour at once.
     pub fn forecast_hours(&self, data: &Dataset, keys: &[(usize, usize)], wanted: &Hours) -> Result<Vec<RawForecast>> {
         let fz = &self.meta.featurizer;
         let horizon = fz.horizon;
