@@ -73,6 +73,18 @@ pub struct Dataset {
 /// Values by station code, then parameter, then hour.
 type Collected = BTreeMap<String, BTreeMap<Parameter, Vec<(i64, f32)>>>;
 
+/// Adds a station's stored series (the non-empty ones) to its entry of [`Collected`].
+fn collect_series(
+    entry: &mut BTreeMap<Parameter, Vec<(i64, f32)>>,
+    series: impl IntoIterator<Item = (Parameter, Vec<airq_core::store::Point>)>,
+) {
+    for (parameter, points) in series {
+        if !points.is_empty() {
+            entry.insert(parameter, points.iter().map(|p| (p.time, p.value as f32)).collect());
+        }
+    }
+}
+
 impl Dataset {
     /// The target series multiplied by `factor`, now in `unit` (the weather is untouched).
     pub fn in_unit(mut self, unit: &str, factor: f32) -> Self {
@@ -217,12 +229,8 @@ impl Dataset {
         let mut collected = Collected::new();
         let parameters: Vec<Parameter> = std::iter::once(pollutant).chain(WEATHER).collect();
         for station in stations {
-            let entry = collected.entry(station.code.clone()).or_default();
-            for (parameter, points) in store.series_of(station.id, &parameters, from, to).await? {
-                if !points.is_empty() {
-                    entry.insert(parameter, points.iter().map(|p| (p.time, p.value as f32)).collect());
-                }
-            }
+            let series = store.series_of(station.id, &parameters, from, to).await?;
+            collect_series(collected.entry(station.code.clone()).or_default(), series);
         }
         Self::from_collected(pollutant, collected, "the database")
     }
@@ -239,16 +247,14 @@ impl Dataset {
         to: i64,
     ) -> Result<Self, DataError> {
         let mut collected = Collected::new();
-        let entry = collected.entry(station.code.clone()).or_default();
         let target = store.series_of(station.id, &[pollutant], from, to).await?;
         let weather = store
             .series_of(station.id, &WEATHER, weather_from.max(from), to)
             .await?;
-        for (parameter, points) in target.into_iter().chain(weather) {
-            if !points.is_empty() {
-                entry.insert(parameter, points.iter().map(|p| (p.time, p.value as f32)).collect());
-            }
-        }
+        collect_series(
+            collected.entry(station.code.clone()).or_default(),
+            target.into_iter().chain(weather),
+        );
         Self::from_collected(pollutant, collected, "the database")
     }
 

@@ -49,8 +49,14 @@ pub fn fit(
         let scale = rows.iter().map(|(_, t)| t.abs()).sum::<f64>() / rows.len() as f64;
         let floor = (scale * 1e-3).max(1e-9);
         let mut row_weight = vec![1f64; rows.len()];
-        let mut w = Vec::new();
-        for _ in 0..rounds {
+        let mut w: Vec<f64> = Vec::new();
+        for round in 0..rounds {
+            if round > 0 {
+                for ((f, t), rw) in rows.iter().zip(row_weight.iter_mut()) {
+                    let r: f64 = t - f.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>();
+                    *rw = 1.0 / r.abs().max(floor);
+                }
+            }
             let mut gram = vec![0f64; k * k];
             let mut cross = vec![0f64; k];
             let total: f64 = row_weight.iter().sum();
@@ -65,10 +71,6 @@ pub fn fit(
             gram.iter_mut().for_each(|g| *g /= total);
             cross.iter_mut().for_each(|c| *c /= total);
             w = simplex_least_squares(&gram, &cross, k);
-            for ((f, t), rw) in rows.iter().zip(row_weight.iter_mut()) {
-                let r: f64 = t - f.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>();
-                *rw = 1.0 / r.abs().max(floor);
-            }
         }
         weights.extend(w.into_iter().map(|w| w as f32));
     }
