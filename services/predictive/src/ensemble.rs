@@ -129,6 +129,41 @@ pub fn combine(members: &[&[f32]], weights: &[f32], horizon: usize) -> Vec<f32> 
         .collect()
 }
 
+/// The folds of the cross-fitting: the calibration origins by week, in turn.
+pub const CROSS_FIT_FOLDS: usize = 5;
+
+/// The fold of an origin at `time` (Unix seconds): its week's number modulo [`CROSS_FIT_FOLDS`], so every fold
+/// spans the whole calibration period (each season in every fold) and the days of one week stay together.
+pub fn fold_of(time: i64) -> usize {
+    time.div_euclid(7 * 86_400).rem_euclid(CROSS_FIT_FOLDS as i64) as usize
+}
+
+/// The members' combination where the forecasts of each origin are combined with the weights learned on the other
+/// folds' (`fold(i)` is origin `i`'s fold, below [`CROSS_FIT_FOLDS`]): forecasts whose errors say what the stored
+/// weights' errors will be on origins they never saw, for calibrating intervals.
+pub fn cross_fitted(
+    members: &[&[f32]],
+    truths: &[f32],
+    horizon: usize,
+    objective: Objective,
+    fold: impl Fn(usize) -> usize,
+) -> Vec<f32> {
+    let n = members.first().map_or(0, |m| m.len());
+    let mut crossed = vec![f32::NAN; n];
+    for f in 0..CROSS_FIT_FOLDS {
+        if !(0..n / horizon.max(1)).any(|i| fold(i) == f) {
+            continue;
+        }
+        let weights = fit(members, truths, horizon, objective, |i| fold(i) != f);
+        for (i, p) in combine(members, &weights, horizon).into_iter().enumerate() {
+            if fold(i / horizon) == f {
+                crossed[i] = p;
+            }
+        }
+    }
+    crossed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +209,45 @@ mod tests {
             mse(&squared),
             mse(&absolute)
         );
+    }
+
+    #[test]
+    fn a_cross_fitted_forecast_is_combined_without_its_own_folds_truths() {
+        // Member a is right on the origins of fold 0 and wrong elsewhere; member b the reverse. Fold 0's
+        // cross-fitted forecasts use weights learned on the others, which pick b: they must be b's, not a's.
+        let n = 400;
+        let week = 7 * 86_400;
+        // Daily origins.
+        let fold: Vec<usize> = (0..n).map(|i| fold_of(i as i64 * 86_400)).collect();
+        assert_eq!(fold_of(0), fold_of(week - 1));
+        assert!((0..CROSS_FIT_FOLDS as i64).all(|w| fold_of(w * week) == w as usize % CROSS_FIT_FOLDS));
+        let truths: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).sin() * 5.0 + 10.0).collect();
+        let a: Vec<f32> = (0..n)
+            .map(|i| truths[i] + if fold[i] == 0 { 0.0 } else { 8.0 })
+            .collect();
+        let b: Vec<f32> = (0..n)
+            .map(|i| truths[i] + if fold[i] == 0 { 8.0 } else { 0.0 })
+            .collect();
+        for objective in [Objective::AbsoluteError, Objective::SquaredError] {
+            let crossed = cross_fitted(&[&a, &b], &truths, 1, objective, |i| fold[i]);
+            for i in (0..n).filter(|i| fold[*i] == 0) {
+                assert!(
+                    (crossed[i] - b[i]).abs() < 0.1,
+                    "{objective:?} origin {i}: {}",
+                    crossed[i]
+                );
+            }
+            assert!(crossed.iter().all(|p| p.is_finite()));
+            // The weights learned on every fold, by contrast, have seen fold 0 and err less there.
+            let all = combine(&[&a, &b], &fit(&[&a, &b], &truths, 1, objective, |_| true), 1);
+            let fold0 = |f: &[f32]| {
+                (0..n)
+                    .filter(|i| fold[*i] == 0)
+                    .map(|i| (f[i] - truths[i]).abs())
+                    .sum::<f32>()
+            };
+            assert!(fold0(&crossed) > fold0(&all), "{objective:?}");
+        }
     }
 
     #[test]

@@ -457,7 +457,10 @@ mod tests {
 /// Writes what the comparisons with scikit-learn's kNN and with LightGBM need (see
 /// `services/predictive/benches/`): the fitting origins (hour of day, features, trajectories in model space) and
 /// their times (`fit-times.csv`, Unix seconds), the test origins with features, truths and airq's own forecasts of
-/// `spec` (concentrations), and airq's fit and forecast times. An ensemble exports the features of its scale.
+/// `spec` (concentrations) and their stations and times (`test-keys.csv`: station index, Unix seconds), airq's fit
+/// and forecast times, and for studying the intervals the calibration period's forecasts at the same origin hour
+/// (`calibrate.csv`: station index, time, 1 if the climatology filled in, truths, forecasts — concentrations). An
+/// ensemble exports the features of its scale.
 pub fn export(
     data: &Dataset,
     spec: &ModelSpec,
@@ -514,6 +517,11 @@ pub fn export(
     let forecasts = model.forecast_many(data, &with_features)?;
     let predict_seconds = started.elapsed().as_secs_f64();
     let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("test.csv"))?);
+    let mut keys_out = std::io::BufWriter::new(std::fs::File::create(dir.join("test-keys.csv"))?);
+    for (s, o) in &with_features {
+        writeln!(keys_out, "{s},{}", data.time(*o))?;
+    }
+    keys_out.flush()?;
     for (i, ((s, o), f)) in with_features.iter().zip(&forecasts).enumerate() {
         let series = &data.stations[*s].target;
         let truths = (1..=horizon).map(|h| {
@@ -530,6 +538,38 @@ pub fn export(
             .chain(truths)
             .chain(airq)
             .collect();
+        writeln!(out, "{}", row.join(","))?;
+    }
+    out.flush()?;
+    let calibration: Vec<(usize, usize)> = origins(
+        data,
+        protocol.calibrate_from,
+        protocol.test_from,
+        horizon,
+        Some(protocol.origin_hour_utc),
+    )
+    .into_iter()
+    .filter(|(s, o)| fz.features(&data.stations[*s], *o, data.time(*o), &mut x))
+    .collect();
+    let forecasts = model.forecast_many(data, &calibration)?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("calibrate.csv"))?);
+    for ((s, o), f) in calibration.iter().zip(&forecasts) {
+        let series = &data.stations[*s].target;
+        let row: Vec<String> = [
+            s.to_string(),
+            data.time(*o).to_string(),
+            u8::from(f.fallback).to_string(),
+        ]
+        .into_iter()
+        .chain((1..=horizon).map(|h| {
+            series
+                .get(o + h)
+                .copied()
+                .filter(|v| !v.is_nan())
+                .map_or(String::from("nan"), |v| v.to_string())
+        }))
+        .chain(f.points.iter().map(|p| fz.inverse(*p).to_string()))
+        .collect();
         writeln!(out, "{}", row.join(","))?;
     }
     out.flush()?;

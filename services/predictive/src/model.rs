@@ -1007,9 +1007,9 @@ impl Model {
 
     /// Trains every member of `ensemble` on the same data and plan, learns the weights on the calibration period's
     /// forecasts, and calibrates the intervals on the combined forecasts. The residuals that calibrate are
-    /// cross-fitted: the older half of the calibration origins is combined with the weights learned on the newer
-    /// half and the reverse, so no residual comes from weights fitted on its own truth; the stored weights are
-    /// learned on the whole period.
+    /// cross-fitted: the origins of each fold (weeks in turn, [`crate::ensemble::fold_of`]) are combined with the
+    /// weights learned on the other folds, so no residual comes from weights fitted on its own truth; the stored
+    /// weights are learned on the whole period.
     fn train_ensemble(
         data: &Dataset,
         spec: &ModelSpec,
@@ -1062,29 +1062,16 @@ impl Model {
         let parts: Vec<&[f32]> = points.iter().map(Vec::as_slice).collect();
         let objective = ensemble.objective.unwrap_or_default();
         let weights = crate::ensemble::fit(&parts, &truths_combined, horizon, objective, |_| true);
-        let mut times: Vec<i64> = keys.iter().map(|(_, o)| data.time(*o)).collect();
-        let key_time = times.clone();
-        times.sort_unstable();
-        let middle = times.get(times.len() / 2).copied().unwrap_or(i64::MAX);
-        let older = |i: usize| key_time[i] < middle;
-        let from_newer = crate::ensemble::fit(&parts, &truths_combined, horizon, objective, |i| !older(i));
-        let from_older = crate::ensemble::fit(&parts, &truths_combined, horizon, objective, older);
-        let crossed_older = crate::ensemble::combine(&parts, &from_newer, horizon);
-        let crossed_newer = crate::ensemble::combine(&parts, &from_older, horizon);
         let combined: Vec<f32> = crate::ensemble::combine(&parts, &weights, horizon)
             .into_iter()
             .map(|p| rescale(&combining, &featurizer, p))
             .collect();
-        let crossed: Vec<f32> = (0..combined.len())
-            .map(|i| {
-                let p = if older(i / horizon) {
-                    crossed_older[i]
-                } else {
-                    crossed_newer[i]
-                };
-                rescale(&combining, &featurizer, p)
-            })
-            .collect();
+        let crossed: Vec<f32> = crate::ensemble::cross_fitted(&parts, &truths_combined, horizon, objective, |i| {
+            crate::ensemble::fold_of(data.time(keys[i].1))
+        })
+        .into_iter()
+        .map(|p| rescale(&combining, &featurizer, p))
+        .collect();
         let fallback: Vec<bool> = (0..keys.len())
             .map(|i| calibrations.iter().any(|c| c.forecasts[i].fallback))
             .collect();
