@@ -149,14 +149,15 @@ pub fn cross_fitted(
     fold: impl Fn(usize) -> usize,
 ) -> Vec<f32> {
     let n = members.first().map_or(0, |m| m.len());
+    let folds: Vec<usize> = (0..n / horizon.max(1)).map(fold).collect();
     let mut crossed = vec![f32::NAN; n];
     for f in 0..CROSS_FIT_FOLDS {
-        if !(0..n / horizon.max(1)).any(|i| fold(i) == f) {
+        if !folds.contains(&f) {
             continue;
         }
-        let weights = fit(members, truths, horizon, objective, |i| fold(i) != f);
+        let weights = fit(members, truths, horizon, objective, |i| folds[i] != f);
         for (i, p) in combine(members, &weights, horizon).into_iter().enumerate() {
-            if fold(i / horizon) == f {
+            if folds[i / horizon] == f {
                 crossed[i] = p;
             }
         }

@@ -522,21 +522,25 @@ pub fn export(
         writeln!(keys_out, "{s},{}", data.time(*o))?;
     }
     keys_out.flush()?;
+    // The truths after origin `o` of station `s` ("nan" where unknown), then forecast `f` (concentrations).
+    let outcome = |s: usize, o: usize, f: &RawForecast| -> Vec<String> {
+        let series = &data.stations[s].target;
+        (1..=horizon)
+            .map(|h| {
+                series
+                    .get(o + h)
+                    .copied()
+                    .filter(|v| !v.is_nan())
+                    .map_or(String::from("nan"), |v| v.to_string())
+            })
+            .chain(f.points.iter().map(|p| fz.inverse(*p).to_string()))
+            .collect()
+    };
     for (i, ((s, o), f)) in with_features.iter().zip(&forecasts).enumerate() {
-        let series = &data.stations[*s].target;
-        let truths = (1..=horizon).map(|h| {
-            series
-                .get(o + h)
-                .copied()
-                .filter(|v| !v.is_nan())
-                .map_or(String::from("nan"), |v| v.to_string())
-        });
-        let airq = f.points.iter().map(|p| fz.inverse(*p).to_string());
         let row: Vec<String> = x[i * dim..(i + 1) * dim]
             .iter()
             .map(|v| v.to_string())
-            .chain(truths)
-            .chain(airq)
+            .chain(outcome(*s, *o, f))
             .collect();
         writeln!(out, "{}", row.join(","))?;
     }
@@ -549,26 +553,21 @@ pub fn export(
         Some(protocol.origin_hour_utc),
     )
     .into_iter()
-    .filter(|(s, o)| fz.features(&data.stations[*s], *o, data.time(*o), &mut x))
+    .filter(|(s, o)| {
+        let mut scratch = Vec::with_capacity(dim);
+        fz.features(&data.stations[*s], *o, data.time(*o), &mut scratch)
+    })
     .collect();
     let forecasts = model.forecast_many(data, &calibration)?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("calibrate.csv"))?);
     for ((s, o), f) in calibration.iter().zip(&forecasts) {
-        let series = &data.stations[*s].target;
         let row: Vec<String> = [
             s.to_string(),
             data.time(*o).to_string(),
             u8::from(f.fallback).to_string(),
         ]
         .into_iter()
-        .chain((1..=horizon).map(|h| {
-            series
-                .get(o + h)
-                .copied()
-                .filter(|v| !v.is_nan())
-                .map_or(String::from("nan"), |v| v.to_string())
-        }))
-        .chain(f.points.iter().map(|p| fz.inverse(*p).to_string()))
+        .chain(outcome(*s, *o, f))
         .collect();
         writeln!(out, "{}", row.join(","))?;
     }
