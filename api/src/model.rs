@@ -238,6 +238,11 @@ pub struct Ensemble {
     /// aims at the median, which the MAE rewards) or `squaredError` (the mean).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objective: Option<Objective>,
+    /// Whether the predictive distribution (intervals and CRPS) is a linear pool of the combined forecast's
+    /// conformal distribution with the climatology's, the forecast's weight per day ahead chosen by CRPS on the
+    /// calibration period (one where the forecast alone is best, as it is near the origin). Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_with_climatology: Option<bool>,
 }
 
 // No doc comment, as for `Scale`.

@@ -6,7 +6,7 @@ use chrono::{NaiveDate, TimeZone};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, HOUR};
-use crate::model::{Calibration, Conformal, Model, ModelError, Plan, Progress, RawForecast, origins};
+use crate::model::{Calibration, Conformal, Distribution, Model, ModelError, Plan, Progress, RawForecast, origins};
 use crate::score::Scores;
 use crate::spec::ModelSpec;
 
@@ -212,7 +212,7 @@ impl Evaluation {
 /// Scores `model`'s forecasts from `keys` against the truth in `data`.
 pub fn score(model: &Model, data: &Dataset, keys: &[(usize, usize)], levels: &[f64]) -> Result<Evaluation, ModelError> {
     let forecasts = model.forecast_many(data, keys)?;
-    let mut evaluation = score_with(model, data, keys, &forecasts, &[&model.conformal], &|_| 0, levels)?;
+    let mut evaluation = score_with(model, data, keys, &forecasts, &[model.distribution()], &|_| 0, levels)?;
     let (adaptive, by_lead) = adaptive_replay(model, data, keys, &forecasts, levels)?;
     evaluation.adaptive = adaptive;
     for (lead, adaptive) in evaluation.by_lead.iter_mut().zip(by_lead) {
@@ -232,6 +232,7 @@ fn adaptive_replay(
     levels: &[f64],
 ) -> Result<(Vec<IntervalMetric>, Vec<Vec<IntervalMetric>>), ModelError> {
     let fz = &model.meta.featurizer;
+    let distribution = model.distribution();
     let horizon = model.horizon();
     let bands = lead_bands(horizon);
     let mut band_scores: Vec<Scores> = bands.iter().map(|_| Scores::new(levels)).collect();
@@ -260,10 +261,11 @@ fn adaptive_replay(
                 continue;
             };
             let p = f.points[h];
+            let c = model.climatology_point(&data.stations[s].code, data.time(o + h + 1));
             intervals.clear();
             for (i, a) in adaptive.iter().enumerate() {
-                let (lo, hi) = model.conformal.offsets_bounded(h, p, a.level(), f.fallback)?;
-                let (lo, hi) = (f64::from(fz.inverse(p + lo)), f64::from(fz.inverse(p + hi)));
+                let (lo, hi) = distribution.interval_bounded(h, p, c, a.level(), f.fallback)?;
+                let (lo, hi) = (f64::from(fz.inverse(lo)), f64::from(fz.inverse(hi)));
                 intervals.push((lo, hi));
                 let inside = lo <= f64::from(truth) && f64::from(truth) <= hi;
                 let hour = pending.entry((now + (h as i64 + 1) * HOUR, i)).or_default();
@@ -301,17 +303,36 @@ pub fn cross_scored(model: &Model, data: &Dataset, calibration: &Calibration) ->
         truth[fold(i)].extend_from_slice(&truths[i * horizon..(i + 1) * horizon]);
         fallback[fold(i)].push(f.fallback);
     }
-    // Fold k is scored with the intervals of the other fold.
+    // Fold k is scored with the intervals of the other fold, a pool's climatology sets too (its weights are the
+    // model's, learned on the whole period).
     let other = [
         Conformal::fit(&points[1], &truth[1], &fallback[1], horizon),
         Conformal::fit(&points[0], &truth[0], &fallback[0], horizon),
     ];
+    let pools = model.pool.as_ref().map(|pool| {
+        let mut clim = [Vec::new(), Vec::new()];
+        for (i, (s, o)) in keys.iter().enumerate() {
+            let (code, time) = (&data.stations[*s].code, data.time(*o));
+            clim[fold(i)].extend((1..=horizon).map(|h| model.climatology_point(code, time + h as i64 * HOUR)));
+        }
+        let set = |k: usize| crate::pool::Pool {
+            weights: pool.weights.clone(),
+            climatology: Conformal::fit(&clim[k], &truth[k], &vec![false; fallback[k].len()], horizon),
+        };
+        [set(1), set(0)]
+    });
+    let distributions: Vec<Distribution> = (0..2)
+        .map(|k| Distribution {
+            conformal: &other[k],
+            pool: pools.as_ref().map(|p| &p[k]),
+        })
+        .collect();
     score_with(
         model,
         data,
         keys,
         forecasts,
-        &[&other[0], &other[1]],
+        &distributions,
         &fold,
         &model.meta.spec.confidence_levels,
     )
@@ -322,8 +343,8 @@ fn score_with(
     data: &Dataset,
     keys: &[(usize, usize)],
     forecasts: &[RawForecast],
-    conformals: &[&Conformal],
-    conformal_of: &dyn Fn(usize) -> usize,
+    distributions: &[Distribution],
+    distribution_of: &dyn Fn(usize) -> usize,
     levels: &[f64],
 ) -> Result<Evaluation, ModelError> {
     let fz = &model.meta.featurizer;
@@ -335,8 +356,9 @@ fn score_with(
     let mut days = 0u64;
     let mut intervals = Vec::with_capacity(levels.len());
     let mut samples = Vec::with_capacity(crate::model::DISTRIBUTION_QUANTILES);
+    let mut quantiles = Vec::with_capacity(crate::model::DISTRIBUTION_QUANTILES);
     for (k, ((s, o), f)) in keys.iter().zip(forecasts).enumerate() {
-        let conformal = conformals[conformal_of(k)];
+        let distribution = distributions[distribution_of(k)];
         let series = &data.stations[*s].target;
         let (mut sum_point, mut sum_truth, mut known) = (0f64, 0f64, 0u32);
         for h in 0..horizon {
@@ -345,18 +367,15 @@ fn score_with(
             };
             let p = f.points[h];
             let point = fz.inverse(p);
+            let c = model.climatology_point(&data.stations[*s].code, data.time(o + h + 1));
             intervals.clear();
             for level in levels {
-                let (lo, hi) = conformal.offsets(h, p, *level, f.fallback)?;
-                intervals.push((f64::from(fz.inverse(p + lo)), f64::from(fz.inverse(p + hi))));
+                let (lo, hi) = distribution.interval(h, p, c, *level, f.fallback)?;
+                intervals.push((f64::from(fz.inverse(lo)), f64::from(fz.inverse(hi))));
             }
+            distribution.quantiles(h, p, c, f.fallback, &mut quantiles);
             samples.clear();
-            samples.extend(
-                conformal
-                    .quantiles(h, p, f.fallback)
-                    .iter()
-                    .map(|q| f64::from(fz.inverse(p + q))),
-            );
+            samples.extend(quantiles.iter().map(|q| f64::from(fz.inverse(*q))));
             scores.add(f64::from(point), &intervals, &samples, f64::from(truth));
             if let Some(b) = band_of(&bands, h) {
                 band_scores[b].add(f64::from(point), &intervals, &samples, f64::from(truth));

@@ -171,7 +171,7 @@ pub async fn context(store: &Store, model: &Model, request: &Request) -> Result<
 }
 
 /// Forecasts from `origin` (Unix seconds, an hour of `data`) for `request`; the intervals at a confidence level
-/// that `adapted` follows get its adapted level, the others the fixed split-conformal one.
+/// that `adapted` follows get its adapted level, the others the fixed one.
 pub fn forecast(
     name: &str,
     version: &str,
@@ -226,21 +226,22 @@ pub fn forecast(
         .ok_or_else(|| ForecastError::Model(ModelError::InvalidParameter("no forecast".to_owned())))?;
     let fz = &model.meta.featurizer;
     let mut points = Vec::with_capacity(hours.len());
+    let distribution = model.distribution();
+    let code = &data.stations[station].code;
     for h in hours {
         let p = raw.points[h - 1];
+        let c = model.climatology_point(code, origin + h as i64 * HOUR);
         let intervals = levels
             .iter()
             .map(|level| {
                 let adapted_level = adapted
                     .and_then(|a| a.get(*level))
-                    .map(|a| model.conformal.bounded_level(h - 1, p, a.level(), raw.fallback));
-                let (lo, hi) = model
-                    .conformal
-                    .offsets(h - 1, p, adapted_level.unwrap_or(*level), raw.fallback)?;
+                    .map(|a| distribution.bounded_level(h - 1, p, a.level(), raw.fallback));
+                let (lo, hi) = distribution.interval(h - 1, p, c, adapted_level.unwrap_or(*level), raw.fallback)?;
                 Ok(Interval {
                     confidence: *level,
-                    lower: rounded(fz.inverse(p + lo)),
-                    upper: rounded(fz.inverse(p + hi)),
+                    lower: rounded(fz.inverse(lo)),
+                    upper: rounded(fz.inverse(hi)),
                     adapted_level: adapted_level.map(|l| (l * 10_000.0).round() / 10_000.0),
                 })
             })

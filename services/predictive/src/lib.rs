@@ -12,6 +12,7 @@ pub mod forecast;
 mod gbm;
 pub mod model;
 pub mod monitor;
+pub mod pool;
 pub mod registry;
 pub mod score;
 pub mod spec;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, HOUR};
 use crate::features::Featurizer;
+use crate::pool::Pool;
 use crate::spec::ModelSpec;
 
 /// Why a model could not be trained, loaded or asked.
@@ -79,6 +80,10 @@ pub struct EnsembleMeta {
     pub weights: Vec<Vec<f32>>,
     /// Each member's weight averaged over the hours ahead.
     pub mean_weights: Vec<f32>,
+    /// Per day ahead, the combined forecast's weight in the pool of its distribution with the climatology's (the
+    /// climatology's is one minus it; one: not pooled); absent when the spec turns the pool off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_weights: Option<Vec<f32>>,
 }
 
 /// A forecast from one origin: points in model space per horizon, and whether the fallback answered.
@@ -312,6 +317,17 @@ impl Conformal {
         })
     }
 
+    /// Its sets as tensors named `{prefix}.counts`, `{prefix}.residuals` and `{prefix}.cuts`.
+    fn to_tensors(&self, prefix: &str, tensors: &mut HashMap<String, Tensor>) -> Result<()> {
+        let cpu = &Device::Cpu;
+        let counts: Vec<u32> = self.residuals.iter().map(|r| r.len() as u32).collect();
+        let flat: Vec<f32> = self.residuals.iter().flatten().copied().collect();
+        tensors.insert(format!("{prefix}.counts"), Tensor::new(counts, cpu)?);
+        tensors.insert(format!("{prefix}.residuals"), Tensor::new(flat, cpu)?);
+        tensors.insert(format!("{prefix}.cuts"), Tensor::new(self.cuts.clone(), cpu)?);
+        Ok(())
+    }
+
     /// The smallest number of residuals of the model's own forecasts at any horizon.
     pub fn size(&self) -> usize {
         self.residuals[..self.horizon].iter().map(Vec::len).min().unwrap_or(0)
@@ -319,7 +335,7 @@ impl Conformal {
 
     /// The set that calibrates a forecast of `point` at horizon index `h`: the fallback set for a fallback
     /// forecast, the forecast's band otherwise, each when large enough for `level`; else the horizon's whole set.
-    fn set(&self, h: usize, point: f32, fallback: bool, level: f64) -> Option<&Vec<f32>> {
+    pub(crate) fn set(&self, h: usize, point: f32, fallback: bool, level: f64) -> Option<&Vec<f32>> {
         if h >= self.horizon {
             return None;
         }
@@ -386,6 +402,78 @@ impl Conformal {
                 r[((p * r.len() as f64) as usize).min(r.len() - 1)]
             })
             .collect()
+    }
+}
+
+/// How a model's intervals and predictive distribution are made: its conformal sets, pooled with the climatology's
+/// where the model has a pool ([`crate::pool`]). Values are in the model's space; `climatology` is the
+/// climatology's forecast of the same hour (model space), used only by a pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Distribution<'a> {
+    pub conformal: &'a Conformal,
+    pub pool: Option<&'a Pool>,
+}
+
+impl Distribution<'_> {
+    /// The pool's sets and the forecast's weight for a forecast of `point` at horizon index `h`, if it is pooled
+    /// there: never a fallback forecast (the climatology answered it already) nor an hour of weight one.
+    fn pooled(
+        &self,
+        h: usize,
+        point: f32,
+        climatology: f32,
+        fallback: bool,
+        level: f64,
+    ) -> Option<(&[f32], &[f32], f64)> {
+        let pool = self.pool.filter(|_| !fallback && !climatology.is_nan())?;
+        let w = f64::from(*pool.weights.get(h)?);
+        if w >= 1.0 {
+            return None;
+        }
+        let a = self.conformal.set(h, point, false, level)?;
+        let b = pool.climatology.set(h, climatology, false, level)?;
+        (!a.is_empty() && !b.is_empty()).then_some((a.as_slice(), b.as_slice(), w))
+    }
+
+    /// The interval (model space, not offsets) at `level` for a forecast of `point` at horizon index `h`: the
+    /// split-conformal one ([`Conformal::offsets`]), or the pool's quantiles where it is pooled. The level is
+    /// checked against the model's own residuals either way.
+    pub fn interval(&self, h: usize, point: f32, climatology: f32, level: f64, fallback: bool) -> Result<(f32, f32)> {
+        let (lo, hi) = self.conformal.offsets(h, point, level, fallback)?;
+        Ok(match self.pooled(h, point, climatology, fallback, level) {
+            Some((a, b, w)) => crate::pool::interval(a, point, b, climatology, w, level),
+            None => (point + lo, point + hi),
+        })
+    }
+
+    /// [`Distribution::interval`] at [`Distribution::bounded_level`]: what an adaptive level asks.
+    pub fn interval_bounded(
+        &self,
+        h: usize,
+        point: f32,
+        climatology: f32,
+        level: f64,
+        fallback: bool,
+    ) -> Result<(f32, f32)> {
+        let level = self.bounded_level(h, point, level, fallback);
+        self.interval(h, point, climatology, level, fallback)
+    }
+
+    /// `level`, or the highest level the model's residuals can bound if it is higher.
+    pub fn bounded_level(&self, h: usize, point: f32, level: f64, fallback: bool) -> f64 {
+        self.conformal.bounded_level(h, point, level, fallback)
+    }
+
+    /// [`DISTRIBUTION_QUANTILES`] evenly spaced quantiles (model space) of the predictive distribution of a forecast
+    /// of `point` at horizon index `h`, into `out`; empty without residuals.
+    pub fn quantiles(&self, h: usize, point: f32, climatology: f32, fallback: bool, out: &mut Vec<f32>) {
+        match self.pooled(h, point, climatology, fallback, 0.5) {
+            Some((a, b, w)) => crate::pool::quantiles(a, point, b, climatology, w, out),
+            None => {
+                out.clear();
+                out.extend(self.conformal.quantiles(h, point, fallback).iter().map(|q| point + q));
+            }
+        }
     }
 }
 
@@ -769,6 +857,8 @@ pub struct Model {
     estimator: Estimator,
     climatology: Climatology,
     pub conformal: Conformal,
+    /// The pool of the forecast's distribution with the climatology's (ensembles that ask for it).
+    pub pool: Option<Pool>,
 }
 
 /// Training samples: feature rows and complete trajectories (model space).
@@ -985,6 +1075,7 @@ impl Model {
             estimator,
             climatology,
             conformal: Conformal::fit(&[], &[], &[], horizon),
+            pool: None,
         };
         progress.phase("calibrate");
         let keys = origins(data, plan.calibrate_from, plan.calibrate_to, horizon, plan.origin_hour);
@@ -1077,6 +1168,31 @@ impl Model {
             .collect();
         let conformal = Conformal::fit(&crossed, &truths, &fallback, horizon);
         enough_to_calibrate(&conformal, plan)?;
+        let pool = if ensemble.pool_with_climatology.unwrap_or(true) {
+            progress.phase("pool with the climatology");
+            let (fz, normal) = (&featurizer, &climatology);
+            let clim: Vec<f32> = keys
+                .iter()
+                .flat_map(|(s, o)| {
+                    let (code, time) = (&data.stations[*s].code, data.time(*o));
+                    (1..=horizon).map(move |h| fz.forward(normal.value(code, time + h as i64 * HOUR)))
+                })
+                .collect();
+            let clim_conformal = Conformal::fit(&clim, &truths, &vec![false; keys.len()], horizon);
+            let calibrated = crate::pool::Calibrated {
+                points: &crossed,
+                climatology: &clim,
+                truths: &truths,
+                fallback: &fallback,
+                horizon,
+            };
+            Some(Pool {
+                weights: crate::pool::fit(&conformal, &clim_conformal, &calibrated, |v| fz.inverse(v)),
+                climatology: clim_conformal,
+            })
+        } else {
+            None
+        };
         let forecasts: Vec<RawForecast> = combined
             .chunks(horizon.max(1))
             .zip(&fallback)
@@ -1105,6 +1221,9 @@ impl Model {
                 mean_weights: (0..count)
                     .map(|m| (0..horizon).map(|h| weights[h * count + m]).sum::<f32>() / horizon as f32)
                     .collect(),
+                pool_weights: pool
+                    .as_ref()
+                    .map(|p| p.weights.iter().step_by(crate::pool::WEIGHT_HOURS).copied().collect()),
             }),
         };
         Ok((
@@ -1113,6 +1232,7 @@ impl Model {
                 estimator: Estimator::Ensemble(members, weights),
                 climatology,
                 conformal,
+                pool,
             },
             Calibration {
                 keys,
@@ -1142,6 +1262,22 @@ impl Model {
 
     pub fn horizon(&self) -> usize {
         self.meta.featurizer.horizon
+    }
+
+    /// How the model's intervals and predictive distributions are made.
+    pub fn distribution(&self) -> Distribution<'_> {
+        Distribution {
+            conformal: &self.conformal,
+            pool: self.pool.as_ref(),
+        }
+    }
+
+    /// The climatology's forecast (model space) for station `code` at hour `time`: what a pool mixes in.
+    pub fn climatology_point(&self, code: &str, time: i64) -> f32 {
+        if self.pool.is_none() {
+            return f32::NAN;
+        }
+        self.meta.featurizer.forward(self.climatology.value(code, time))
     }
 
     /// Forecasts (model space) from each `(station, origin)` of `data`, every hour of the horizon.
@@ -1273,11 +1409,11 @@ impl Model {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let cpu = &Device::Cpu;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        let counts: Vec<u32> = self.conformal.residuals.iter().map(|r| r.len() as u32).collect();
-        let flat: Vec<f32> = self.conformal.residuals.iter().flatten().copied().collect();
-        tensors.insert("conformal.counts".into(), Tensor::new(counts, cpu)?);
-        tensors.insert("conformal.residuals".into(), Tensor::new(flat, cpu)?);
-        tensors.insert("conformal.cuts".into(), Tensor::new(self.conformal.cuts.clone(), cpu)?);
+        self.conformal.to_tensors("conformal", &mut tensors)?;
+        if let Some(pool) = &self.pool {
+            pool.climatology.to_tensors("pool", &mut tensors)?;
+            tensors.insert("pool.weights".into(), Tensor::new(pool.weights.clone(), cpu)?);
+        }
         let c = &self.climatology;
         tensors.insert("climatology.table".into(), Tensor::new(c.table.clone(), cpu)?);
         tensors.insert("climatology.station".into(), Tensor::new(c.station_mean.clone(), cpu)?);
@@ -1351,19 +1487,23 @@ impl Model {
                 .ok_or_else(|| artifact(&format!("tensor {name} is missing")))
         };
         let f32s = |name: &str| -> Result<Vec<f32>> { Ok(get(name)?.to_vec1::<f32>()?) };
-        let counts = get("conformal.counts")?.to_vec1::<u32>()?;
-        let flat = f32s("conformal.residuals")?;
-        let mut residuals = Vec::new();
-        let mut at = 0usize;
-        for c in counts {
-            let end = at + c as usize;
-            residuals.push(
-                flat.get(at..end)
-                    .ok_or_else(|| artifact(&"conformal residuals are truncated"))?
-                    .to_vec(),
-            );
-            at = end;
-        }
+        // The sets stored under `prefix` by `Conformal::to_tensors`.
+        let conformal = |prefix: &str| -> Result<Conformal> {
+            let counts = get(&format!("{prefix}.counts"))?.to_vec1::<u32>()?;
+            let flat = f32s(&format!("{prefix}.residuals"))?;
+            let mut residuals = Vec::new();
+            let mut at = 0usize;
+            for c in counts {
+                let end = at + c as usize;
+                residuals.push(
+                    flat.get(at..end)
+                        .ok_or_else(|| artifact(&format!("{prefix} residuals are truncated")))?
+                        .to_vec(),
+                );
+                at = end;
+            }
+            Conformal::stored(meta.featurizer.horizon, f32s(&format!("{prefix}.cuts"))?, residuals)
+        };
         let climatology = Climatology {
             stations: clim_stations,
             table: f32s("climatology.table")?,
@@ -1442,10 +1582,26 @@ impl Model {
             other => return Err(artifact(&format!("unknown algorithm {other:?}"))),
         };
         Ok(Self {
-            meta,
             estimator,
             climatology,
-            conformal: Conformal::stored(horizon, f32s("conformal.cuts")?, residuals)?,
+            conformal: conformal("conformal")?,
+            // Versions stored before the pool have none.
+            pool: match tensors.contains_key("pool.weights") {
+                true => {
+                    let weights = f32s("pool.weights")?;
+                    if weights.len() != horizon || weights.iter().any(|w| !(0.0..=1.0).contains(w)) {
+                        return Err(artifact(
+                            &"the pool's weights do not match the horizon or lie outside 0 to 1",
+                        ));
+                    }
+                    Some(Pool {
+                        weights,
+                        climatology: conformal("pool")?,
+                    })
+                }
+                false => None,
+            },
+            meta,
         })
     }
 }

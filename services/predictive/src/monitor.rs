@@ -231,6 +231,7 @@ impl ModelMonitor {
             return Ok(Vec::new());
         };
         let fz = &model.meta.featurizer;
+        let distribution = model.distribution();
         let initial: Vec<f64> = levels.levels.iter().map(|a| a.target).collect();
         // The level whose day-ahead forecasts are returned (the monitor's 90 %, always followed).
         let scored_level = initial.iter().position(|t| crate::adaptive::same(*t, LEVEL));
@@ -258,25 +259,23 @@ impl ModelMonitor {
                     .next_back()
                     .map_or(&initial, |(_, levels)| levels);
                 let truth = f64::from(t.value);
-                let within = |(lo, hi): (f32, f32)| {
-                    (f64::from(fz.inverse(t.point + lo))..=f64::from(fz.inverse(t.point + hi))).contains(&truth)
-                };
+                let within =
+                    |(lo, hi): (f32, f32)| (f64::from(fz.inverse(lo))..=f64::from(fz.inverse(hi))).contains(&truth);
+                let c = model.climatology_point(&r.code, t.time);
                 let h = t.lead - 1;
                 let new = t.time >= r.new_from;
                 of += 1;
                 for (l, a) in levels.levels.iter().enumerate() {
-                    let served = model
-                        .conformal
-                        .offsets_bounded(h, t.point, asked[l], t.fallback)
+                    let served = distribution
+                        .interval_bounded(h, t.point, c, asked[l], t.fallback)
                         .map_err(|e| e.to_string())?;
                     let inside = within(served);
                     misses[l] += usize::from(!inside);
                     if !new {
                         continue;
                     }
-                    let fixed = model
-                        .conformal
-                        .offsets(h, t.point, a.target, t.fallback)
+                    let fixed = distribution
+                        .interval(h, t.point, c, a.target, t.fallback)
                         .map_err(|e| e.to_string())?;
                     let inside_fixed = within(fixed);
                     *inside_counts.entry((l, inside, inside_fixed)).or_default() += 1;

@@ -78,6 +78,7 @@ async fn every_algorithm_saved_and_loaded_forecasts_identically() {
         assert_eq!(points(&loaded, &data), before, "{algorithm} through bytes");
         assert_eq!(loaded.meta, model.meta);
         assert_eq!(loaded.conformal, model.conformal);
+        assert_eq!(loaded.pool, model.pool, "{algorithm}");
         // Through the database: a new version each time, read back whole.
         let stored = registry
             .save("m", &model, Some("rev"), &json!({"mae": 1.0}), 0.5)
@@ -398,4 +399,57 @@ async fn a_seven_day_forecast_has_168_points_with_widening_intervals() {
             e.by_lead
         );
     }
+}
+
+/// A seven-day ensemble pools its distribution with the climatology's where that scored better on the calibration
+/// period: the weights are said per day, stored, and make the served intervals; turned off, the intervals are the
+/// plain split-conformal ones.
+#[tokio::test]
+async fn an_ensembles_distribution_is_pooled_with_the_climatologys() {
+    let (_dir, data) = slice().await;
+    let members = json!([{ "linear": {} }, { "persistence": {} }]);
+    let trained = |pool: bool| {
+        let mut spec = common::spec(json!({ "ensemble": { "members": members, "poolWithClimatology": pool } }));
+        spec["horizonHours"] = json!(168);
+        let spec = ModelSpec::from_json(&spec).unwrap();
+        Model::train(&data, &spec, plan_for(&spec, &data).unwrap(), &Quiet).unwrap()
+    };
+    let model = trained(true);
+    let weights = model.meta.ensemble.as_ref().unwrap().pool_weights.clone().unwrap();
+    assert_eq!(weights.len(), 7);
+    assert!(weights.iter().all(|w| (0.0..=1.0).contains(w)), "{weights:?}");
+    // A week ahead, linear and persistence know less than the season: the climatology takes part of the mass.
+    assert!(weights[6] < 1.0, "{weights:?}");
+    let pool = model.pool.as_ref().unwrap();
+    assert_eq!(pool.weights.len(), 168);
+    assert_eq!(pool.weights[167], weights[6]);
+    let loaded = Model::from_bytes(&model.to_bytes().unwrap()).unwrap();
+    assert_eq!(loaded.pool, model.pool);
+    let plain = trained(false);
+    assert!(plain.pool.is_none() && plain.meta.ensemble.as_ref().unwrap().pool_weights.is_none());
+    // The same forecasts and the same residuals: only the distribution differs.
+    assert_eq!(points(&plain, &data), points(&model, &data));
+    assert_eq!(plain.conformal, model.conformal);
+    let keys = origins(&data, 1_462_060_800, 1_464_739_200, 168, Some(15));
+    let forecasts = model.forecast_many(&data, &keys).unwrap();
+    let (mut differ, mut quantiles) = (0, Vec::new());
+    for ((s, o), f) in keys.iter().zip(&forecasts) {
+        let h = 160;
+        let (p, time) = (f.points[h], data.time(o + h + 1));
+        let c = model.climatology_point(&data.stations[*s].code, time);
+        let pooled = loaded.distribution().interval(h, p, c, 0.9, f.fallback).unwrap();
+        assert_eq!(pooled, model.distribution().interval(h, p, c, 0.9, f.fallback).unwrap());
+        let (lo, hi) = plain.conformal.offsets(h, p, 0.9, f.fallback).unwrap();
+        let alone = plain.distribution().interval(h, p, f32::NAN, 0.9, f.fallback).unwrap();
+        assert_eq!(alone, (p + lo, p + hi));
+        differ += usize::from(pooled != alone);
+        assert!(pooled.0 <= pooled.1);
+        // The 80 % interval lies within the 90 % one; the distribution's quantiles rise.
+        let inner = model.distribution().interval(h, p, c, 0.8, f.fallback).unwrap();
+        assert!(inner.0 >= pooled.0 && inner.1 <= pooled.1, "{inner:?} {pooled:?}");
+        model.distribution().quantiles(h, p, c, f.fallback, &mut quantiles);
+        assert_eq!(quantiles.len(), 199);
+        assert!(quantiles.windows(2).all(|q| q[0] <= q[1]));
+    }
+    assert!(differ > 0, "no pooled interval differs from the model's own");
 }
