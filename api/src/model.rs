@@ -406,6 +406,10 @@ pub struct NeuralNetwork {
     #[serde(default = "default_patience")]
     #[schemars(range(min = 1, max = 1000))]
     pub early_stopping_patience: u32,
+    /// What training minimises on the model's scale, early stopping included: `absoluteError` (the default; the
+    /// network then aims at the median, which the MAE rewards) or `squaredError` (the mean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Objective>,
 }
 
 fn default_hidden_sizes() -> Vec<u32> {

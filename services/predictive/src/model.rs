@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use airq_api::model::{Distance, Scaling, Weights};
+use airq_api::model::{Distance, Objective, Scaling, Weights};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Module, Optimizer};
 use chrono::{DateTime, Datelike, Timelike};
@@ -789,6 +789,7 @@ impl Mlp {
             },
         )?;
         let mut best = (f32::INFINITY, Vec::<Tensor>::new(), 0usize);
+        let objective = nn.loss.unwrap_or_default();
         let mut order = train.clone();
         let batch = 256;
         let mut epochs_run = 0;
@@ -797,11 +798,11 @@ impl Mlp {
             for rows in order.chunks(batch) {
                 let bx = gather(rows, &xs, dim)?;
                 let by = gather(rows, &ys, horizon)?;
-                let loss = candle_nn::loss::mse(&model.forward(&bx)?, &by)?;
+                let loss = nn_loss(objective, &model.forward(&bx)?, &by)?;
                 optimiser.backward_step(&loss)?;
             }
             epochs_run = epoch + 1;
-            let valid_loss = candle_nn::loss::mse(&model.forward(&valid_x)?, &valid_y)?.to_scalar::<f32>()?;
+            let valid_loss = nn_loss(objective, &model.forward(&valid_x)?, &valid_y)?.to_scalar::<f32>()?;
             progress(epochs_run, nn.epochs as usize, valid_loss);
             if valid_loss < best.0 {
                 let snapshot = vars
@@ -832,6 +833,14 @@ impl Mlp {
             .enumerate()
             .map(|(i, v)| v * self.target_scale[i % horizon] + self.target_mean[i % horizon])
             .collect())
+    }
+}
+
+/// The network's training loss between its outputs and the targets.
+fn nn_loss(loss: Objective, output: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
+    match loss {
+        Objective::AbsoluteError => (output - target)?.abs()?.mean_all(),
+        Objective::SquaredError => candle_nn::loss::mse(output, target),
     }
 }
 
@@ -1186,8 +1195,18 @@ impl Model {
                 fallback: &fallback,
                 horizon,
             };
+            let weights = crate::pool::fit(&conformal, &clim_conformal, &calibrated, |v| fz.inverse(v));
+            let per_day: Vec<String> = weights
+                .iter()
+                .step_by(crate::pool::WEIGHT_HOURS)
+                .map(|w| format!("{w:.2}"))
+                .collect();
+            tracing::info!(
+                weights = %per_day.join(" "),
+                "the forecast's weight per day ahead in the pool with the climatology's distribution"
+            );
             Some(Pool {
-                weights: crate::pool::fit(&conformal, &clim_conformal, &calibrated, |v| fz.inverse(v)),
+                weights,
                 climatology: clim_conformal,
             })
         } else {
@@ -1770,6 +1789,17 @@ mod tests {
         assert_eq!(c.offsets(1, 0.0, 0.9, false)?, (-1.0, 1.0));
         let (lo, hi) = c.offsets(1, 0.0, 0.9, true)?;
         assert!(lo <= -200.0 && hi >= 200.0, "{lo} {hi}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_networks_losses_are_the_mean_absolute_and_squared_errors() -> Result<()> {
+        let output = Tensor::new(&[[1f32, 2.0], [3.0, -4.0]], &Device::Cpu)?;
+        let target = Tensor::new(&[[0f32, 2.0], [5.0, 0.0]], &Device::Cpu)?;
+        let absolute = nn_loss(Objective::AbsoluteError, &output, &target)?.to_scalar::<f32>()?;
+        let squared = nn_loss(Objective::SquaredError, &output, &target)?.to_scalar::<f32>()?;
+        assert_eq!(absolute, (1.0 + 0.0 + 2.0 + 4.0) / 4.0);
+        assert_eq!(squared, (1.0 + 0.0 + 4.0 + 16.0) / 4.0);
         Ok(())
     }
 }

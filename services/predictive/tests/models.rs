@@ -238,6 +238,10 @@ async fn a_parameter_change_changes_the_model() {
             json!({ "neuralNetwork": { "hiddenSizes": [32, 8], "epochs": 2 } }),
         ),
         (
+            json!({ "neuralNetwork": { "hiddenSizes": [8], "epochs": 2 } }),
+            json!({ "neuralNetwork": { "hiddenSizes": [8], "epochs": 2, "loss": "squaredError" } }),
+        ),
+        (
             json!({ "seasonalNaive": { "seasonHours": 24 } }),
             json!({ "seasonalNaive": { "seasonHours": 168 } }),
         ),
