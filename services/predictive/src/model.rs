@@ -1605,20 +1605,19 @@ impl Model {
             climatology,
             conformal: conformal("conformal")?,
             // Versions stored before the pool have none.
-            pool: match tensors.contains_key("pool.weights") {
-                true => {
-                    let weights = f32s("pool.weights")?;
-                    if weights.len() != horizon || weights.iter().any(|w| !(0.0..=1.0).contains(w)) {
-                        return Err(artifact(
-                            &"the pool's weights do not match the horizon or lie outside 0 to 1",
-                        ));
-                    }
-                    Some(Pool {
-                        weights,
-                        climatology: conformal("pool")?,
-                    })
+            pool: if tensors.contains_key("pool.weights") {
+                let weights = f32s("pool.weights")?;
+                if weights.len() != horizon || weights.iter().any(|w| !(0.0..=1.0).contains(w)) {
+                    return Err(artifact(
+                        &"the pool's weights do not match the horizon or lie outside 0 to 1",
+                    ));
                 }
-                false => None,
+                Some(Pool {
+                    weights,
+                    climatology: conformal("pool")?,
+                })
+            } else {
+                None
             },
             meta,
         })

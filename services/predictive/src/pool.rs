@@ -206,6 +206,106 @@ pub fn fit(
 mod tests {
     use super::*;
     use crate::score::crps_samples;
+    use proptest::prelude::*;
+
+    /// The mixture's distribution function at `x`, counted over every value.
+    fn brute_cdf(a: &[f32], p: f32, b: &[f32], c: f32, w: f64, x: f32) -> f64 {
+        let below = |set: &[f32], shift: f32| set.iter().filter(|r| shift + **r <= x).count() as f64 / set.len() as f64;
+        w * below(a, p) + (1.0 - w) * below(b, c)
+    }
+
+    /// The smallest value of either set at which the distribution function reaches `tau`, by trying every value.
+    fn brute_quantile(a: &[f32], p: f32, b: &[f32], c: f32, w: f64, tau: f64) -> Option<f32> {
+        a.iter()
+            .map(|r| p + r)
+            .chain(b.iter().map(|r| c + r))
+            .filter(|x| brute_cdf(a, p, b, c, w, *x) >= tau - 1e-12)
+            .min_by(f32::total_cmp)
+    }
+
+    /// Sorted residuals on a quarter grid (exact in f32, so sums compare exactly).
+    fn residuals() -> impl Strategy<Value = Vec<f32>> {
+        prop::collection::vec(-200i32..200, 1..60).prop_map(|v| {
+            let mut r: Vec<f32> = v.into_iter().map(|x| x as f32 / 4.0).collect();
+            r.sort_by(f32::total_cmp);
+            r
+        })
+    }
+
+    proptest! {
+        // Each case checks 199 quantiles against every value: fewer cases than the default 256 keep it to seconds.
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn a_mixtures_quantiles_are_the_smallest_values_reaching_their_levels(
+            a in residuals(),
+            b in residuals(),
+            p in -50i32..50,
+            c in -50i32..50,
+            w in 0.0f64..=1.0,
+            level in 0.5f64..0.99,
+        ) {
+            let (p, c) = (p as f32, c as f32);
+            let tail = (1.0 - level) / 2.0;
+            let (lo, hi) = interval(&a, p, &b, c, w, level);
+            if let Some(expected) = brute_quantile(&a, p, &b, c, w, tail) {
+                prop_assert_eq!(lo, expected);
+            }
+            if let Some(expected) = brute_quantile(&a, p, &b, c, w, 1.0 - tail) {
+                prop_assert_eq!(hi, expected);
+            }
+            prop_assert!(lo <= hi);
+            let mut q = Vec::new();
+            quantiles(&a, p, &b, c, w, &mut q);
+            prop_assert_eq!(q.len(), DISTRIBUTION_QUANTILES);
+            prop_assert!(q.windows(2).all(|v| v[0] <= v[1]));
+            // Each of the evenly spaced quantiles reaches its level, and no smaller value of the sets does.
+            for (k, x) in q.iter().enumerate() {
+                let tau = (k + 1) as f64 / (DISTRIBUTION_QUANTILES + 1) as f64;
+                if let Some(expected) = brute_quantile(&a, p, &b, c, w, tau) {
+                    prop_assert_eq!(*x, expected, "level {}", tau);
+                }
+            }
+        }
+
+        #[test]
+        fn the_chosen_weight_is_no_worse_than_any_other(
+            a in residuals(),
+            b in residuals(),
+            ys in prop::collection::vec(-60i32..60, 1..8),
+        ) {
+            let a: Vec<f64> = a.iter().map(|v| f64::from(*v)).collect();
+            let b: Vec<f64> = b.iter().map(|v| f64::from(*v) + 10.0).collect();
+            let mut terms = Terms::default();
+            for y in &ys {
+                terms.add(&a, &b, f64::from(*y));
+            }
+            // The summed CRPS of the mixture at weight `w`, from its definition over every pair of values.
+            let crps = |w: f64| {
+                let values: Vec<(f64, f64)> = a
+                    .iter()
+                    .map(|v| (*v, w / a.len() as f64))
+                    .chain(b.iter().map(|v| (*v, (1.0 - w) / b.len() as f64)))
+                    .collect();
+                ys.iter()
+                    .map(|y| {
+                        let y = f64::from(*y);
+                        let to_truth: f64 = values.iter().map(|(v, m)| m * (v - y).abs()).sum();
+                        let pairs: f64 = values
+                            .iter()
+                            .flat_map(|(v, m)| values.iter().map(move |(u, n)| m * n * (v - u).abs()))
+                            .sum();
+                        to_truth - pairs / 2.0
+                    })
+                    .sum::<f64>()
+            };
+            let best = crps(terms.best_weight());
+            for k in 0..=10 {
+                let other = crps(f64::from(k) / 10.0);
+                prop_assert!(best <= other + 1e-9 * other.abs().max(1.0), "w {} gives {} against {}", k, other, best);
+            }
+        }
+    }
 
     #[test]
     fn the_distances_match_their_definitions() {
