@@ -6,7 +6,7 @@
 #   3. LightGBM itself (one booster per hour ahead, airq's gbm parameters) on the same features, on both scales,
 #      against airq's gbm and the default ensemble on the same test values;
 #   4. days ahead: every algorithm of 1. trained for 168 hours ahead, scored by day ahead against the baselines
-#      (about 17 of the report's 37 minutes on 2 vCPUs; AIRQ_REPORT_DAYS_AHEAD=0 leaves it out).
+#      (up to half of the report's 37 minutes on 2 vCPUs; AIRQ_REPORT_DAYS_AHEAD=0 leaves it out).
 # Python packages come from PyPI into a throwaway virtualenv.
 # Usage: services/predictive/benches/report.sh [--update-docs] [beijing folder]
 #   (default folder: ../shared/data/beijing-multisite). With --update-docs the report replaces the part of
