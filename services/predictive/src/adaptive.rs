@@ -118,6 +118,10 @@ mod tests {
             .enumerate()
             .map(|(i, e)| if i < 4000 { e } else { 2.0 * e })
             .collect();
+        let served = crate::model::Distribution {
+            conformal: &conformal,
+            pool: None,
+        };
         let mut adaptive = Adaptive::new(0.9);
         let (mut fixed_hits, mut adaptive_hits) = ([0u32; 2], [0u32; 2]);
         let mut late = 0u32;
@@ -125,7 +129,9 @@ mod tests {
             let half = usize::from(i >= 4000);
             let (lo, hi) = conformal.offsets(0, 0.0, 0.9, false).unwrap();
             fixed_hits[half] += u32::from(lo <= *e && *e <= hi);
-            let (lo, hi) = conformal.offsets_bounded(0, 0.0, adaptive.level(), false).unwrap();
+            let (lo, hi) = served
+                .interval_bounded(0, 0.0, f32::NAN, adaptive.level(), false)
+                .unwrap();
             let inside = lo <= *e && *e <= hi;
             adaptive_hits[half] += u32::from(inside);
             if i >= 6000 {

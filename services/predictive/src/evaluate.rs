@@ -295,13 +295,21 @@ pub fn cross_scored(model: &Model, data: &Dataset, calibration: &Calibration) ->
         truths,
     } = calibration;
     let fold = |i: usize| (data.time(keys[i].1).div_euclid(86_400) % 2) as usize;
+    // A pool's climatology forecasts, split the same way (none without a pool).
+    let normal = match model.pool {
+        Some(_) => model.climatology_trajectories(data, keys),
+        None => Vec::new(),
+    };
     let mut points = [Vec::new(), Vec::new()];
     let mut truth = [Vec::new(), Vec::new()];
     let mut fallback = [Vec::new(), Vec::new()];
+    let mut clim = [Vec::new(), Vec::new()];
     for (i, f) in forecasts.iter().enumerate() {
+        let rows = i * horizon..(i + 1) * horizon;
         points[fold(i)].extend_from_slice(&f.points);
-        truth[fold(i)].extend_from_slice(&truths[i * horizon..(i + 1) * horizon]);
+        truth[fold(i)].extend_from_slice(&truths[rows.clone()]);
         fallback[fold(i)].push(f.fallback);
+        clim[fold(i)].extend_from_slice(normal.get(rows).unwrap_or_default());
     }
     // Fold k is scored with the intervals of the other fold, a pool's climatology sets too (its weights are the
     // model's, learned on the whole period).
@@ -310,11 +318,6 @@ pub fn cross_scored(model: &Model, data: &Dataset, calibration: &Calibration) ->
         Conformal::fit(&points[0], &truth[0], &fallback[0], horizon),
     ];
     let pools = model.pool.as_ref().map(|pool| {
-        let mut clim = [Vec::new(), Vec::new()];
-        for (i, (s, o)) in keys.iter().enumerate() {
-            let (code, time) = (&data.stations[*s].code, data.time(*o));
-            clim[fold(i)].extend((1..=horizon).map(|h| model.climatology_point(code, time + h as i64 * HOUR)));
-        }
         let set = |k: usize| crate::pool::Pool {
             weights: pool.weights.clone(),
             climatology: Conformal::fit(&clim[k], &truth[k], &vec![false; fallback[k].len()], horizon),

@@ -209,6 +209,17 @@ impl Climatology {
         }
     }
 
+    /// The climatology's forecasts (model space of `fz`) from each `(station, origin)` of `data`, every hour of
+    /// `fz`'s horizon: n × horizon.
+    fn trajectories(&self, fz: &Featurizer, data: &Dataset, keys: &[(usize, usize)]) -> Vec<f32> {
+        keys.iter()
+            .flat_map(|(s, o)| {
+                let (code, time) = (&data.stations[*s].code, data.time(*o));
+                (1..=fz.horizon).map(move |h| fz.forward(self.value(code, time + h as i64 * HOUR)))
+            })
+            .collect()
+    }
+
     /// The climatological value (raw units) for station `code` at hour `time`.
     fn value(&self, code: &str, time: i64) -> f32 {
         let k = month_hour(time);
@@ -378,14 +389,9 @@ impl Conformal {
         Ok((r[lo - 1], r[hi - 1]))
     }
 
-    /// [`Conformal::offsets`] at `level`, or at the highest level the residuals can bound when `level` asks for more
-    /// (their widest interval): what an adaptive level ([`crate::adaptive`]) asks.
-    pub fn offsets_bounded(&self, h: usize, point: f32, level: f64, fallback: bool) -> Result<(f32, f32)> {
-        self.offsets(h, point, self.bounded_level(h, point, level, fallback), fallback)
-    }
-
     /// `level`, or the highest level the residuals that calibrate a forecast of `point` at horizon index `h` can
-    /// bound if it is higher: the level [`Conformal::offsets_bounded`] gives.
+    /// bound if it is higher (their widest interval): what an adaptive level ([`crate::adaptive`]) is asked at,
+    /// [`Distribution::interval_bounded`].
     pub fn bounded_level(&self, h: usize, point: f32, level: f64, fallback: bool) -> f64 {
         let n = self.set(h, point, fallback, level).map_or(0, Vec::len);
         level.min(1.0 - 2.0 / (n + 1) as f64)
@@ -1179,14 +1185,8 @@ impl Model {
         enough_to_calibrate(&conformal, plan)?;
         let pool = if ensemble.pool_with_climatology.unwrap_or(true) {
             progress.phase("pool with the climatology");
-            let (fz, normal) = (&featurizer, &climatology);
-            let clim: Vec<f32> = keys
-                .iter()
-                .flat_map(|(s, o)| {
-                    let (code, time) = (&data.stations[*s].code, data.time(*o));
-                    (1..=horizon).map(move |h| fz.forward(normal.value(code, time + h as i64 * HOUR)))
-                })
-                .collect();
+            let fz = &featurizer;
+            let clim = climatology.trajectories(fz, data, &keys);
             let clim_conformal = Conformal::fit(&clim, &truths, &vec![false; keys.len()], horizon);
             let calibrated = crate::pool::Calibrated {
                 points: &crossed,
@@ -1289,6 +1289,11 @@ impl Model {
             conformal: &self.conformal,
             pool: self.pool.as_ref(),
         }
+    }
+
+    /// The climatology's forecasts (model space) from each of `keys`, n × horizon: what a pool mixes in.
+    pub fn climatology_trajectories(&self, data: &Dataset, keys: &[(usize, usize)]) -> Vec<f32> {
+        self.climatology.trajectories(&self.meta.featurizer, data, keys)
     }
 
     /// The climatology's forecast (model space) for station `code` at hour `time`: what a pool mixes in.
